@@ -1,0 +1,258 @@
+// CPU binding and sequence loops of the fused LSTM layer: checks, buffers, the per-step GEMMs and the
+// parallel pointwise passes (cpu/lstm_cpu_pointwise.h over cell_math.h).
+#include <cstring>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../lstm_checks.h"
+#include "cpu_gemm.h"
+#include "lstm_cpu_pointwise.h"
+
+namespace lstm_fused {
+namespace {
+
+using at::Tensor;
+
+// Elements per parallel chunk of a pointwise pass: below this one thread does the whole step, which
+// beats waking the pool at small B·H.
+constexpr int64_t kPointwiseGrain = 2048;
+
+template <typename scalar_t>
+void copy_rows(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t cols) {
+  if (rows > 0) std::memcpy(dst, src, sizeof(scalar_t) * rows * cols);
+}
+
+template <typename scalar_t>
+void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
+                   const scalar_t* x,     // [N, I]
+                   const scalar_t* w_ih,  // [4H, I]
+                   const scalar_t* w_hh,  // [4H, P]
+                   const scalar_t* bias,  // [4H] b_ih + b_hh
+                   const scalar_t* w_hr,  // [P, H] or nullptr
+                   scalar_t* out,         // [N, P]
+                   scalar_t* h_state,     // [B, P] h0 in, h_n out
+                   scalar_t* c_state,     // [B, H] c0 in, c_n out
+                   scalar_t* ws,          // [N, 5H] activated gates (4H) and c_t (H) per row
+                   scalar_t* r_buf) {     // [B, H] o·tanh(c) before the projection, if any
+  const int64_t H = s.H, P = s.P, G = 4 * H, ld_ws = 5 * H;
+  // Input projection of every step at once; biases are added in the pointwise pass.
+  gemm_rowmajor<scalar_t>(false, true, L.N, G, s.I, 1, x, s.I, w_ih, s.I, 0, ws, ld_ws);
+  for (int64_t step = 0; step < L.T; ++step) {
+    const int64_t t = L.time_at(step);
+    const int64_t bs = L.batch_sizes[t];
+    scalar_t* g = ws + L.offsets[t] * ld_ws;
+    scalar_t* o = out + L.offsets[t] * P;
+    gemm_rowmajor<scalar_t>(false, true, bs, G, P, 1, h_state, P, w_hh, P, 1, g, ld_ws);
+    LstmFwdStep<scalar_t> p;
+    p.H = H;
+    p.gates = g;
+    p.cells = g + G;
+    p.ld_ws = ld_ws;
+    p.bias = bias;
+    p.c_state = c_state;
+    p.h_out = w_hr ? r_buf : o;
+    p.ld_h = w_hr ? H : P;
+    p.h_state = w_hr ? nullptr : h_state;
+    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_fwd_pointwise(p, b, e); });
+    if (w_hr) {
+      gemm_rowmajor<scalar_t>(false, true, bs, P, H, 1, r_buf, H, w_hr, H, 0, o, P);
+      copy_rows(h_state, o, bs, P);
+    }
+  }
+}
+
+template <typename scalar_t>
+void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
+                   const scalar_t* gout,  // [N, P] gradient of the output sequence
+                   const scalar_t* c0,    // [B, H]
+                   const scalar_t* w_hh,  // [4H, P]
+                   const scalar_t* w_hr,  // [P, H] or nullptr
+                   const scalar_t* ws,    // [N, 5H] forward workspace
+                   scalar_t* dh_state,    // [B, P] grad of h_n in, grad of h0 out
+                   scalar_t* dc_state,    // [B, H] grad of c_n in, grad of c0 out
+                   scalar_t* dgates,      // [N, 4H] pre-activation gradients out
+                   scalar_t* dh_total,    // [N, P] with a projection: total gradient of each h_t, else unused
+                   scalar_t* r_all,       // [N, H] with a projection: o·tanh(c_t) of each row, else unused
+                   scalar_t* dr_buf) {    // [B, H] with a projection: gradient of o·tanh(c_t) at one step
+  const int64_t H = s.H, P = s.P, G = 4 * H, ld_ws = 5 * H;
+  for (int64_t step = L.T - 1; step >= 0; --step) {
+    const int64_t t = L.time_at(step);
+    const int64_t bs = L.batch_sizes[t];
+    const int64_t row0 = L.offsets[t];
+    int64_t prev, n_prev;
+    L.prev_rows(t, prev, n_prev);
+    LstmBwdStep<scalar_t> p;
+    p.H = H;
+    p.gates = ws + row0 * ld_ws;
+    p.cells = p.gates + G;
+    p.ld_ws = ld_ws;
+    p.c_prev = n_prev > 0 ? ws + L.offsets[prev] * ld_ws + G : nullptr;
+    p.n_prev = n_prev;
+    p.c_init = c0;
+    p.dc_state = dc_state;
+    p.dgates = dgates + row0 * G;
+    if (w_hr) {
+      // h_t = W_hr·(o·tanh(c_t)): sum the two gradients reaching h_t, then map them back through W_hr.
+      scalar_t* dht = dh_total + row0 * P;
+      const scalar_t* go = gout + row0 * P;
+      for (int64_t i = 0; i < bs * P; ++i) dht[i] = dh_state[i] + go[i];
+      gemm_rowmajor<scalar_t>(false, false, bs, H, P, 1, dht, P, w_hr, H, 0, dr_buf, H);
+      p.dh = dr_buf;
+      p.ld_dh = H;
+      p.r_out = r_all + row0 * H;
+    } else {
+      p.dh = dh_state;
+      p.ld_dh = P;
+      p.dh_extra = gout + row0 * P;
+      p.ld_dh_extra = P;
+    }
+    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise(p, b, e); });
+    // Gradient for h_{t-1}. Rows that started from h0 at this step keep it: it is their grad of h0.
+    gemm_rowmajor<scalar_t>(false, false, bs, P, G, 1, p.dgates, G, w_hh, P, 0, dh_state, P);
+  }
+}
+
+// Deterministic column sums of a [rows, cols] matrix: each column summed in row order, in double.
+template <typename scalar_t>
+void column_sums(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
+  at::parallel_for(0, cols, 256, [&](int64_t c0, int64_t c1) {
+    std::vector<double> acc(c1 - c0, 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* row = m + r * cols;
+      for (int64_t c = c0; c < c1; ++c) acc[c - c0] += row[c];
+    }
+    for (int64_t c = c0; c < c1; ++c) out[c] = static_cast<scalar_t>(acc[c - c0]);
+  });
+}
+
+// The rows of h_{t-1} each step consumed, as one [N, P] matrix, so dW_hh is a single GEMM.
+template <typename scalar_t>
+void gather_prev_hidden(const SeqLayout& L, int64_t P, const scalar_t* out, const scalar_t* h0, scalar_t* hprev) {
+  for (int64_t t = 0; t < L.T; ++t) {
+    int64_t prev, n_prev;
+    L.prev_rows(t, prev, n_prev);
+    const int64_t bs = L.batch_sizes[t];
+    scalar_t* dst = hprev + L.offsets[t] * P;
+    if (n_prev > 0) copy_rows(dst, out + L.offsets[prev] * P, n_prev, P);
+    copy_rows(dst + n_prev * P, h0 + n_prev * P, bs - n_prev, P);
+  }
+}
+
+void check_cpu_dtype(const Tensor& input) {
+  TORCH_CHECK(input.device().is_cpu(), "lstm_fused: expected CPU tensors, got ", input.device());
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+                   "lstm_fused: the CPU kernels support float32 and float64, got ", input.scalar_type());
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(const Tensor& input,
+                                                              const std::optional<Tensor>& batch_sizes,
+                                                              const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                                                              const Tensor& w_hh, const std::optional<Tensor>& b_ih,
+                                                              const std::optional<Tensor>& b_hh,
+                                                              const std::optional<Tensor>& w_hr, bool reverse) {
+  const LayerSizes s = check_layer_args(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  check_cpu_dtype(input);
+  const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(0), reverse);
+  const SeqLayout L = lh.view();
+
+  auto lead = input.sizes().vec();
+  lead.pop_back();
+  auto out_shape = lead, ws_shape = lead;
+  out_shape.push_back(s.P);
+  ws_shape.push_back(5 * s.H);
+  Tensor out = at::empty(out_shape, input.options());
+  Tensor ws = at::empty(ws_shape, input.options());
+  Tensor h_n = h0.contiguous().clone();
+  Tensor c_n = c0.contiguous().clone();
+  Tensor x = input.contiguous();
+  Tensor bias = b_ih ? (*b_ih + *b_hh).contiguous() : at::zeros({4 * s.H}, input.options());
+  Tensor w_ih_c = w_ih.contiguous(), w_hh_c = w_hh.contiguous();
+  Tensor w_hr_c = s.proj ? w_hr->contiguous() : Tensor();
+  Tensor r_buf = s.proj ? at::empty({L.B, s.H}, input.options()) : Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd_cpu", [&] {
+    lstm_fwd_loop<scalar_t>(L, s, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
+                            w_hh_c.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                            s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
+                            h_n.data_ptr<scalar_t>(), c_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(),
+                            s.proj ? r_buf.data_ptr<scalar_t>() : nullptr);
+  });
+  return {out, h_n, c_n, ws};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_bwd_cpu(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+    const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& output, const Tensor& workspace,
+    bool reverse, bool has_bias, bool need_grad_input) {
+  const LayerSizes s = check_layer_args(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
+  check_cpu_dtype(input);
+  const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(0), reverse);
+  const SeqLayout L = lh.view();
+  const int64_t H = s.H, P = s.P, G = 4 * H;
+  check_shape(grad_output, output.sizes(), "grad_output");
+  check_shape(grad_h_n, h0.sizes(), "grad_h_n");
+  check_shape(grad_c_n, c0.sizes(), "grad_c_n");
+  TORCH_CHECK(output.numel() == L.N * P && workspace.numel() == L.N * 5 * H,
+              "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments");
+  for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
+                         {&output, "output"}, {&workspace, "workspace"}})
+    check_same_dtype_device(input, *t, name);
+
+  const auto opts = input.options();
+  Tensor gout = grad_output.contiguous();
+  Tensor out_c = output.contiguous(), ws = workspace.contiguous(), x = input.contiguous();
+  Tensor h0_c = h0.contiguous(), c0_c = c0.contiguous();
+  Tensor w_ih_c = w_ih.contiguous(), w_hh_c = w_hh.contiguous();
+  Tensor w_hr_c = s.proj ? w_hr->contiguous() : Tensor();
+  Tensor dh0 = grad_h_n.contiguous().clone();
+  Tensor dc0 = grad_c_n.contiguous().clone();
+  Tensor dgates = at::empty({L.N, G}, opts);
+  Tensor dh_total = s.proj ? at::empty({L.N, P}, opts) : Tensor();
+  Tensor r_all = s.proj ? at::empty({L.N, H}, opts) : Tensor();
+  Tensor dr_buf = s.proj ? at::empty({L.B, H}, opts) : Tensor();
+  Tensor hprev = at::empty({L.N, P}, opts);
+  Tensor d_input = need_grad_input ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
+  Tensor d_w_ih = at::empty({G, s.I}, opts);
+  Tensor d_w_hh = at::empty({G, P}, opts);
+  Tensor d_bias = has_bias ? at::empty({G}, opts) : at::empty({0}, opts);
+  Tensor d_w_hr = s.proj ? at::empty({P, H}, opts) : at::empty({0}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd_cpu", [&] {
+    const scalar_t* w_hr_p = s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* dg = dgates.data_ptr<scalar_t>();
+    lstm_bwd_loop<scalar_t>(L, s, gout.const_data_ptr<scalar_t>(), c0_c.const_data_ptr<scalar_t>(),
+                            w_hh_c.const_data_ptr<scalar_t>(), w_hr_p, ws.const_data_ptr<scalar_t>(),
+                            dh0.data_ptr<scalar_t>(), dc0.data_ptr<scalar_t>(), dg,
+                            s.proj ? dh_total.data_ptr<scalar_t>() : nullptr,
+                            s.proj ? r_all.data_ptr<scalar_t>() : nullptr,
+                            s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr);
+    // Everything below is one GEMM or reduction over all steps.
+    if (need_grad_input)
+      gemm_rowmajor<scalar_t>(false, false, L.N, s.I, G, 1, dg, G, w_ih_c.const_data_ptr<scalar_t>(), s.I, 0,
+                              d_input.data_ptr<scalar_t>(), s.I);
+    gemm_rowmajor<scalar_t>(true, false, G, s.I, L.N, 1, dg, G, x.const_data_ptr<scalar_t>(), s.I, 0,
+                            d_w_ih.data_ptr<scalar_t>(), s.I);
+    gather_prev_hidden<scalar_t>(L, P, out_c.const_data_ptr<scalar_t>(), h0_c.const_data_ptr<scalar_t>(),
+                                 hprev.data_ptr<scalar_t>());
+    gemm_rowmajor<scalar_t>(true, false, G, P, L.N, 1, dg, G, hprev.const_data_ptr<scalar_t>(), P, 0,
+                            d_w_hh.data_ptr<scalar_t>(), P);
+    if (has_bias) column_sums<scalar_t>(dg, L.N, G, d_bias.data_ptr<scalar_t>());
+    if (s.proj)
+      gemm_rowmajor<scalar_t>(true, false, P, H, L.N, 1, dh_total.const_data_ptr<scalar_t>(), P,
+                              r_all.const_data_ptr<scalar_t>(), H, 0, d_w_hr.data_ptr<scalar_t>(), H);
+  });
+  return {d_input, dh0, dc0, d_w_ih, d_w_hh, d_bias, d_w_hr};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
+  m.impl("lstm_layer_fwd", &lstm_layer_fwd_cpu);
+  m.impl("lstm_layer_bwd", &lstm_layer_bwd_cpu);
+}
+
+}  // namespace lstm_fused

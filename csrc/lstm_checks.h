@@ -1,0 +1,132 @@
+// Argument checks and sequence layout shared by the backend bindings (torch-side; kernels never see it).
+// Errors use the exception types nn.LSTM raises for the same mistake: RuntimeError for shapes,
+// TypeError for unsupported dtypes, ValueError for malformed batch_sizes.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "lstm_params.h"
+
+namespace lstm_fused {
+
+struct LayerSizes {
+  int64_t I = 0;  // input features
+  int64_t H = 0;  // hidden units (cell size)
+  int64_t P = 0;  // recurrent/output size: proj_size, or H without a projection
+  bool proj = false;
+};
+
+// Owns the batch_sizes/offsets arrays a SeqLayout points into.
+struct SeqLayoutHolder {
+  std::vector<int64_t> batch_sizes, offsets;
+  bool reverse = false;
+  int64_t N = 0;
+
+  SeqLayout view() const {
+    SeqLayout l;
+    l.T = static_cast<int64_t>(batch_sizes.size());
+    l.B = batch_sizes.empty() ? 0 : batch_sizes[0];
+    l.N = N;
+    l.batch_sizes = batch_sizes.data();
+    l.offsets = offsets.data();
+    l.reverse = reverse;
+    return l;
+  }
+};
+
+inline void check_same_dtype_device(const at::Tensor& ref, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "lstm_fused: ", name, " has dtype ", t.scalar_type(),
+              " but input has dtype ", ref.scalar_type(), "; all tensors must share one dtype");
+  TORCH_CHECK(t.device() == ref.device(), "lstm_fused: ", name, " is on ", t.device(), " but input is on ",
+              ref.device(), "; all tensors must be on one device");
+}
+
+inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name) {
+  TORCH_CHECK(t.sizes() == expected, "lstm_fused: expected ", name, " of shape ", expected, ", got ", t.sizes());
+}
+
+// Validates one layer's tensors and returns its sizes. B is the batch (h0.size(0)).
+inline LayerSizes check_layer_args(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                                   const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+                                   const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                                   const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr) {
+  const bool packed = batch_sizes.has_value();
+  TORCH_CHECK(input.dim() == (packed ? 2 : 3), "lstm_fused: input must have ", packed ? 2 : 3,
+              " dimensions, got ", input.dim());
+  TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "lstm_fused: weights must be 2-D");
+  TORCH_CHECK(w_ih.size(0) % 4 == 0 && w_ih.size(0) > 0, "lstm_fused: weight_ih must have 4*hidden_size rows, got ",
+              w_ih.size(0));
+  LayerSizes s;
+  s.I = input.size(-1);
+  s.H = w_ih.size(0) / 4;
+  s.proj = w_hr.has_value();
+  s.P = s.proj ? w_hr->size(0) : s.H;
+  const int64_t B = h0.dim() == 2 ? h0.size(0) : -1;
+  check_shape(w_ih, {4 * s.H, s.I}, "weight_ih (input.size(-1) must be equal to input_size)");
+  check_shape(w_hh, {4 * s.H, s.P}, "weight_hh");
+  if (s.proj) check_shape(*w_hr, {s.P, s.H}, "weight_hr");
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "lstm_fused: pass both biases or neither");
+  if (b_ih) {
+    check_shape(*b_ih, {4 * s.H}, "bias_ih");
+    check_shape(*b_hh, {4 * s.H}, "bias_hh");
+  }
+  TORCH_CHECK(h0.dim() == 2 && c0.dim() == 2, "lstm_fused: h0 and c0 must be 2-D [batch, features]");
+  check_shape(h0, {B, s.P}, "h0");
+  check_shape(c0, {B, s.H}, "c0");
+  if (!packed) {
+    TORCH_CHECK(input.size(1) == B, "lstm_fused: input batch ", input.size(1), " does not match h0 batch ", B);
+  }
+  for (auto [t, name] : {std::pair{&h0, "h0"}, {&c0, "c0"}, {&w_ih, "weight_ih"}, {&w_hh, "weight_hh"}})
+    check_same_dtype_device(input, *t, name);
+  if (b_ih) {
+    check_same_dtype_device(input, *b_ih, "bias_ih");
+    check_same_dtype_device(input, *b_hh, "bias_hh");
+  }
+  if (s.proj) check_same_dtype_device(input, *w_hr, "weight_hr");
+  return s;
+}
+
+// Builds the row layout of a padded [T, B, ...] or packed [N, ...] sequence, validating batch_sizes.
+inline SeqLayoutHolder make_layout(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, int64_t B,
+                                   bool reverse) {
+  SeqLayoutHolder h;
+  if (batch_sizes) {
+    const at::Tensor& bs = *batch_sizes;
+    TORCH_CHECK_VALUE(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(),
+                      "lstm_fused: batch_sizes must be a 1-D int64 CPU tensor (as in PackedSequence)");
+    const at::Tensor bsc = bs.contiguous();
+    h.batch_sizes.assign(bsc.data_ptr<int64_t>(), bsc.data_ptr<int64_t>() + bsc.numel());
+  } else {
+    h.batch_sizes.assign(input.size(0), B);
+  }
+  const int64_t T = static_cast<int64_t>(h.batch_sizes.size());
+  TORCH_CHECK_VALUE(T > 0, "lstm_fused: the input sequence is empty (0 time steps)");
+  h.offsets.resize(T);
+  int64_t n = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t b = h.batch_sizes[t];
+    if (batch_sizes) {
+      TORCH_CHECK_VALUE(b > 0 && b <= (t == 0 ? B : h.batch_sizes[t - 1]),
+                        "lstm_fused: batch_sizes must be positive and non-increasing, with batch_sizes[0] == "
+                        "h0.size(0) (",
+                        B, "); got ", b, " at step ", t);
+    }
+    h.offsets[t] = n;
+    n += b;
+  }
+  if (batch_sizes) {
+    TORCH_CHECK_VALUE(h.batch_sizes[0] == B, "lstm_fused: batch_sizes[0] (", h.batch_sizes[0],
+                      ") must equal the batch of h0 (", B, ")");
+    TORCH_CHECK_VALUE(n == input.size(0), "lstm_fused: batch_sizes sum to ", n, " but the packed input has ",
+                      input.size(0), " rows");
+  }
+  h.N = n;
+  h.reverse = reverse;
+  return h;
+}
+
+}  // namespace lstm_fused

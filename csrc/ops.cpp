@@ -1,0 +1,28 @@
+// Schemas of every lstm_fused op, and the empty Python module whose import runs the static registrars.
+// Each backend adds its kernels with TORCH_LIBRARY_IMPL in its own file; fake kernels and autograd are
+// registered from Python (lstm_fused/ops.py).
+#include <Python.h>
+
+#include <torch/library.h>
+
+// PyMODINIT_FUNC exports the symbol despite -fvisibility=hidden.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(lstm_fused, m) {
+  // One LSTM layer in one direction over the whole sequence.
+  // input: [T, B, I] (batch_sizes None) or packed data [N, I] with batch_sizes [T] (int64, CPU).
+  // Returns output [T, B, P] / [N, P], h_n [B, P], c_n [B, H], and the workspace the backward reads.
+  m.def(
+      "lstm_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Gradients of lstm_layer_fwd. grad_input is empty unless need_grad_input; grad_bias (the gradient of
+  // b_ih and of b_hh alike) is empty unless has_bias; grad_w_hr is empty without a projection.
+  m.def(
+      "lstm_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor output, Tensor workspace, "
+      "bool reverse, bool has_bias, bool need_grad_input) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}

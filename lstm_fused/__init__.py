@@ -1,0 +1,24 @@
+"""lstm_fused: fused C++/CUDA LSTM kernels behind a drop-in replacement for torch.nn.LSTM."""
+import torch  # noqa: F401  (the extension links against libtorch; load it first)
+
+try:
+    from . import _C  # noqa: F401  (its import runs the TORCH_LIBRARY registrations)
+except ImportError as e:  # never fall back to nn.LSTM silently
+    raise ImportError(
+        "lstm_fused: the compiled extension lstm_fused._C could not be loaded "
+        f"({e}). Build it against the torch in this environment with "
+        "`pip install --no-build-isolation .` from the lstm_fused source tree "
+        "(see README.md, 'Build'). If you are running from the source folder, run from elsewhere or use "
+        "pytest's --import-mode=importlib so the installed package is the one imported."
+    ) from e
+
+from . import ops  # noqa: E402,F401  (fake kernels and autograd)
+from .modules import LSTM  # noqa: E402
+
+__all__ = ["LSTM", "ops", "has_cuda_kernels"]
+__version__ = "0.1.0"
+
+
+def has_cuda_kernels() -> bool:
+    """True when this build of the extension contains the CUDA kernels."""
+    return ops.has_kernel("CUDA")

@@ -1,0 +1,290 @@
+"""nn.LSTM-compatible modules running on the lstm_fused kernels.
+
+They mirror nn.LSTM's constructor, parameter names/shapes/order, initialisation, attributes, validation and
+forward semantics, but do not subclass nn.RNNBase (torch.compile's dynamo refuses RNN subclasses). Python
+orchestrates layers, directions, batch_first and dropout; each layer-direction is one fused op over the
+whole sequence (packed sequences included, through per-step batch sizes).
+"""
+import math
+import numbers
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import ops
+
+__all__ = ["LSTM"]
+
+
+def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
+    return tensor.index_select(dim, permutation)
+
+
+def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
+    # Same checks, order, messages and exception types as nn.RNNBase.__init__.
+    if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+        raise ValueError(
+            "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+            f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+            stacklevel=3,
+        )
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    if not isinstance(input_size, int):
+        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    if not isinstance(hidden_size, int):
+        raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+    if hidden_size <= 0:
+        raise ValueError("hidden_size must be greater than zero")
+    if not isinstance(num_layers, int):
+        raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+    if num_layers <= 0:
+        raise ValueError("num_layers must be greater than zero")
+    if not isinstance(proj_size, int):
+        raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
+
+
+class LSTM(nn.Module):
+    r"""Drop-in replacement for :class:`torch.nn.LSTM` running on fused lstm_fused kernels.
+
+    Same arguments, parameters (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``,
+    ``weight_hr_l{k}``, ``*_reverse``), initialisation and forward semantics as nn.LSTM, so state_dicts load
+    both ways. ``forward(input, hx=None)`` takes a [T, B, I] / [B, T, I] (batch_first) / unbatched [T, I]
+    tensor or a PackedSequence, and returns ``output, (h_n, c_n)``.
+    """
+
+    mode = "LSTM"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        num_directions = 2 if bidirectional else 1
+        gate_size = 4 * hidden_size
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        for layer in range(num_layers):
+            for direction in range(num_directions):
+                layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+                suffix = "_reverse" if direction == 1 else ""
+                shapes = [
+                    ("weight_ih_l{}{}", (gate_size, layer_input_size)),
+                    ("weight_hh_l{}{}", (gate_size, real_hidden_size)),
+                ]
+                if bias:
+                    shapes += [("bias_ih_l{}{}", (gate_size,)), ("bias_hh_l{}{}", (gate_size,))]
+                if proj_size > 0:
+                    shapes += [("weight_hr_l{}{}", (proj_size, hidden_size))]
+                names = []
+                for fmt, shape in shapes:
+                    name = fmt.format(layer, suffix)
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                    names.append(name)
+                self._flat_weights_names.extend(names)
+                self._all_weights.append(names)
+        self.reset_parameters()
+
+    # -- nn.LSTM's attributes and housekeeping -------------------------------------------------------------
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept for nn.LSTM compatibility: the kernels read each parameter where it lives."""
+
+    def reset_parameters(self) -> None:
+        # Same distribution and the same draw order as nn.LSTM: a seeded nn.LSTM and LSTM start equal.
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    # -- argument checks (nn.LSTM's messages and exception types) -------------------------------------------
+    def _check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
+        weight_dtype = self.weight_ih_l0.dtype
+        if input.dtype != weight_dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
+                f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})"
+            )
+        expected_input_dim = 2 if batch_sizes is not None else 3
+        if input.dim() != expected_input_dim:
+            raise RuntimeError(f"input must have {expected_input_dim} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
+            )
+
+    def _check_hidden(self, hx: tuple[Tensor, Tensor], mini_batch: int) -> None:
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        expected_h = (self.num_layers * num_directions, mini_batch, real_hidden)
+        expected_c = (self.num_layers * num_directions, mini_batch, self.hidden_size)
+        if hx[0].size() != expected_h:
+            raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(hx[0].size())}")
+        if hx[1].size() != expected_c:
+            raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(hx[1].size())}")
+        for t in hx:
+            if t.dtype != self.weight_ih_l0.dtype:
+                raise RuntimeError(f"Expected hidden dtype {self.weight_ih_l0.dtype}, got {t.dtype}")
+            if t.device != self.weight_ih_l0.device:
+                raise RuntimeError(
+                    f"Input and hidden tensors are not at the same device, found input tensor at "
+                    f"{self.weight_ih_l0.device} and hidden tensor at {t.device}"
+                )
+
+    def _zeros_hx(self, input: Tensor, mini_batch: int) -> tuple[Tensor, Tensor]:
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        shape = (self.num_layers * num_directions, mini_batch)
+        kw = {"dtype": input.dtype, "device": input.device}
+        return torch.zeros(*shape, real_hidden, **kw), torch.zeros(*shape, self.hidden_size, **kw)
+
+    # -- forward -------------------------------------------------------------------------------------------
+    def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
+        orig_input = input
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = orig_input
+            is_batched = True
+            self._check_input(input, batch_sizes)
+            mini_batch = int(batch_sizes[0])
+            if hx is None:
+                hx = self._zeros_hx(input, mini_batch)
+            else:
+                self._check_hidden(hx, mini_batch)
+                if sorted_indices is not None:
+                    hx = (_apply_permutation(hx[0], sorted_indices), _apply_permutation(hx[1], sorted_indices))
+            x = input
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batch_sizes = sorted_indices = unsorted_indices = None
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+            if hx is None:
+                self._check_input(input, None)
+                hx = self._zeros_hx(input, mini_batch)
+            else:
+                if is_batched:
+                    if hx[0].dim() != 3 or hx[1].dim() != 3:
+                        raise RuntimeError(
+                            "For batched 3-D input, hx and cx should also be 3-D but got "
+                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                else:
+                    if hx[0].dim() != 2 or hx[1].dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+                self._check_input(input, None)
+                self._check_hidden(hx, mini_batch)
+            if input.size(0 if not self.batch_first else 1) == 0:
+                raise RuntimeError("LSTM: the input sequence is empty (0 time steps)")
+            x = input.transpose(0, 1) if self.batch_first else input
+
+        output, h_n, c_n = self._run_layers(x, batch_sizes, hx)
+
+        if isinstance(orig_input, PackedSequence):
+            packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n, c_n = _apply_permutation(h_n, unsorted_indices), _apply_permutation(c_n, unsorted_indices)
+            return packed, (h_n, c_n)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, (h_n, c_n)
+
+    def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: tuple[Tensor, Tensor]):
+        h0_all, c0_all = hx
+        weights = self.all_weights
+        compute_dtype = x.dtype
+        if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+            # The CPU kernels run float32/float64; half types compute in float32 (like the fp32 accumulate
+            # of the GPU path) and cast back at the end.
+            compute_dtype = torch.float32
+        num_directions = 2 if self.bidirectional else 1
+        h_out, c_out = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(num_directions):
+                idx = layer * num_directions + direction
+                w = [p.to(compute_dtype) for p in weights[idx]]
+                w_ih, w_hh = w[0], w[1]
+                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                w_hr = w[-1] if self.proj_size > 0 else None
+                out, h_n, c_n = ops.lstm_layer(
+                    x.to(compute_dtype), batch_sizes, h0_all[idx].to(compute_dtype), c0_all[idx].to(compute_dtype),
+                    w_ih, w_hh, b_ih, b_hh, w_hr, direction == 1,
+                )
+                outs.append(out)
+                h_out.append(h_n)
+                c_out.append(c_n)
+            x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        dtype = h0_all.dtype
+        return x.to(dtype), torch.stack(h_out).to(dtype), torch.stack(c_out).to(dtype)

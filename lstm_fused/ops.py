@@ -1,0 +1,102 @@
+"""Python side of the lstm_fused ops: thin wrappers, fake kernels (for torch.compile and meta tensors) and
+autograd, registered with torch.library as pytorch/extension-cpp does."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.lstm_fused
+
+
+def has_kernel(dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("lstm_fused::lstm_layer_fwd", dispatch_key)
+
+
+def _workspace_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half types keep gates and cell state in float32.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def lstm_layer(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    w_hr: Optional[Tensor],
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer in one direction over a whole sequence.
+
+    input: [T, B, I] time-major, or the data [N, I] of a PackedSequence with its batch_sizes [T].
+    h0: [B, P], c0: [B, H] (P = proj_size or H). Returns output ([T, B, P] or [N, P]), h_n, c_n.
+    """
+    out, h_n, c_n, _ = _ops.lstm_layer_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return out, h_n, c_n
+
+
+@torch.library.register_fake("lstm_fused::lstm_layer_fwd")
+def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
+    hidden = w_ih.shape[0] // 4
+    p = w_hr.shape[0] if w_hr is not None else hidden
+    lead = tuple(input.shape[:-1])
+    ws = input.new_empty((*lead, 5 * hidden), dtype=_workspace_dtype(input.dtype))
+    return input.new_empty((*lead, p)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws
+
+
+@torch.library.register_fake("lstm_fused::lstm_layer_bwd")
+def _lstm_layer_bwd_fake(
+    grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace,
+    reverse, has_bias, need_grad_input,
+):
+    gates = w_ih.shape[0]
+    return (
+        input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
+        w_ih.new_empty((gates,)) if has_bias else w_ih.new_empty((0,)),
+        w_hr.new_empty(w_hr.shape) if w_hr is not None else w_ih.new_empty((0,)),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    out, _, _, ws = output
+    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, ws)
+    ctx.reverse = reverse
+    ctx.has_bias = b_ih is not None
+    ctx.mark_non_differentiable(ws)
+
+
+def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
+    input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, ws = ctx.saved_tensors
+    # Outputs the loss did not use arrive as None.
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out
+    grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
+    grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
+    need_grad_input = ctx.needs_input_grad[0]
+    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr = _ops.lstm_layer_bwd.default(
+        grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, ws,
+        ctx.reverse, ctx.has_bias, need_grad_input,
+    )
+    return (
+        gi if need_grad_input else None,
+        None,
+        gh0,
+        gc0,
+        gw_ih,
+        gw_hh,
+        gb if ctx.has_bias else None,
+        gb.clone() if ctx.has_bias else None,  # b_ih and b_hh get the same gradient, as separate tensors
+        gw_hr if w_hr is not None else None,
+        None,
+    )
+
+
+torch.library.register_autograd("lstm_fused::lstm_layer_fwd", _backward, setup_context=_setup_context)

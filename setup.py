@@ -1,0 +1,78 @@
+"""Build of lstm_fused._C.
+
+CPU sources always; CUDA sources (csrc/cuda/*.cu, *_cuda.cpp) when the installed torch has CUDA and CUDA_HOME
+is found — and either a GPU is visible or FORCE_CUDA=1. TORCH_CUDA_ARCH_LIST picks the GPU architectures
+(torch.utils.cpp_extension reads it). LSTM_FUSED_CPU_ONLY=1 skips the CUDA sources whatever torch has.
+Install with `pip install --no-build-isolation .` so the build compiles against the torch that is installed.
+"""
+import glob
+import os
+import sysconfig
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _want_cuda():
+    if _flag("LSTM_FUSED_CPU_ONLY") or torch.version.cuda is None:
+        return False
+    if cpp_extension.CUDA_HOME is None:
+        if _flag("FORCE_CUDA"):
+            raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME (e.g. /usr/local/cuda)")
+        return False
+    return _flag("FORCE_CUDA") or torch.cuda.is_available()
+
+
+def _rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+def extension():
+    cpu_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
+    opt = ["-O3"] if not _flag("LSTM_FUSED_DEBUG") else ["-O0", "-g"]
+    cxx = opt + ["-std=c++17", "-fopenmp", "-fvisibility=hidden"]
+    extra = {"cxx": cxx}
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    use_cuda = _want_cuda() and bool(cuda_sources)
+    if use_cuda:
+        ext_cls = cpp_extension.CUDAExtension
+        sources = cpu_sources + cuda_sources
+        extra["cxx"] = cxx + ["-DLSTM_FUSED_WITH_CUDA"]
+        extra["nvcc"] = opt + ["-std=c++17", "-DLSTM_FUSED_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo",
+                               "-Xptxas=-v" if _flag("LSTM_FUSED_PTXAS_VERBOSE") else "-Xptxas=-O3"]
+        # cublas_v2.h / cusparse.h (pulled in by ATen/cuda headers) ship in the nvidia-* wheels, not CUDA_HOME.
+        site = sysconfig.get_paths()["purelib"]
+        nv_inc = glob.glob(os.path.join(site, "nvidia", "cu*", "include"))
+        include_dirs += [os.path.join(cpp_extension.CUDA_HOME, "include")] + nv_inc
+    else:
+        ext_cls = cpp_extension.CppExtension
+        sources = cpu_sources
+    print(f"lstm_fused: building {'CPU+CUDA' if use_cuda else 'CPU-only'} extension from {len(sources)} sources")
+    return ext_cls(
+        name="lstm_fused._C",
+        sources=sources,
+        include_dirs=include_dirs,
+        extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
+        py_limited_api=False,
+    )
+
+
+setup(
+    name="lstm_fused",
+    version="0.1.0",
+    description="Fused C++/CUDA LSTM kernels: a drop-in replacement for torch.nn.LSTM",
+    packages=find_packages(include=["lstm_fused", "lstm_fused.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4"],
+)
