@@ -3,6 +3,7 @@
 #include <climits>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 // Weak: resolved against libtorch_cpu's exported BLAS when it has one, null otherwise (then at::addmm).
 extern "C" {
@@ -12,6 +13,8 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
+// The C-convention entry (by value); the lower-case export is the Fortran one, which takes a pointer.
+int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 }
 
 namespace lstm_fused {
@@ -47,8 +50,38 @@ void gemm_fortran(F fn, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
   fn(&ta, &tb, &mi, &ni, &ki, &alpha, b, &la, a, &lb, &beta, c, &lc);
 }
 
+// One block of C on the calling thread only.
+template <typename scalar_t>
+void gemm_block(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha, const scalar_t* a,
+                int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {
+  const bool small = fits_blas_int({m, n, k, lda, ldb, ldc});
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (small && sgemm_) return gemm_fortran(sgemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    if (small && dgemm_) return gemm_fortran(dgemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  gemm_aten(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Restores MKL's thread count when a block is done.
+struct SingleThreadedBlas {
+  int prev = 0;
+  SingleThreadedBlas() { prev = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0; }
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(prev);
+  }
+};
+
+// Below this many multiply-adds one call on one thread is fastest (a block split costs ~1-2 µs per call).
+constexpr int64_t kSplitMacs = int64_t(1) << 18;
+constexpr int64_t kMaxBlocks = 16;
+
 }  // namespace
 
+// Determinism: a multi-threaded BLAS may split the k-sum differently with the thread count. Here C is cut
+// into blocks whose boundaries depend only on (m, n, k), each computed by a single-threaded BLAS call over
+// the whole k, and threads only choose which blocks they run: results are bitwise identical across runs
+// and thread counts.
 template <typename scalar_t>
 void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha, const scalar_t* a,
                    int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {
@@ -58,13 +91,25 @@ void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == scalar_t(0) ? scalar_t(0) : beta * c[i * ldc + j];
     return;
   }
-  const bool small = fits_blas_int({m, n, k, lda, ldb, ldc});
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (small && sgemm_) return gemm_fortran(sgemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  } else if constexpr (std::is_same_v<scalar_t, double>) {
-    if (small && dgemm_) return gemm_fortran(dgemm_, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-  gemm_aten(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const int64_t macs = m * n * k;
+  const bool split_rows = m >= n;
+  const int64_t dim = split_rows ? m : n;
+  int64_t blocks = macs < kSplitMacs ? 1 : std::min<int64_t>(kMaxBlocks, std::max<int64_t>(1, dim / 32));
+  const int64_t step = (dim + blocks - 1) / blocks;
+  blocks = (dim + step - 1) / step;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    SingleThreadedBlas guard;
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t s0 = blk * step, len = std::min(step, dim - s0);
+      if (split_rows) {  // rows [s0, s0+len) of op(A) and C
+        const scalar_t* a_blk = trans_a ? a + s0 : a + s0 * lda;
+        gemm_block(trans_a, trans_b, len, n, k, alpha, a_blk, lda, b, ldb, beta, c + s0 * ldc, ldc);
+      } else {  // columns [s0, s0+len) of op(B) and C
+        const scalar_t* b_blk = trans_b ? b + s0 * ldb : b + s0;
+        gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, b_blk, ldb, beta, c + s0, ldc);
+      }
+    }
+  });
 }
 
 template void gemm_rowmajor<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,

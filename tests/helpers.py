@@ -1,0 +1,71 @@
+"""Shared helpers for the parity tests: twin modules with identical weights and loose-but-tight comparisons."""
+import itertools
+
+import torch
+from torch import nn
+
+import lstm_fused
+
+
+def twin_lstms(*args, dtype=torch.float32, seed=0, **kwargs):
+    """nn.LSTM and lstm_fused.LSTM with identical parameters."""
+    torch.manual_seed(seed)
+    ref = nn.LSTM(*args, dtype=dtype, **kwargs)
+    ours = lstm_fused.LSTM(*args, dtype=dtype, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def tolerances(dtype, grad=False):
+    # fp32: ~1e-5 relative to the magnitude of the reference (gradients are sums over all steps and rows,
+    # where summation order alone moves cancelling sums by ~1e-5 of the largest entry); fp64: near machine
+    # precision.
+    if dtype == torch.float32:
+        return (1e-5, 1e-5 if grad else 1e-6)
+    return (1e-10, 1e-11 if grad else 1e-12)
+
+
+def assert_close(actual, expected, dtype, what="", grad=False):
+    rtol, atol = tolerances(dtype, grad)
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale, msg=lambda m: f"{what}: {m}")
+
+
+def loss_of(output, h_n, c_n, seed=1):
+    """A loss that touches every output with distinct weights, so every gradient path is checked."""
+    g = torch.Generator().manual_seed(seed)
+    data = output.data if hasattr(output, "batch_sizes") else output
+    w_o = torch.randn(data.shape, generator=g, dtype=data.dtype)
+    w_h = torch.randn(h_n.shape, generator=g, dtype=h_n.dtype)
+    w_c = torch.randn(c_n.shape, generator=g, dtype=c_n.dtype)
+    return (data * w_o).sum() + (h_n * w_h).sum() + (c_n * w_c).sum()
+
+
+def run_and_grads(module, x, hx, leaf_inputs):
+    out, (h_n, c_n) = module(x, hx)
+    loss = loss_of(out, h_n, c_n)
+    params = list(module.parameters())
+    grads = torch.autograd.grad(loss, leaf_inputs + params, allow_unused=True, retain_graph=True)
+    return out, h_n, c_n, grads
+
+
+def compare_modules(ref, ours, x, hx, leaf_inputs, dtype):
+    """Outputs, final states and every gradient (inputs, states, all parameters) must match."""
+    o1, h1, c1, g1 = run_and_grads(ref, x, hx, leaf_inputs)
+    o2, h2, c2, g2 = run_and_grads(ours, x, hx, leaf_inputs)
+    d1 = o1.data if hasattr(o1, "batch_sizes") else o1
+    d2 = o2.data if hasattr(o2, "batch_sizes") else o2
+    assert d1.shape == d2.shape
+    assert_close(d2, d1, dtype, "output")
+    assert_close(h2, h1, dtype, "h_n")
+    assert_close(c2, c1, dtype, "c_n")
+    names = [f"input{i}" for i in range(len(leaf_inputs))] + [n for n, _ in ours.named_parameters()]
+    for name, a, b in zip(names, g2, g1):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            assert_close(a, b, dtype, f"grad {name}", grad=True)
+    return o2, h2, c2
+
+
+# Every (T, B, H) of the issue's grid, in a fixed order the parity tests cycle through.
+SHAPES = list(itertools.product([1, 2, 17, 50], [1, 3, 16], [1, 5, 33, 128]))

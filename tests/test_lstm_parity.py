@@ -1,0 +1,121 @@
+"""lstm_fused.LSTM against nn.LSTM with identical weights: outputs, h_n, c_n and every gradient."""
+import itertools
+
+import pytest
+import torch
+
+from helpers import SHAPES, compare_modules, twin_lstms
+
+STRUCTURES = list(itertools.product([1, 2, 3], [False, True], [False, True], [True, False], [False, True]))
+
+
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+@pytest.mark.parametrize("case", range(len(STRUCTURES)))
+def test_parity_grid(case, shape):
+    """The full product of structures and shapes: layers {1,2,3} x bidirectional x batch_first x bias x
+    projection, times T {1,2,17,50} x B {1,3,16} x H {1,5,33,128}; input size differs from hidden size;
+    initial states given on alternate cases."""
+    num_layers, bidirectional, batch_first, bias, use_proj = STRUCTURES[case]
+    T, B, H = SHAPES[shape]
+    proj_size = max(1, H // 3) if use_proj and H > 1 else 0
+    input_size = H + 3
+    ref, ours = twin_lstms(input_size, H, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                           bidirectional=bidirectional, proj_size=proj_size, seed=case * 100 + shape)
+    D = 2 if bidirectional else 1
+    P = proj_size or H
+    x = torch.randn((B, T, input_size) if batch_first else (T, B, input_size), requires_grad=True)
+    if (case + shape) % 2 == 0:
+        h0 = torch.randn(num_layers * D, B, P, requires_grad=True)
+        c0 = torch.randn(num_layers * D, B, H, requires_grad=True)
+        compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+    else:
+        compare_modules(ref, ours, x, None, [x], torch.float32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("proj_size", [0, 4])
+def test_parity_float64(bidirectional, proj_size):
+    ref, ours = twin_lstms(6, 9, num_layers=2, bidirectional=bidirectional, proj_size=proj_size, dtype=torch.float64)
+    D = 2 if bidirectional else 1
+    x = torch.randn(11, 5, 6, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2 * D, 5, proj_size or 9, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2 * D, 5, 9, dtype=torch.float64, requires_grad=True)
+    compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float64)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_unbatched_input(batch_first, with_state):
+    ref, ours = twin_lstms(4, 6, num_layers=2, bidirectional=True, proj_size=3, batch_first=batch_first)
+    x = torch.randn(7, 4, requires_grad=True)
+    if with_state:
+        h0 = torch.randn(4, 3, requires_grad=True)
+        c0 = torch.randn(4, 6, requires_grad=True)
+        out, h, c = compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+    else:
+        out, h, c = compare_modules(ref, ours, x, None, [x], torch.float32)
+    assert out.shape == (7, 6) and h.shape == (4, 3) and c.shape == (4, 6)
+
+
+def test_non_contiguous_input_and_states():
+    ref, ours = twin_lstms(5, 8, num_layers=2, bidirectional=True)
+    base = torch.randn(9, 6, 12)
+    x = base[:, ::2, 1:6].detach().requires_grad_()  # strided in batch and features
+    assert not x.is_contiguous()
+    h0 = torch.randn(8, 3, 4).transpose(0, 2).detach().requires_grad_()  # [4, 3, 8] non-contiguous
+    c0 = torch.randn(4, 8, 3).transpose(1, 2).detach().requires_grad_()
+    assert not h0.is_contiguous() and not c0.is_contiguous()
+    compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+
+
+def test_batch_first_transposed_view_input():
+    ref, ours = twin_lstms(5, 8, batch_first=True)
+    x = torch.randn(10, 3, 5).transpose(0, 1).detach().requires_grad_()  # [3, 10, 5] view
+    compare_modules(ref, ours, x, None, [x], torch.float32)
+
+
+def test_large_hidden_multi_thread_chunks():
+    # B·H well above the pointwise grain, so steps split across threads.
+    ref, ours = twin_lstms(32, 300, bidirectional=True)
+    x = torch.randn(6, 20, 32, requires_grad=True)
+    compare_modules(ref, ours, x, None, [x], torch.float32)
+
+
+def test_only_some_outputs_used():
+    ref, ours = twin_lstms(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    for m in (ref, ours):
+        m.zero_grad()
+    ref(x)[1][0].sum().backward()
+    g_ref = [p.grad.clone() for p in ref.parameters()]
+    gx_ref = x.grad.clone()
+    x.grad = None
+    ours(x)[1][0].sum().backward()  # only h_n: grads of output and c_n arrive as None
+    for a, b in zip(ours.parameters(), g_ref):
+        torch.testing.assert_close(a.grad, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad, gx_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_input_without_grad_skips_input_gradient():
+    ref, ours = twin_lstms(3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    out_r, _ = ref(x)
+    out_o, _ = ours(x)
+    out_r.sum().backward()
+    out_o.sum().backward()
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_cpu_runs_in_float32():
+    ref, ours = twin_lstms(4, 8, num_layers=2)
+    x = torch.randn(6, 3, 4)
+    ref64 = ref.double()
+    expected, _ = ref64(x.double())
+    ours = ours.to(torch.bfloat16)
+    out, (h, c) = ours(x.to(torch.bfloat16))
+    assert out.dtype == h.dtype == c.dtype == torch.bfloat16
+    # Error against float64 comes from the bf16 weights/inputs only (compute is float32).
+    assert (out.double() - expected).abs().max().item() < 5e-2
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in ours.parameters())
