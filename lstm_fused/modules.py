@@ -19,6 +19,8 @@ from . import ops
 
 __all__ = ["LSTM"]
 
+_HAS_CUDA_KERNELS = ops.has_kernel("CUDA")
+
 
 def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
     return tensor.index_select(dim, permutation)
@@ -160,7 +162,9 @@ class LSTM(nn.Module):
     def _check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
         weight_dtype = self.weight_ih_l0.dtype
         if input.dtype != weight_dtype and not torch._C._is_any_autocast_enabled():
-            raise ValueError(
+            # nn.LSTM checks dtypes in Python only for padded input (ValueError); for a PackedSequence the
+            # mismatch surfaces from its kernels as a RuntimeError. Same types here, clearer message.
+            raise (RuntimeError if batch_sizes is not None else ValueError)(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
                 f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})"
             )
@@ -267,6 +271,11 @@ class LSTM(nn.Module):
         return output, (h_n, c_n)
 
     def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: tuple[Tensor, Tensor]):
+        if x.device.type == "cuda" and not _HAS_CUDA_KERNELS:
+            raise RuntimeError(
+                "lstm_fused was built without CUDA kernels (the installed torch had no CUDA, or no CUDA toolkit was "
+                "found at build time). Rebuild with CUDA_HOME set: `pip install --no-build-isolation .`"
+            )
         h0_all, c0_all = hx
         weights = self.all_weights
         compute_dtype = x.dtype
