@@ -45,7 +45,7 @@ struct LstmFwdStep {
   scalar_t* c_state = nullptr;     // [rows, H] c_{t-1} in, c_t out
   scalar_t* h_out = nullptr;       // [rows, ld_h] o·tanh(c_t): the output row, or the projection input
   int64_t ld_h = 0;
-  scalar_t* h_state = nullptr;     // [rows, H] second copy of h_t (the recurrent state), or nullptr
+  scalar_t* h_state = nullptr;     // [rows, H] second copy of h_t (the recurrent state); nullptr with a projection
 };
 
 // One backward step's pointwise pass over rows [0, rows) of step t.
@@ -60,11 +60,11 @@ struct LstmBwdStep {
   const scalar_t* c_init = nullptr;  // [rows, H] c0
   const scalar_t* dh = nullptr;      // [rows, ld_dh] gradient reaching o·tanh(c_t) ...
   int64_t ld_dh = 0;
-  const scalar_t* dh_extra = nullptr;  // [rows, ld_dh_extra] ... plus this term, or nullptr
+  const scalar_t* dh_extra = nullptr;  // [rows, ld_dh_extra] ... plus this term (no projection only)
   int64_t ld_dh_extra = 0;
   scalar_t* dc_state = nullptr;      // [rows, H] dc_t in (from step t+1 or c_n), dc_{t-1} out
   scalar_t* dgates = nullptr;        // [rows, 4H] pre-activation gradients out
-  scalar_t* r_out = nullptr;         // [rows, H] o·tanh(c_t) for the projection's weight gradient, or nullptr
+  scalar_t* r_out = nullptr;         // [rows, H] o·tanh(c_t) for W_hr's gradient; set iff there is a projection
 };
 
 }  // namespace lstm_fused

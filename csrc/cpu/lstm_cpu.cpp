@@ -56,7 +56,7 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
     p.h_out = w_hr ? r_buf : o;
     p.ld_h = w_hr ? H : P;
     p.h_state = w_hr ? nullptr : h_state;
-    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_fwd_pointwise(p, b, e); });
+    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
     if (w_hr) {
       gemm_rowmajor<scalar_t>(false, true, bs, P, H, 1, r_buf, H, w_hr, H, 0, o, P);
       copy_rows(h_state, o, bs, P);
@@ -109,7 +109,7 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
       p.dh_extra = gout + row0 * P;
       p.ld_dh_extra = P;
     }
-    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise(p, b, e); });
+    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
     // Gradient for h_{t-1}. Rows that started from h0 at this step keep it: it is their grad of h0.
     gemm_rowmajor<scalar_t>(false, false, bs, P, G, 1, p.dgates, G, w_hh, P, 0, dh_state, P);
   }
