@@ -39,13 +39,15 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
                    scalar_t* r_buf) {     // [B, H] o·tanh(c) before the projection, if any
   const int64_t H = s.H, P = s.P, G = 4 * H, ld_ws = 5 * H;
   // Input projection of every step at once; biases are added in the pointwise pass.
-  gemm_rowmajor<scalar_t>(false, true, L.N, G, s.I, 1, x, s.I, w_ih, s.I, 0, ws, ld_ws);
+  gemm<scalar_t>(false, L.N, x, s.I, GemmOperand<scalar_t>(true, s.I, G, w_ih, s.I), false, ws, ld_ws);
+  const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);  // W_hhᵀ [P, 4H], reused every step
+  const GemmOperand<scalar_t> w_hr_t(true, H, w_hr ? P : 0, w_hr, H);  // W_hrᵀ [H, P]
   for (int64_t step = 0; step < L.T; ++step) {
     const int64_t t = L.time_at(step);
     const int64_t bs = L.batch_sizes[t];
     scalar_t* g = ws + L.offsets[t] * ld_ws;
     scalar_t* o = out + L.offsets[t] * P;
-    gemm_rowmajor<scalar_t>(false, true, bs, G, P, 1, h_state, P, w_hh, P, 1, g, ld_ws);
+    gemm<scalar_t>(false, bs, h_state, P, w_hh_t, true, g, ld_ws);
     LstmFwdStep<scalar_t> p;
     p.H = H;
     p.gates = g;
@@ -58,7 +60,7 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
     p.h_state = w_hr ? nullptr : h_state;
     at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
     if (w_hr) {
-      gemm_rowmajor<scalar_t>(false, true, bs, P, H, 1, r_buf, H, w_hr, H, 0, o, P);
+      gemm<scalar_t>(false, bs, r_buf, H, w_hr_t, false, o, P);
       copy_rows(h_state, o, bs, P);
     }
   }
@@ -78,6 +80,8 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
                    scalar_t* r_all,       // [N, H] with a projection: o·tanh(c_t) of each row, else unused
                    scalar_t* dr_buf) {    // [B, H] with a projection: gradient of o·tanh(c_t) at one step
   const int64_t H = s.H, P = s.P, G = 4 * H, ld_ws = 5 * H;
+  const GemmOperand<scalar_t> w_hh_op(false, G, P, w_hh, P);          // W_hh [4H, P]
+  const GemmOperand<scalar_t> w_hr_op(false, w_hr ? P : 0, H, w_hr, H);  // W_hr [P, H]
   for (int64_t step = L.T - 1; step >= 0; --step) {
     const int64_t t = L.time_at(step);
     const int64_t bs = L.batch_sizes[t];
@@ -99,7 +103,7 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
       scalar_t* dht = dh_total + row0 * P;
       const scalar_t* go = gout + row0 * P;
       for (int64_t i = 0; i < bs * P; ++i) dht[i] = dh_state[i] + go[i];
-      gemm_rowmajor<scalar_t>(false, false, bs, H, P, 1, dht, P, w_hr, H, 0, dr_buf, H);
+      gemm<scalar_t>(false, bs, dht, P, w_hr_op, false, dr_buf, H);
       p.dh = dr_buf;
       p.ld_dh = H;
       p.r_out = r_all + row0 * H;
@@ -111,7 +115,7 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
     }
     at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
     // Gradient for h_{t-1}. Rows that started from h0 at this step keep it: it is their grad of h0.
-    gemm_rowmajor<scalar_t>(false, false, bs, P, G, 1, p.dgates, G, w_hh, P, 0, dh_state, P);
+    gemm<scalar_t>(false, bs, p.dgates, G, w_hh_op, false, dh_state, P);
   }
 }
 
@@ -232,18 +236,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_bw
                             s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr);
     // Everything below is one GEMM or reduction over all steps.
     if (need_grad_input)
-      gemm_rowmajor<scalar_t>(false, false, L.N, s.I, G, 1, dg, G, w_ih_c.const_data_ptr<scalar_t>(), s.I, 0,
-                              d_input.data_ptr<scalar_t>(), s.I);
-    gemm_rowmajor<scalar_t>(true, false, G, s.I, L.N, 1, dg, G, x.const_data_ptr<scalar_t>(), s.I, 0,
-                            d_w_ih.data_ptr<scalar_t>(), s.I);
+      gemm<scalar_t>(false, L.N, dg, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_c.const_data_ptr<scalar_t>(), s.I),
+                     false, d_input.data_ptr<scalar_t>(), s.I);
+    gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, s.I, x.const_data_ptr<scalar_t>(), s.I), false,
+                   d_w_ih.data_ptr<scalar_t>(), s.I);
     gather_prev_hidden<scalar_t>(L, P, out_c.const_data_ptr<scalar_t>(), h0_c.const_data_ptr<scalar_t>(),
                                  hprev.data_ptr<scalar_t>());
-    gemm_rowmajor<scalar_t>(true, false, G, P, L.N, 1, dg, G, hprev.const_data_ptr<scalar_t>(), P, 0,
-                            d_w_hh.data_ptr<scalar_t>(), P);
+    gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, P, hprev.const_data_ptr<scalar_t>(), P), false,
+                   d_w_hh.data_ptr<scalar_t>(), P);
     if (has_bias) column_sums<scalar_t>(dg, L.N, G, d_bias.data_ptr<scalar_t>());
     if (s.proj)
-      gemm_rowmajor<scalar_t>(true, false, P, H, L.N, 1, dh_total.const_data_ptr<scalar_t>(), P,
-                              r_all.const_data_ptr<scalar_t>(), H, 0, d_w_hr.data_ptr<scalar_t>(), H);
+      gemm<scalar_t>(true, P, dh_total.const_data_ptr<scalar_t>(), P,
+                     GemmOperand<scalar_t>(false, L.N, H, r_all.const_data_ptr<scalar_t>(), H), false,
+                     d_w_hr.data_ptr<scalar_t>(), H);
   });
   return {d_input, dh0, dc0, d_w_ih, d_w_hh, d_bias, d_w_hr};
 }

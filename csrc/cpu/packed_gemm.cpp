@@ -1,0 +1,158 @@
+#include "packed_gemm.h"
+
+#include <algorithm>
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LF_HAVE_AVX512_KERNEL 1
+#define LF_AVX512 __attribute__((target("avx512f,avx512vl,fma")))
+#else
+#define LF_HAVE_AVX512_KERNEL 0
+#endif
+
+namespace lstm_fused {
+
+bool packed_gemm_available() {
+#if LF_HAVE_AVX512_KERNEL
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+void pack_b(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, PackedMatrix& out) {
+  out.k = k;
+  out.n = n;
+  out.data.assign(out.panels() * k * kPanelCols, 0.0f);
+  at::parallel_for(0, out.panels(), 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* dst = out.data.data() + p * k * kPanelCols;
+      const int64_t j0 = p * kPanelCols, jn = std::min(kPanelCols, n - j0);
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t j = 0; j < jn; ++j)
+          dst[kk * kPanelCols + j] = trans_b ? b[(j0 + j) * ldb + kk] : b[kk * ldb + j0 + j];
+    }
+  });
+}
+
+#if LF_HAVE_AVX512_KERNEL
+namespace {
+
+// k is cut into blocks so a panel block ([kKBlock][32] floats, 64 KB) stays in L2 while every row block
+// of A passes over it; C accumulates block after block in a fixed order.
+constexpr int64_t kKBlock = 512;
+constexpr int64_t kRowBlock = 8;  // rows of C per micro-kernel call (16 accumulators)
+
+// C[MR rows, 32 cols] (=|+=) A[MR, kb]·P[kb, 32]. With few rows, kU independent accumulator sets over
+// interleaved k keep enough FMAs in flight to hide their latency; they are summed in a fixed order.
+template <int MR, int kU>
+LF_AVX512 void micro_kernel(int64_t kb, const float* a, int64_t a_rs, int64_t a_ks, const float* p, float* c,
+                            int64_t ldc, bool accumulate, __mmask16 m0, __mmask16 m1) {
+  __m512 acc[kU][MR][2];
+  for (int u = 0; u < kU; ++u)
+    for (int r = 0; r < MR; ++r) acc[u][r][0] = acc[u][r][1] = _mm512_setzero_ps();
+  int64_t kk = 0;
+  for (; kk + kU <= kb; kk += kU) {
+    for (int u = 0; u < kU; ++u) {
+      const __m512 b0 = _mm512_loadu_ps(p + (kk + u) * kPanelCols);
+      const __m512 b1 = _mm512_loadu_ps(p + (kk + u) * kPanelCols + 16);
+      for (int r = 0; r < MR; ++r) {
+        const __m512 av = _mm512_set1_ps(a[r * a_rs + (kk + u) * a_ks]);
+        acc[u][r][0] = _mm512_fmadd_ps(av, b0, acc[u][r][0]);
+        acc[u][r][1] = _mm512_fmadd_ps(av, b1, acc[u][r][1]);
+      }
+    }
+  }
+  for (; kk < kb; ++kk) {
+    const __m512 b0 = _mm512_loadu_ps(p + kk * kPanelCols);
+    const __m512 b1 = _mm512_loadu_ps(p + kk * kPanelCols + 16);
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * a_rs + kk * a_ks]);
+      acc[0][r][0] = _mm512_fmadd_ps(av, b0, acc[0][r][0]);
+      acc[0][r][1] = _mm512_fmadd_ps(av, b1, acc[0][r][1]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    __m512 s0 = acc[0][r][0], s1 = acc[0][r][1];
+    for (int u = 1; u < kU; ++u) {
+      s0 = _mm512_add_ps(s0, acc[u][r][0]);
+      s1 = _mm512_add_ps(s1, acc[u][r][1]);
+    }
+    float* cr = c + r * ldc;
+    if (accumulate) {
+      s0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), s0);
+      s1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), s1);
+    }
+    _mm512_mask_storeu_ps(cr, m0, s0);
+    _mm512_mask_storeu_ps(cr + 16, m1, s1);
+  }
+}
+
+using MicroFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, float*, int64_t, bool, __mmask16,
+                         __mmask16);
+
+// Row counts 1..8; small ones interleave k over several accumulator sets.
+const MicroFn kMicro[kRowBlock + 1] = {nullptr,
+                                       micro_kernel<1, 4>,
+                                       micro_kernel<2, 2>,
+                                       micro_kernel<3, 2>,
+                                       micro_kernel<4, 1>,
+                                       micro_kernel<5, 1>,
+                                       micro_kernel<6, 1>,
+                                       micro_kernel<7, 1>,
+                                       micro_kernel<8, 1>};
+
+// One tile: rows [r0, r1) of C against one panel, over all of k.
+LF_AVX512 void tile(bool trans_a, int64_t r0, int64_t r1, const float* a, int64_t lda, const PackedMatrix& b,
+                    int64_t panel, bool accumulate, float* c, int64_t ldc) {
+  const int64_t a_rs = trans_a ? 1 : lda, a_ks = trans_a ? lda : 1;
+  const int64_t j0 = panel * kPanelCols, jn = std::min(kPanelCols, b.n - j0);
+  const __mmask16 m0 = static_cast<__mmask16>(jn >= 16 ? 0xFFFF : (1u << jn) - 1);
+  const __mmask16 m1 = static_cast<__mmask16>(jn <= 16 ? 0 : (jn >= 32 ? 0xFFFF : (1u << (jn - 16)) - 1));
+  const float* pp = b.panel(panel);
+  for (int64_t k0 = 0; k0 < b.k; k0 += kKBlock) {
+    const int64_t kb = std::min(kKBlock, b.k - k0);
+    const bool acc = accumulate || k0 > 0;
+    for (int64_t r = r0; r < r1; r += kRowBlock) {
+      const int64_t mr = std::min(kRowBlock, r1 - r);
+      kMicro[mr](kb, a + r * a_rs + k0 * a_ks, a_rs, a_ks, pp + k0 * kPanelCols, c + r * ldc + j0, ldc, acc, m0, m1);
+    }
+  }
+}
+
+constexpr int64_t kRowsPerTask = 64;
+constexpr int64_t kMacsPerThread = int64_t(1) << 16;  // below this, one thread does the whole product
+
+}  // namespace
+
+void gemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const PackedMatrix& b, bool accumulate,
+                 float* c, int64_t ldc) {
+  if (m == 0 || b.n == 0) return;
+  if (b.k == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + b.n, 0.0f);
+    return;
+  }
+  const int64_t row_tasks = (m + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t tasks = row_tasks * b.panels();
+  const int64_t macs_per_task = std::min(m, kRowsPerTask) * kPanelCols * b.k;
+  const int64_t grain = std::max<int64_t>(1, kMacsPerThread / std::max<int64_t>(1, macs_per_task));
+  at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t panel = t / row_tasks, rt = t % row_tasks;
+      const int64_t r0 = rt * kRowsPerTask, r1 = std::min(m, r0 + kRowsPerTask);
+      tile(trans_a, r0, r1, a, lda, b, panel, accumulate, c, ldc);
+    }
+  });
+}
+#else
+void gemm_packed(bool, int64_t, const float*, int64_t, const PackedMatrix&, bool, float*, int64_t) {
+  TORCH_INTERNAL_ASSERT(false, "lstm_fused: packed GEMM called on a CPU without the AVX-512 kernel");
+}
+#endif
+
+}  // namespace lstm_fused
