@@ -14,10 +14,12 @@ PyMODINIT_FUNC PyInit__C(void) {
 TORCH_LIBRARY(lstm_fused, m) {
   // One LSTM layer in one direction over the whole sequence.
   // input: [T, B, I] (batch_sizes None) or packed data [N, I] with batch_sizes [T] (int64, CPU).
-  // Returns output [T, B, P] / [N, P], h_n [B, P], c_n [B, H], and the workspace the backward reads.
+  // Returns output [T, B, P] / [N, P], h_n [B, P], c_n [B, H], and the workspace the backward reads
+  // ([..., 5H]: activated gates and c_t per row; empty when need_workspace is false, as in inference).
   m.def(
       "lstm_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool need_workspace) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
   // Gradients of lstm_layer_fwd. grad_input is empty unless need_grad_input; grad_bias (the gradient of
   // b_ih and of b_hh alike) is empty unless has_bias; grad_w_hr is empty without a projection.
   m.def(

@@ -34,17 +34,24 @@ def lstm_layer(
     input: [T, B, I] time-major, or the data [N, I] of a PackedSequence with its batch_sizes [T].
     h0: [B, P], c0: [B, H] (P = proj_size or H). Returns output ([T, B, P] or [N, P]), h_n, c_n.
     """
-    out, h_n, c_n, _ = _ops.lstm_layer_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    # The workspace is only kept when autograd will need it; inference runs on a small scratch instead.
+    need_workspace = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    )
+    out, h_n, c_n, _ = _ops.lstm_layer_fwd.default(
+        input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace
+    )
     return out, h_n, c_n
 
 
 @torch.library.register_fake("lstm_fused::lstm_layer_fwd")
-def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
     hidden = w_ih.shape[0] // 4
     p = w_hr.shape[0] if w_hr is not None else hidden
     lead = tuple(input.shape[:-1])
-    ws = input.new_empty((*lead, 5 * hidden), dtype=_workspace_dtype(input.dtype))
+    ws_shape = (*lead, 5 * hidden) if need_workspace else (0,)
+    ws = input.new_empty(ws_shape, dtype=_workspace_dtype(input.dtype))
     return input.new_empty((*lead, p)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws
 
 
@@ -66,7 +73,7 @@ def _lstm_layer_bwd_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _ = inputs
     out, _, _, ws = output
     ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, ws)
     ctx.reverse = reverse
@@ -95,6 +102,7 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
         gb if ctx.has_bias else None,
         gb.clone() if ctx.has_bias else None,  # b_ih and b_hh get the same gradient, as separate tensors
         gw_hr if w_hr is not None else None,
+        None,
         None,
     )
 

@@ -101,7 +101,7 @@ def _op_args(**over):
     T, B = 4, 3
     args = dict(input=torch.randn(T, B, I), batch_sizes=None, h0=torch.randn(B, H), c0=torch.randn(B, H),
                 w_ih=torch.randn(4 * H, I), w_hh=torch.randn(4 * H, H), b_ih=torch.randn(4 * H),
-                b_hh=torch.randn(4 * H), w_hr=None, reverse=False)
+                b_hh=torch.randn(4 * H), w_hr=None, reverse=False, need_workspace=True)
     args.update(over)
     return list(args.values())
 

@@ -119,3 +119,19 @@ def test_bfloat16_cpu_runs_in_float32():
     assert (out.double() - expected).abs().max().item() < 5e-2
     out.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in ours.parameters())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_inference_without_workspace_equals_training_forward(packed):
+    # no_grad runs the chunked path without a saved workspace; the numbers must be the same bits.
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    _, ours = twin_lstms(16, 40, num_layers=2, bidirectional=True, proj_size=12)
+    x = torch.randn(70, 9, 16)
+    inp = pack_padded_sequence(x, torch.tensor([70, 3, 55, 70, 1, 9, 64, 12, 40]), enforce_sorted=False) if packed else x
+    out_t, (h_t, c_t) = ours(inp)
+    with torch.no_grad():
+        out_i, (h_i, c_i) = ours(inp)
+    d_t = out_t.data if packed else out_t
+    d_i = out_i.data if packed else out_i
+    assert torch.equal(d_t, d_i) and torch.equal(h_t, h_i) and torch.equal(c_t, c_i)

@@ -23,8 +23,9 @@ def _layer_args(packed, proj, bias, requires_grad, dtype=torch.float32):
 @pytest.mark.parametrize("proj", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_opcheck_fwd(packed, proj, bias, reverse):
-    args = _layer_args(packed, proj, bias, requires_grad=True) + [reverse]
+@pytest.mark.parametrize("need_workspace", [True, False])
+def test_opcheck_fwd(packed, proj, bias, reverse, need_workspace):
+    args = _layer_args(packed, proj, bias, requires_grad=need_workspace) + [reverse, need_workspace]
     torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_fwd.default, args)
 
 
@@ -33,7 +34,7 @@ def test_opcheck_fwd(packed, proj, bias, reverse):
 @pytest.mark.parametrize("need_grad_input", [False, True])
 def test_opcheck_bwd(packed, proj, need_grad_input):
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _layer_args(packed, proj, True, requires_grad=False)
-    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, True)
+    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, True, True)
     args = [torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
             out, ws, True, True, need_grad_input]
     torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_bwd.default, args)

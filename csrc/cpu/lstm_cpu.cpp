@@ -25,6 +25,10 @@ void copy_rows(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t cols) {
   if (rows > 0) std::memcpy(dst, src, sizeof(scalar_t) * rows * cols);
 }
 
+// Rows of gates a chunk of steps aims for: the chunk's input projection is still in cache when its steps
+// consume it, and inference needs only this much scratch instead of an [N, 5H] workspace.
+constexpr int64_t kChunkBytes = int64_t(1) << 20;
+
 template <typename scalar_t>
 void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
                    const scalar_t* x,     // [N, I]
@@ -35,33 +39,46 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
                    scalar_t* out,         // [N, P]
                    scalar_t* h_state,     // [B, P] h0 in, h_n out
                    scalar_t* c_state,     // [B, H] c0 in, c_n out
-                   scalar_t* ws,          // [N, 5H] activated gates (4H) and c_t (H) per row
+                   scalar_t* ws,          // [N, 5H] activated gates (4H) and c_t (H) per row; nullptr: inference
                    scalar_t* r_buf) {     // [B, H] o·tanh(c) before the projection, if any
   const int64_t H = s.H, P = s.P, G = 4 * H, ld_ws = 5 * H;
-  // Input projection of every step at once; biases are added in the pointwise pass.
-  gemm<scalar_t>(false, L.N, x, s.I, GemmOperand<scalar_t>(true, s.I, G, w_ih, s.I), false, ws, ld_ws);
-  const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);  // W_hhᵀ [P, 4H], reused every step
+  const GemmOperand<scalar_t> w_ih_t(true, s.I, G, w_ih, s.I);         // W_ihᵀ [I, 4H]
+  const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);              // W_hhᵀ [P, 4H], reused every step
   const GemmOperand<scalar_t> w_hr_t(true, H, w_hr ? P : 0, w_hr, H);  // W_hrᵀ [H, P]
-  for (int64_t step = 0; step < L.T; ++step) {
-    const int64_t t = L.time_at(step);
-    const int64_t bs = L.batch_sizes[t];
-    scalar_t* g = ws + L.offsets[t] * ld_ws;
-    scalar_t* o = out + L.offsets[t] * P;
-    gemm<scalar_t>(false, bs, h_state, P, w_hh_t, true, g, ld_ws);
-    LstmFwdStep<scalar_t> p;
-    p.H = H;
-    p.gates = g;
-    p.cells = g + G;
-    p.ld_ws = ld_ws;
-    p.bias = bias;
-    p.c_state = c_state;
-    p.h_out = w_hr ? r_buf : o;
-    p.ld_h = w_hr ? H : P;
-    p.h_state = w_hr ? nullptr : h_state;
-    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
-    if (w_hr) {
-      gemm<scalar_t>(false, bs, r_buf, H, w_hr_t, false, o, P);
-      copy_rows(h_state, o, bs, P);
+  const int64_t chunk_steps =
+      std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t) * ld_ws * std::max<int64_t>(1, L.B)));
+  std::vector<scalar_t> scratch(ws ? 0 : std::min(L.T, chunk_steps) * L.B * ld_ws);
+  for (int64_t s0 = 0; s0 < L.T; s0 += chunk_steps) {
+    const int64_t s1 = std::min(L.T, s0 + chunk_steps);
+    // The chunk's steps are one contiguous row range in either direction.
+    const int64_t ta = L.time_at(s0), tb = L.time_at(s1 - 1);
+    const int64_t row_lo = std::min(L.offsets[ta], L.offsets[tb]);
+    const int64_t row_hi = std::max(L.offsets[ta] + L.batch_sizes[ta], L.offsets[tb] + L.batch_sizes[tb]);
+    scalar_t* base = ws ? ws + row_lo * ld_ws : scratch.data();  // gates of row row_lo
+    // Input projection of the chunk's steps in one GEMM; biases are added in the pointwise pass.
+    gemm<scalar_t>(false, row_hi - row_lo, x + row_lo * s.I, s.I, w_ih_t, false, base, ld_ws);
+    for (int64_t step = s0; step < s1; ++step) {
+      const int64_t t = L.time_at(step);
+      const int64_t bs = L.batch_sizes[t];
+      scalar_t* g = base + (L.offsets[t] - row_lo) * ld_ws;
+      scalar_t* o = out + L.offsets[t] * P;
+      gemm<scalar_t>(false, bs, h_state, P, w_hh_t, true, g, ld_ws);
+      LstmFwdStep<scalar_t> p;
+      p.H = H;
+      p.gates = g;
+      p.cells = g + G;
+      p.ld_ws = ld_ws;
+      p.bias = bias;
+      p.c_state = c_state;
+      p.h_out = w_hr ? r_buf : o;
+      p.ld_h = w_hr ? H : P;
+      p.h_state = w_hr ? nullptr : h_state;
+      at::parallel_for(0, bs * H, kPointwiseGrain,
+                       [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
+      if (w_hr) {
+        gemm<scalar_t>(false, bs, r_buf, H, w_hr_t, false, o, P);
+        copy_rows(h_state, o, bs, P);
+      }
     }
   }
 }
@@ -156,7 +173,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(const Tensor& inpu
                                                               const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                                                               const Tensor& w_hh, const std::optional<Tensor>& b_ih,
                                                               const std::optional<Tensor>& b_hh,
-                                                              const std::optional<Tensor>& w_hr, bool reverse) {
+                                                              const std::optional<Tensor>& w_hr, bool reverse,
+                                                              bool need_workspace) {
   const LayerSizes s = check_layer_args(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_cpu_dtype(input);
   const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(0), reverse);
@@ -168,7 +186,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(const Tensor& inpu
   out_shape.push_back(s.P);
   ws_shape.push_back(5 * s.H);
   Tensor out = at::empty(out_shape, input.options());
-  Tensor ws = at::empty(ws_shape, input.options());
+  Tensor ws = need_workspace ? at::empty(ws_shape, input.options()) : at::empty({0}, input.options());
   Tensor h_n = h0.contiguous().clone();
   Tensor c_n = c0.contiguous().clone();
   Tensor x = input.contiguous();
@@ -181,7 +199,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(const Tensor& inpu
     lstm_fwd_loop<scalar_t>(L, s, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
                             w_hh_c.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
                             s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
-                            h_n.data_ptr<scalar_t>(), c_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(),
+                            h_n.data_ptr<scalar_t>(), c_n.data_ptr<scalar_t>(),
+                            need_workspace ? ws.data_ptr<scalar_t>() : nullptr,
                             s.proj ? r_buf.data_ptr<scalar_t>() : nullptr);
   });
   return {out, h_n, c_n, ws};
