@@ -44,3 +44,19 @@ def test_every_op_has_cpu_kernel_and_fake():
     for name in ("lstm_layer_fwd", "lstm_layer_bwd"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lstm_fused::{name}", "CPU")
     assert ops.has_kernel("CPU")
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 64, 256), (3, 5, 7), (8, 513, 33), (9, 31, 32), (17, 1100, 70),
+                                   (70, 96, 129), (130, 7, 16)])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_internal_gemm_matches_matmul(m, k, n, trans_a, trans_b, dtype):
+    # The GEMM under every product of the CPU kernels (packed AVX-512 for float where available), at odd
+    # sizes that cross the 8-row, 32-column and 512-k blocking, with both operand layouts.
+    a = torch.randn((k, m) if trans_a else (m, k), dtype=dtype)
+    b = torch.randn((n, k) if trans_b else (k, n), dtype=dtype)
+    expected = (a.double().t() if trans_a else a.double()) @ (b.double().t() if trans_b else b.double())
+    got = torch.ops.lstm_fused._gemm(a, b, trans_a, trans_b)
+    tol = 2e-6 * k ** 0.5 if dtype == torch.float32 else 1e-12 * k
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol * max(1.0, expected.abs().max().item()))

@@ -143,7 +143,9 @@ void gemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const Pac
   const int64_t grain = std::max<int64_t>(1, kMacsPerThread / std::max<int64_t>(1, macs_per_task));
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t panel = t / row_tasks, rt = t % row_tasks;
+      // Row-block major: a block of A stays in cache while it meets every panel (B is the smaller operand
+      // and stays in L2), instead of A streaming from memory once per panel.
+      const int64_t rt = t / b.panels(), panel = t % b.panels();
       const int64_t r0 = rt * kRowsPerTask, r1 = std::min(m, r0 + kRowsPerTask);
       tile(trans_a, r0, r1, a, lda, b, panel, accumulate, c, ldc);
     }
