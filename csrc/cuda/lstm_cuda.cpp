@@ -1,0 +1,66 @@
+// CUDA binding of the fused LSTM layer ops: device guard, current stream, and the sequence loop of
+// lstm_cuda_driver.h with the step kernels of lstm_cuda_kernels.cu. No private streams, no host syncs.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "lstm_cuda_driver.h"
+#include "lstm_cuda_launch.h"
+
+namespace lstm_fused {
+namespace {
+
+using at::Tensor;
+
+struct GpuRunner {
+  cudaStream_t stream;
+  template <typename T, typename A>
+  void fwd(const cuda_step::FwdStepParams<T, A>& p) {
+    C10_CUDA_CHECK(cuda_step::launch_fwd_step<T, A>(p, stream));
+  }
+  template <typename T, typename A>
+  void bwd(const cuda_step::BwdStepParams<T, A>& p, int mode) {
+    C10_CUDA_CHECK(cuda_step::launch_bwd_step<T, A>(p, mode, stream));
+  }
+};
+
+void check_cuda_args(const Tensor& input, int64_t rows) {
+  TORCH_CHECK(input.is_cuda(), "lstm_fused: expected CUDA tensors, got ", input.device());
+  // Rows map to gridDim.y in blocks of kBT.
+  TORCH_CHECK((rows + cuda_step::kBT - 1) / cuda_step::kBT <= 65535, "lstm_fused: batch of ", rows,
+              " rows exceeds the CUDA kernels' limit of ", 65535 * cuda_step::kBT);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cuda(
+    const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+    const std::optional<Tensor>& w_hr, bool reverse, bool need_workspace) {
+  check_cuda_args(input, h0.size(0));
+  const c10::cuda::CUDAGuard guard(input.device());
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
+  return cuda_driver::layer_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace,
+                                run);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_bwd_cuda(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+    const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+    const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& output, const Tensor& workspace,
+    bool reverse, bool has_bias, bool need_grad_input) {
+  check_cuda_args(input, h0.size(0));
+  const c10::cuda::CUDAGuard guard(input.device());
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
+  return cuda_driver::layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr,
+                                output, workspace, reverse, has_bias, need_grad_input, run);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lstm_fused, CUDA, m) {
+  m.impl("lstm_layer_fwd", &lstm_layer_fwd_cuda);
+  m.impl("lstm_layer_bwd", &lstm_layer_bwd_cuda);
+}
+
+}  // namespace lstm_fused

@@ -1,0 +1,83 @@
+// The CUDA step kernels: each is the phase functions of lstm_cuda_step.h between barriers. Lean headers only
+// (no torch/extension.h): c10's Half/BFloat16 for the storage types.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "lstm_cuda_launch.h"
+
+namespace lstm_fused {
+namespace cuda_step {
+namespace {
+
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads, 1) fwd_step_kernel(const FwdStepParams<T, A> p) {
+  __shared__ TileSmem<A, 4> smem;
+  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
+  A acc[4] = {A(0), A(0), A(0), A(0)};
+  for (int64_t k0 = 0; k0 < p.P; k0 += kKT) {
+    fwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
+    __syncthreads();
+    tile_accumulate(smem, tx, ty, acc);
+    __syncthreads();
+  }
+  fwd_epilogue(p, blockIdx.x, blockIdx.y, tx, ty, acc);
+}
+
+template <typename T, typename A, int kMode>
+__global__ void __launch_bounds__(kThreads) bwd_step_kernel(const BwdStepParams<T, A> p) {
+  __shared__ TileSmem<A, 1> smem;
+  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
+  A acc[1] = {A(0)};
+  if (kMode != kPointwiseOnly) {
+    for (int64_t k0 = 0; k0 < 4 * p.H; k0 += kKT) {
+      bwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
+      __syncthreads();
+      tile_accumulate(smem, tx, ty, acc);
+      __syncthreads();
+    }
+  }
+  bwd_epilogue(p, kMode, blockIdx.x, blockIdx.y, tx, ty, acc);
+}
+
+}  // namespace
+
+template <typename T, typename A>
+cudaError_t launch_fwd_step(const FwdStepParams<T, A>& p, cudaStream_t stream) {
+  int64_t gx, gy;
+  fwd_grid(p.H, p.rows, gx, gy);
+  if (gx == 0 || gy == 0) return cudaSuccess;
+  fwd_step_kernel<T, A><<<dim3(gx, gy), dim3(kJT, kBT), 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, typename A>
+cudaError_t launch_bwd_step(const BwdStepParams<T, A>& p, int mode, cudaStream_t stream) {
+  int64_t gx, gy;
+  bwd_grid(p.H, p.P, p.rows, mode, gx, gy);
+  if (gx == 0 || gy == 0) return cudaSuccess;
+  const dim3 grid(gx, gy), block(kJT, kBT);
+  switch (mode) {
+    case kFused:
+      bwd_step_kernel<T, A, kFused><<<grid, block, 0, stream>>>(p);
+      break;
+    case kReduceOnly:
+      bwd_step_kernel<T, A, kReduceOnly><<<grid, block, 0, stream>>>(p);
+      break;
+    default:
+      bwd_step_kernel<T, A, kPointwiseOnly><<<grid, block, 0, stream>>>(p);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+#define LF_INSTANTIATE(T, A)                                                            \
+  template cudaError_t launch_fwd_step<T, A>(const FwdStepParams<T, A>&, cudaStream_t); \
+  template cudaError_t launch_bwd_step<T, A>(const BwdStepParams<T, A>&, int, cudaStream_t);
+
+LF_INSTANTIATE(float, float)
+LF_INSTANTIATE(double, double)
+LF_INSTANTIATE(c10::Half, float)
+LF_INSTANTIATE(c10::BFloat16, float)
+
+}  // namespace cuda_step
+}  // namespace lstm_fused

@@ -1,0 +1,20 @@
+// Launchers of the CUDA step kernels: torch-free, on the caller's stream; they return the launch status for
+// the binding to check. Instantiated for (float, float), (double, double), (c10::Half, float) and
+// (c10::BFloat16, float).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "lstm_cuda_step.h"
+
+namespace lstm_fused {
+namespace cuda_step {
+
+template <typename T, typename A>
+cudaError_t launch_fwd_step(const FwdStepParams<T, A>& p, cudaStream_t stream);
+
+template <typename T, typename A>
+cudaError_t launch_bwd_step(const BwdStepParams<T, A>& p, int mode, cudaStream_t stream);
+
+}  // namespace cuda_step
+}  // namespace lstm_fused

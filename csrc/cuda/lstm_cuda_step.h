@@ -1,0 +1,216 @@
+// The CUDA step kernels' work, written as __host__ __device__ functions of (block, thread) indices so the same
+// code runs on the GPU (lstm_cuda_kernels.cu) and, thread by thread and phase by phase, on the CPU
+// (cpu/cuda_emulation.cpp), where the tests check its index math, tiling and bounds at odd sizes.
+//
+// One launch per time step. A block owns kJT hidden units (or output columns) × kBT batch rows; its threads
+// reduce over k in tiles staged through shared memory, and the epilogue applies the cell math of
+// cell_math.h to the accumulators still in registers — the recurrent product ends directly in the cell
+// update, with no gates round trip through global memory.
+#pragma once
+
+#include <cstdint>
+
+#include "../cell_math.h"
+
+namespace lstm_fused {
+namespace cuda_step {
+
+constexpr int kJT = 32;              // hidden units (or output columns) per block: one warp along x
+constexpr int kBT = 8;               // batch rows per block
+constexpr int kKT = 32;              // reduction tile
+constexpr int kThreads = kJT * kBT;  // 256
+
+// Forward step t over rows [0, rows) (T: storage type; A: accumulate type, float for half types).
+template <typename T, typename A>
+struct FwdStepParams {
+  int64_t H = 0, P = 0;   // hidden units; recurrent size (proj_size or H)
+  int64_t rows = 0;       // batch_sizes[t]
+  int64_t n_prev = 0;     // rows below continue the previous step; the rest start from h0/c0
+  int64_t ld_ws = 0;      // 5H
+  int64_t ld_h = 0;       // row stride of h_out
+  const T* h_prev = nullptr;  // [n_prev, P] output rows of the previous step (h_{t-1})
+  const T* h0 = nullptr;      // [B, P]
+  const A* c_prev = nullptr;  // [n_prev, ld_ws] c of the previous step (workspace column 4H)
+  const T* c0 = nullptr;      // [B, H]
+  const T* xw = nullptr;      // [rows, 4H] x·W_ihᵀ + b_ih + b_hh of this step
+  const T* w_hh = nullptr;    // [4H, P]
+  A* ws = nullptr;            // [rows, ld_ws] out: activated gates i,f,g,o (4H) then c_t (H)
+  T* h_out = nullptr;         // [rows, ld_h] out: h_t, or o·tanh(c_t) as the projection's input
+};
+
+// Backward step t. Modes: kFused (no projection): dh_t = gout + dG_later·W_hh for this block's units, then the
+// cell backward; kReduceOnly (projection): dh_tot = gout + dG_later·W_hh over the P outputs; kPointwiseOnly
+// (projection): the cell backward from dr = dh_tot·W_hr.
+enum BwdMode : int { kFused = 0, kReduceOnly = 1, kPointwiseOnly = 2 };
+
+template <typename T, typename A>
+struct BwdStepParams {
+  int64_t H = 0, P = 0, rows = 0;
+  int64_t n_later = 0;        // rows below got dG from the step after t (in forward order); the rest take grad_h_n
+  int64_t n_prev = 0;         // rows below continue the previous step (forward order); the rest started from c0
+  int64_t ld_ws = 0;          // 5H
+  const A* dg_later = nullptr;  // [n_later, 4H] pre-activation gradients of the step after t
+  const T* w_hh_t = nullptr;    // [P, 4H] W_hhᵀ
+  const T* gout = nullptr;      // [rows, P] gradient of this step's output rows
+  const T* grad_hn = nullptr;   // [B, P]
+  const A* dr = nullptr;        // [rows, H] kPointwiseOnly: gradient of o·tanh(c_t)
+  A* dh_tot = nullptr;          // [rows, P] kReduceOnly out: total gradient of h_t
+  const A* ws = nullptr;        // [rows, ld_ws] this step's activated gates and c_t
+  const A* c_prev = nullptr;    // [n_prev, ld_ws] c of the previous step (workspace column 4H)
+  const T* c0 = nullptr;        // [B, H]
+  A* dc_state = nullptr;        // [B, H] in: gradient of c_t; out: gradient of c_{t-1}
+  A* dg = nullptr;              // [rows, 4H] out: pre-activation gradients
+  A* r_out = nullptr;           // [rows, H] kPointwiseOnly out: o·tanh(c_t), for W_hr's gradient
+};
+
+// NG accumulators per thread: the 4 gates of one unit (forward) or one output (backward).
+template <typename A, int NG>
+struct TileSmem {
+  A a[kBT][kKT];
+  A w[NG * kJT][kKT + 1];  // +1: a warp reads 32 different rows at one k without bank conflicts
+};
+
+// Storage to accumulate type; half types go through float (their only conversion on host and device).
+template <typename T, typename A>
+LF_HOST_DEVICE A to_acc(T v) {
+  return static_cast<A>(static_cast<float>(v));
+}
+template <>
+LF_HOST_DEVICE double to_acc<double, double>(double v) {
+  return v;
+}
+
+// ---- forward ------------------------------------------------------------------------------------------
+// Stages h_{t-1}[rows of this block, k0:k0+kKT] and W_hh[4 gates × units of this block, k0:k0+kKT].
+template <typename T, typename A>
+LF_HOST_DEVICE void fwd_load_tiles(const FwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
+                                   TileSmem<A, 4>& s) {
+  for (int e = tid; e < kBT * kKT; e += kThreads) {
+    const int bb = e / kKT, kk = e % kKT;
+    const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
+    A v = A(0);
+    if (b < p.rows && k < p.P) v = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.P + k] : p.h0[b * p.P + k]);
+    s.a[bb][kk] = v;
+  }
+  for (int e = tid; e < 4 * kJT * kKT; e += kThreads) {
+    const int rr = e / kKT, kk = e % kKT;
+    const int g = rr / kJT, jj = rr % kJT;
+    const int64_t j = int64_t(bx) * kJT + jj, k = k0 + kk;
+    A v = A(0);
+    if (j < p.H && k < p.P) v = to_acc<T, A>(p.w_hh[(g * p.H + j) * p.P + k]);
+    s.w[rr][kk] = v;
+  }
+}
+
+template <typename A, int NG>
+LF_HOST_DEVICE void tile_accumulate(const TileSmem<A, NG>& s, int tx, int ty, A (&acc)[NG]) {
+  for (int kk = 0; kk < kKT; ++kk) {
+    const A a = s.a[ty][kk];
+    for (int g = 0; g < NG; ++g) acc[g] += a * s.w[g * kJT + tx][kk];
+  }
+}
+
+template <typename T, typename A>
+LF_HOST_DEVICE void fwd_epilogue(const FwdStepParams<T, A>& p, int bx, int by, int tx, int ty, const A (&acc)[4]) {
+  const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
+  if (b >= p.rows || j >= p.H) return;
+  const int64_t H = p.H;
+  const T* xw = p.xw + b * 4 * H;
+  const LstmGates<A> pre{acc[0] + to_acc<T, A>(xw[j]), acc[1] + to_acc<T, A>(xw[H + j]),
+                         acc[2] + to_acc<T, A>(xw[2 * H + j]), acc[3] + to_acc<T, A>(xw[3 * H + j])};
+  const A c_prev = b < p.n_prev ? p.c_prev[b * p.ld_ws + j] : to_acc<T, A>(p.c0[b * H + j]);
+  LstmGates<A> act;
+  A c, h;
+  lstm_cell_forward(pre, c_prev, act, c, h);
+  A* w = p.ws + b * p.ld_ws;
+  w[j] = act.i;
+  w[H + j] = act.f;
+  w[2 * H + j] = act.g;
+  w[3 * H + j] = act.o;
+  w[4 * H + j] = c;
+  p.h_out[b * p.ld_h + j] = static_cast<T>(h);
+}
+
+// ---- backward -----------------------------------------------------------------------------------------
+// Stages dG_later[rows of this block, k0:k0+kKT] and W_hhᵀ[outputs of this block, k0:k0+kKT] (k runs over 4H).
+template <typename T, typename A>
+LF_HOST_DEVICE void bwd_load_tiles(const BwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
+                                   TileSmem<A, 1>& s) {
+  const int64_t G = 4 * p.H;
+  const int64_t n_out = p.P;  // kFused has P == H
+  for (int e = tid; e < kBT * kKT; e += kThreads) {
+    const int bb = e / kKT, kk = e % kKT;
+    const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
+    A v = A(0);
+    if (b < p.rows && b < p.n_later && k < G) v = p.dg_later[b * G + k];
+    s.a[bb][kk] = v;
+  }
+  for (int e = tid; e < kJT * kKT; e += kThreads) {
+    const int jj = e / kKT, kk = e % kKT;
+    const int64_t n = int64_t(bx) * kJT + jj, k = k0 + kk;
+    A v = A(0);
+    if (n < n_out && k < G) v = to_acc<T, A>(p.w_hh_t[n * G + k]);
+    s.w[jj][kk] = v;
+  }
+}
+
+// Gradient reaching h_t[b, n] from outside the cell: this step's output gradient plus the recurrent one
+// (or grad_h_n where t is the row's last step).
+template <typename T, typename A>
+LF_HOST_DEVICE A bwd_dh(const BwdStepParams<T, A>& p, int64_t b, int64_t n, A recurrent) {
+  const A rec = b < p.n_later ? recurrent : to_acc<T, A>(p.grad_hn[b * p.P + n]);
+  return rec + to_acc<T, A>(p.gout[b * p.P + n]);
+}
+
+template <typename T, typename A>
+LF_HOST_DEVICE void bwd_cell(const BwdStepParams<T, A>& p, int64_t b, int64_t j, A dh, bool store_r) {
+  const int64_t H = p.H;
+  const A* w = p.ws + b * p.ld_ws;
+  const LstmGates<A> act{w[j], w[H + j], w[2 * H + j], w[3 * H + j]};
+  const A c = w[4 * H + j];
+  const A c_prev = b < p.n_prev ? p.c_prev[b * p.ld_ws + j] : to_acc<T, A>(p.c0[b * H + j]);
+  LstmGates<A> dpre;
+  A dc_prev;
+  lstm_cell_backward(act, c, c_prev, dh, p.dc_state[b * H + j], dpre, dc_prev);
+  A* dg = p.dg + b * 4 * H;
+  dg[j] = dpre.i;
+  dg[H + j] = dpre.f;
+  dg[2 * H + j] = dpre.g;
+  dg[3 * H + j] = dpre.o;
+  p.dc_state[b * H + j] = dc_prev;
+  if (store_r) p.r_out[b * H + j] = lstm_hidden_from_saved(act, c);
+}
+
+template <typename T, typename A>
+LF_HOST_DEVICE void bwd_epilogue(const BwdStepParams<T, A>& p, int mode, int bx, int by, int tx, int ty,
+                                 const A (&acc)[1]) {
+  const int64_t n = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
+  if (b >= p.rows) return;
+  if (mode == kReduceOnly) {
+    if (n < p.P) p.dh_tot[b * p.P + n] = bwd_dh(p, b, n, acc[0]);
+    return;
+  }
+  if (n >= p.H) return;
+  if (mode == kFused)
+    bwd_cell(p, b, n, bwd_dh(p, b, n, acc[0]), false);
+  else
+    bwd_cell(p, b, n, p.dr[b * p.H + n], true);
+}
+
+// Grid of a step launch: x over units/outputs, y over rows.
+inline void fwd_grid(int64_t H, int64_t rows, int64_t& gx, int64_t& gy) {
+  gx = (H + kJT - 1) / kJT;
+  gy = (rows + kBT - 1) / kBT;
+}
+inline void bwd_grid(int64_t H, int64_t P, int64_t rows, int mode, int64_t& gx, int64_t& gy) {
+  gx = ((mode == kReduceOnly ? P : H) + kJT - 1) / kJT;
+  gy = (rows + kBT - 1) / kBT;
+}
+// Length of the reduction (0: no reduction phase).
+template <typename T, typename A>
+LF_HOST_DEVICE int64_t bwd_reduction_length(const BwdStepParams<T, A>& p, int mode) {
+  return mode == kPointwiseOnly ? 0 : 4 * p.H;
+}
+
+}  // namespace cuda_step
+}  // namespace lstm_fused

@@ -1,0 +1,101 @@
+"""The CUDA path's logic, run on the CPU: the CUDA driver (buffers, GEMMs, step loop) with each step kernel's
+phase functions executed block by block and thread by thread (lstm_fused::_emu_layer_*). Compared with the CPU
+kernels at odd sizes that cross the kernels' 32-unit, 8-row and 32-k tiles, padded and packed, both
+directions, with and without projection, in every dtype the GPU path supports."""
+import pytest
+import torch
+
+import lstm_fused  # noqa: F401  (registers the ops)
+
+fwd_cpu = torch.ops.lstm_fused.lstm_layer_fwd.default
+bwd_cpu = torch.ops.lstm_fused.lstm_layer_bwd.default
+fwd_emu = torch.ops.lstm_fused._emu_layer_fwd.default
+bwd_emu = torch.ops.lstm_fused._emu_layer_bwd.default
+
+CASES = [  # T, B, I, H, proj
+    (1, 1, 1, 1, 0),
+    (3, 2, 5, 7, 0),
+    (5, 9, 33, 33, 0),
+    (4, 17, 3, 40, 0),
+    (6, 3, 70, 65, 13),
+    (2, 8, 8, 32, 31),
+    (7, 10, 4, 9, 4),
+]
+
+
+def _args(T, B, I, H, proj, packed, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    P = proj or H
+    if packed:
+        lengths = torch.randint(1, T + 1, (B,), generator=g).sort(descending=True).values
+        lengths[0] = T
+        batch_sizes = torch.tensor([int((lengths > t_).sum()) for t_ in range(T)])
+        x = t(int(batch_sizes.sum()), I)
+    else:
+        batch_sizes = None
+        x = t(T, B, I)
+    k = H ** -0.5
+    return [x, batch_sizes, t(B, P), t(B, H), t(4 * H, I, scale=k), t(4 * H, P, scale=k), t(4 * H, scale=k),
+            t(4 * H, scale=k), t(P, H, scale=k) if proj else None]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, reverse):
+    dtype = torch.float64
+    args = _args(*case, packed, dtype, seed=hash((case, packed, reverse)) % 1000)
+    ref = fwd_cpu(*args, reverse, True)
+    emu = fwd_emu(*args, reverse, True)
+    for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
+    g = torch.Generator().manual_seed(5)
+    grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in ref[:3]]
+    for need_grad_input in (True, False):
+        common = (x, bs, h0, c0, w_ih, w_hh, w_hr)
+        r = bwd_cpu(*grads, *common, ref[0], ref[3], reverse, True, need_grad_input)
+        e = bwd_emu(*grads, *common, emu[0], emu[3], reverse, True, need_grad_input)
+        names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr")
+        for name, a, b in zip(names, e, r):
+            assert a.shape == b.shape, name
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed):
+    # Half types keep gates and cells in float32; their error against float64 is the storage rounding.
+    T, B, I, H, proj = 6, 5, 12, 20, 7
+    args64 = _args(T, B, I, H, proj, packed, torch.float64, seed=3)
+    args = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args64]
+    ref = fwd_cpu(*args64, False, True)
+    emu = fwd_emu(*args, False, True)
+    assert emu[3].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for a, b in zip(emu[:3], ref[:3]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
+    grads = [t.to(dtype) for t in grads64]
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr = args
+    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6 = args64
+    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, ref[0], ref[3], False, True, True)
+    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, emu[0], emu[3], False, True, True)
+    for a, b in zip(e, r):
+        assert a.dtype == dtype
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+
+
+def test_emulated_backward_rejects_missing_workspace():
+    args = _args(3, 2, 4, 5, 0, False, torch.float32, seed=0)
+    out, h_n, c_n, ws = fwd_emu(*args, False, False)
+    assert ws.numel() == 0
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr = args
+    with pytest.raises(RuntimeError, match="workspace"):
+        bwd_emu(torch.ones_like(out), torch.ones_like(h_n), torch.ones_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
+                out, ws, False, True, True)
