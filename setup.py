@@ -38,7 +38,7 @@ def extension():
     cpu_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
     cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
     opt = ["-O3"] if not _flag("LSTM_FUSED_DEBUG") else ["-O0", "-g"]
-    cxx = opt + ["-std=c++17", "-fopenmp", "-fvisibility=hidden"]
+    cxx = opt + ["-std=c++20", "-fopenmp", "-fvisibility=hidden"]
     extra = {"cxx": cxx}
     include_dirs = [os.path.join(ROOT, "csrc")]
     use_cuda = _want_cuda() and bool(cuda_sources)
@@ -46,7 +46,7 @@ def extension():
         ext_cls = cpp_extension.CUDAExtension
         sources = cpu_sources + cuda_sources
         extra["cxx"] = cxx + ["-DLSTM_FUSED_WITH_CUDA"]
-        extra["nvcc"] = opt + ["-std=c++17", "-DLSTM_FUSED_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo",
+        extra["nvcc"] = opt + ["-std=c++20", "-DLSTM_FUSED_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo",
                                "-Xptxas=-v" if _flag("LSTM_FUSED_PTXAS_VERBOSE") else "-Xptxas=-O3"]
         # cublas_v2.h / cusparse.h (pulled in by ATen/cuda headers) ship in the nvidia-* wheels, not CUDA_HOME.
         site = sysconfig.get_paths()["purelib"]

@@ -18,11 +18,13 @@ struct GpuRunner {
   cudaStream_t stream;
   template <typename T, typename A>
   void fwd(const cuda_step::FwdStepParams<T, A>& p) {
-    C10_CUDA_CHECK(cuda_step::launch_fwd_step<T, A>(p, stream));
+    const cudaError_t err = cuda_step::launch_fwd_step<T, A>(p, stream);
+    C10_CUDA_CHECK(err);
   }
   template <typename T, typename A>
   void bwd(const cuda_step::BwdStepParams<T, A>& p, int mode) {
-    C10_CUDA_CHECK(cuda_step::launch_bwd_step<T, A>(p, mode, stream));
+    const cudaError_t err = cuda_step::launch_bwd_step<T, A>(p, mode, stream);
+    C10_CUDA_CHECK(err);
   }
 };
 
