@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One GPU check, sized for a ~6-minute slot on a lent GPU machine (python3 there holds a CUDA torch):
+# builds lstm_fused for the present GPU only, runs the CUDA tests, compute-sanitizer (memcheck, racecheck)
+# on a small forward+backward, and the benchmark against nn.LSTM (cuDNN). Logs and results go to $OUT
+# (default ./gpu_out).
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$ROOT/gpu_out}"
+mkdir -p "$OUT"
+cd "$ROOT"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+} 2>&1 | tee "$OUT/env.txt"
+ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
+
+echo "== build for sm_$ARCH" | tee "$OUT/build.log"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+TORCH_CUDA_ARCH_LIST="$ARCH" FORCE_CUDA=1 MAX_JOBS=16 LSTM_FUSED_PTXAS_VERBOSE=1 \
+  timeout 240 "$PY" -m pip install -v --no-build-isolation --no-deps --no-index "$ROOT" >> "$OUT/build.log" 2>&1
+rc=$?; echo "build rc=$rc" | tee -a "$OUT/build.log"
+grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
+[ $rc -eq 0 ] || exit $rc
+
+echo "== CUDA tests"
+(cd /tmp && timeout 180 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib -x \
+  "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_cuda_emulation.py" 2>&1) | tee "$OUT/tests.log" | tail -15
+
+echo "== compute-sanitizer"
+for tool in memcheck racecheck; do
+  (cd /tmp && timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" "$ROOT/scripts/sanitizer_case.py") \
+    > "$OUT/sanitizer_$tool.log" 2>&1
+  echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
+done
+
+echo "== benchmark"
+for dtype in float32 bfloat16; do
+  (cd /tmp && timeout 120 "$PY" "$ROOT/benchmarks/bench_lstm.py" --device cuda --dtype "$dtype" --min-time 0.2 \
+    --out "$OUT") 2>/dev/null | tee "$OUT/bench_$dtype.md"
+done

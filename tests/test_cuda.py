@@ -1,0 +1,172 @@
+"""The CUDA kernels against nn.LSTM on CUDA (cuDNN) and against float64 references. Skipped without a GPU or
+without a CUDA build; the CUDA path's logic is also covered on the CPU by test_cuda_emulation.py."""
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstm_fused
+from helpers import compare_modules, twin_lstms
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and lstm_fused.has_cuda_kernels()), reason="needs a GPU and a CUDA build"
+)
+
+
+@pytest.fixture(autouse=True)
+def _true_fp32():
+    # nn.LSTM on cuDNN may use TF32 for float32 unless told not to; compare true float32 with true float32.
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _cuda_twins(*args, dtype=torch.float32, **kwargs):
+    ref, ours = twin_lstms(*args, dtype=dtype, **kwargs)
+    return ref.cuda(), ours.cuda()
+
+
+STRUCTURES = list(itertools.product([1, 2, 3], [False, True], [False, True], [False, True]))
+SHAPES = [(1, 1, 1), (2, 3, 5), (17, 16, 33), (50, 3, 128), (9, 70, 65)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("structure", STRUCTURES, ids=str)
+def test_cuda_parity_grid(structure, shape):
+    num_layers, bidirectional, batch_first, use_proj = structure
+    T, B, H = shape
+    proj = max(1, H // 3) if use_proj and H > 1 else 0
+    ref, ours = _cuda_twins(H + 3, H, num_layers=num_layers, bidirectional=bidirectional,
+                            batch_first=batch_first, proj_size=proj)
+    D = 2 if bidirectional else 1
+    x = torch.randn((B, T, H + 3) if batch_first else (T, B, H + 3), device="cuda", requires_grad=True)
+    h0 = torch.randn(num_layers * D, B, proj or H, device="cuda", requires_grad=True)
+    c0 = torch.randn(num_layers * D, B, H, device="cuda", requires_grad=True)
+    compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("proj", [0, 3])
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_cuda_packed(bidirectional, proj, enforce_sorted):
+    ref, ours = _cuda_twins(4, 7, num_layers=2, bidirectional=bidirectional, proj_size=proj)
+    lengths = torch.tensor([9, 6, 6, 2, 1]) if enforce_sorted else torch.tensor([2, 9, 1, 6, 4])
+    x = torch.randn(9, 5, 4, device="cuda", requires_grad=True)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    compare_modules(ref, ours, packed, None, [x], torch.float32)
+
+
+def test_cuda_unbatched_and_dropout_eval():
+    ref, ours = _cuda_twins(4, 6, num_layers=2, dropout=0.3, proj_size=2)
+    ref.eval(), ours.eval()
+    x = torch.randn(7, 4, device="cuda", requires_grad=True)
+    compare_modules(ref, ours, x, None, [x], torch.float32)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_cuda_gradcheck_float64(packed):
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64).cuda()
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    x = torch.randn(5, 3, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+
+    def f(x, *ps):
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        out, (h, c) = functional_call(m, dict(zip(names, ps)), (inp,))
+        return (out.data if packed else out), h, c
+
+    assert torch.autograd.gradcheck(f, [x, *params])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("proj", [0, 16])
+def test_cuda_half_types_error_vs_float64(dtype, proj):
+    # Our error against a float64 reference may be at most a few times nn.LSTM's own error at that dtype.
+    ref, ours = _cuda_twins(64, 96, num_layers=2, proj_size=proj)
+    ref64 = lstm_fused.LSTM(64, 96, num_layers=2, proj_size=proj, dtype=torch.float64)
+    ref64.load_state_dict(ref.state_dict())
+    x = torch.randn(40, 8, 64)
+    exp, (eh, ec) = ref64(x.double())
+    ref_h, ours_h = ref.to(dtype), ours.to(dtype)
+    xr = x.cuda().to(dtype)
+    got_ref, (rh, rc) = ref_h(xr)
+    got, (oh, oc) = ours_h(xr)
+    for a, r, e in ((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)):
+        err_ours = (a.double().cpu() - e).abs().max().item()
+        err_ref = (r.double().cpu() - e).abs().max().item()
+        assert err_ours <= 4 * err_ref + 1e-3, (err_ours, err_ref)
+    got.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ours_h.parameters())
+
+
+def test_cuda_graph_capture_replay_equals_eager():
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(8, 16, num_layers=2, bidirectional=True, proj_size=5).cuda()
+    static_x = torch.randn(12, 4, 8, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        for _ in range(2):
+            m(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(g):
+        static_out, (static_h, static_c) = m(static_x)
+    new_x = torch.randn(12, 4, 8, device="cuda")
+    static_x.copy_(new_x)
+    g.replay()
+    with torch.no_grad():
+        out, (h, c) = m(new_x)
+    assert torch.equal(static_out, out) and torch.equal(static_h, h) and torch.equal(static_c, c)
+
+
+def test_cuda_non_default_stream():
+    ref, ours = _cuda_twins(5, 9, bidirectional=True)
+    x = torch.randn(6, 3, 5, device="cuda")
+    expected = ours(x)[0]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        got = ours(x)[0]
+    torch.cuda.current_stream().wait_stream(s)
+    assert torch.equal(got, expected)
+
+
+def test_cuda_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(5, 8, num_layers=2, bidirectional=True, proj_size=3, batch_first=True).cuda()
+    x = torch.randn(4, 7, 5, device="cuda")
+    eager = m(x)
+    compiled = torch.compile(m, fullgraph=True)(x)
+    torch.testing.assert_close(compiled[0], eager[0])
+    torch.testing.assert_close(compiled[1][0], eager[1][0])
+
+
+def test_cuda_deterministic_bitwise():
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(32, 64, num_layers=2, bidirectional=True, proj_size=20).cuda()
+    x = torch.randn(30, 16, 32, device="cuda")
+
+    def run():
+        m.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, (h, c) = m(xg)
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        return [out, h, c, xg.grad] + [p.grad.clone() for p in m.parameters()]
+
+    for a, b in zip(run(), run()):
+        assert torch.equal(a, b)
+
+
+def test_cuda_mixed_devices_error():
+    m = lstm_fused.LSTM(3, 4).cuda()
+    with pytest.raises(RuntimeError):
+        m(torch.randn(5, 2, 3, device="cuda"), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
