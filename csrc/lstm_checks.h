@@ -90,6 +90,46 @@ inline LayerSizes check_layer_args(const at::Tensor& input, const std::optional<
   return s;
 }
 
+// One direction's weights, taken from the per-direction lists of the op.
+struct DirectionWeights {
+  at::Tensor w_ih, w_hh;
+  std::optional<at::Tensor> b_ih, b_hh, w_hr;
+};
+
+// Validates a layer of D directions (h0 [D, B, P], c0 [D, B, H], lists of D weights) and returns its sizes
+// and each direction's weights.
+inline LayerSizes check_directions(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                                   const at::Tensor& h0, const at::Tensor& c0, at::TensorList w_ih,
+                                   at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
+                                   const std::optional<at::TensorList>& b_hh,
+                                   const std::optional<at::TensorList>& w_hr, std::vector<DirectionWeights>& dirs) {
+  const int64_t D = static_cast<int64_t>(w_ih.size());
+  TORCH_CHECK(D == 1 || D == 2, "lstm_fused: a layer has 1 or 2 directions, got ", D, " weight_ih tensors");
+  auto same_len = [&](const std::optional<at::TensorList>& l, const char* name) {
+    TORCH_CHECK(!l || static_cast<int64_t>(l->size()) == D, "lstm_fused: expected ", D, " ", name, " tensors");
+  };
+  TORCH_CHECK(static_cast<int64_t>(w_hh.size()) == D, "lstm_fused: expected ", D, " weight_hh tensors");
+  same_len(b_ih, "bias_ih");
+  same_len(b_hh, "bias_hh");
+  same_len(w_hr, "weight_hr");
+  TORCH_CHECK(h0.dim() == 3 && c0.dim() == 3 && h0.size(0) == D && c0.size(0) == D,
+              "lstm_fused: h0 and c0 must be [directions, batch, features] with ", D, " directions, got ",
+              h0.sizes(), " and ", c0.sizes());
+  dirs.clear();
+  LayerSizes s;
+  for (int64_t d = 0; d < D; ++d) {
+    DirectionWeights w{w_ih[d], w_hh[d], std::nullopt, std::nullopt, std::nullopt};
+    if (b_ih) w.b_ih = (*b_ih)[d];
+    if (b_hh) w.b_hh = (*b_hh)[d];
+    if (w_hr) w.w_hr = (*w_hr)[d];
+    const LayerSizes sd = check_layer_args(input, batch_sizes, h0[d], c0[d], w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr);
+    TORCH_CHECK(d == 0 || (sd.H == s.H && sd.P == s.P), "lstm_fused: directions differ in size");
+    s = sd;
+    dirs.push_back(std::move(w));
+  }
+  return s;
+}
+
 // Builds the row layout of a padded [T, B, ...] or packed [N, ...] sequence, validating batch_sizes.
 inline SeqLayoutHolder make_layout(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, int64_t B,
                                    bool reverse) {

@@ -12,19 +12,21 @@ PyMODINIT_FUNC PyInit__C(void) {
 }
 
 TORCH_LIBRARY(lstm_fused, m) {
-  // One LSTM layer in one direction over the whole sequence.
+  // One LSTM layer over the whole sequence, in D = len(w_ih) directions (2: the second runs in reverse).
   // input: [T, B, I] (batch_sizes None) or packed data [N, I] with batch_sizes [T] (int64, CPU).
-  // Returns output [T, B, P] / [N, P], h_n [B, P], c_n [B, H], and the workspace the backward reads
-  // ([..., 5H]: activated gates and c_t per row; empty when need_workspace is false, as in inference).
+  // h0: [D, B, P], c0: [D, B, H] (P = proj_size or H). The lists hold one tensor per direction.
+  // Returns output [T, B, D·P] / [N, D·P] (directions side by side, as nn.LSTM), h_n [D, B, P], c_n [D, B, H],
+  // and the workspace the backward reads ([D, ..., 5H]: activated gates and c_t per row; empty when
+  // need_workspace is false, as in inference).
   m.def(
-      "lstm_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool need_workspace) "
+      "lstm_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
+      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_hr, bool need_workspace) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
-  // Gradients of lstm_layer_fwd. grad_input is empty unless need_grad_input; grad_bias (the gradient of
-  // b_ih and of b_hh alike) is empty unless has_bias; grad_w_hr is empty without a projection.
+  // Gradients of lstm_layer_fwd. grad_input is empty unless need_grad_input; grad_bias (the gradient of b_ih
+  // and of b_hh alike, per direction) is empty unless has_bias; grad_w_hr is empty without a projection.
   m.def(
       "lstm_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor output, Tensor workspace, "
-      "bool reverse, bool has_bias, bool need_grad_input) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_hr, Tensor output, Tensor workspace, "
+      "bool has_bias, bool need_grad_input) "
+      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }

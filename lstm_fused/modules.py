@@ -286,22 +286,20 @@ class LSTM(nn.Module):
         num_directions = 2 if self.bidirectional else 1
         h_out, c_out = [], []
         for layer in range(self.num_layers):
-            outs = []
-            for direction in range(num_directions):
-                idx = layer * num_directions + direction
-                w = [p.to(compute_dtype) for p in weights[idx]]
-                w_ih, w_hh = w[0], w[1]
-                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
-                w_hr = w[-1] if self.proj_size > 0 else None
-                out, h_n, c_n = ops.lstm_layer(
-                    x.to(compute_dtype), batch_sizes, h0_all[idx].to(compute_dtype), c0_all[idx].to(compute_dtype),
-                    w_ih, w_hh, b_ih, b_hh, w_hr, direction == 1,
-                )
-                outs.append(out)
-                h_out.append(h_n)
-                c_out.append(c_n)
-            x = outs[0] if num_directions == 1 else torch.cat(outs, dim=-1)
+            first = layer * num_directions
+            per_dir = [[p.to(compute_dtype) for p in weights[first + d]] for d in range(num_directions)]
+            w_ih = [w[0] for w in per_dir]
+            w_hh = [w[1] for w in per_dir]
+            b_ih = [w[2] for w in per_dir] if self.bias else None
+            b_hh = [w[3] for w in per_dir] if self.bias else None
+            w_hr = [w[-1] for w in per_dir] if self.proj_size > 0 else None
+            h0 = h0_all[first : first + num_directions].to(compute_dtype)
+            c0 = c0_all[first : first + num_directions].to(compute_dtype)
+            # One op per layer: both directions step together (one launch per step on the GPU).
+            x, h_n, c_n = ops.lstm_layer(x.to(compute_dtype), batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            h_out.append(h_n)
+            c_out.append(c_n)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         dtype = h0_all.dtype
-        return x.to(dtype), torch.stack(h_out).to(dtype), torch.stack(c_out).to(dtype)
+        return x.to(dtype), torch.cat(h_out).to(dtype), torch.cat(c_out).to(dtype)

@@ -22,67 +22,68 @@ def lstm_layer(
     batch_sizes: Optional[Tensor],
     h0: Tensor,
     c0: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
-    w_hr: Optional[Tensor],
-    reverse: bool,
+    w_ih: list[Tensor],
+    w_hh: list[Tensor],
+    b_ih: Optional[list[Tensor]],
+    b_hh: Optional[list[Tensor]],
+    w_hr: Optional[list[Tensor]],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One LSTM layer in one direction over a whole sequence.
+    """One LSTM layer over a whole sequence in D = len(w_ih) directions (the second one reversed).
 
     input: [T, B, I] time-major, or the data [N, I] of a PackedSequence with its batch_sizes [T].
-    h0: [B, P], c0: [B, H] (P = proj_size or H). Returns output ([T, B, P] or [N, P]), h_n, c_n.
+    h0: [D, B, P], c0: [D, B, H] (P = proj_size or H); the weight lists hold one tensor per direction.
+    Returns output ([T, B, D·P] or [N, D·P], directions side by side), h_n [D, B, P], c_n [D, B, H].
     """
     # The workspace is only kept when autograd will need it; inference runs on a small scratch instead.
-    need_workspace = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    )
-    out, h_n, c_n, _ = _ops.lstm_layer_fwd.default(
-        input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace
-    )
+    tensors = [input, h0, c0, *w_ih, *w_hh, *(b_ih or ()), *(b_hh or ()), *(w_hr or ())]
+    need_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    out, h_n, c_n, _ = _ops.lstm_layer_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                   need_workspace)
     return out, h_n, c_n
 
 
 @torch.library.register_fake("lstm_fused::lstm_layer_fwd")
-def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace):
+def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_workspace):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
-    hidden = w_ih.shape[0] // 4
-    p = w_hr.shape[0] if w_hr is not None else hidden
+    directions = len(w_ih)
+    hidden = w_ih[0].shape[0] // 4
+    p = w_hr[0].shape[0] if w_hr is not None else hidden
     lead = tuple(input.shape[:-1])
-    ws_shape = (*lead, 5 * hidden) if need_workspace else (0,)
+    ws_shape = (directions, *lead, 5 * hidden) if need_workspace else (0,)
     ws = input.new_empty(ws_shape, dtype=_workspace_dtype(input.dtype))
-    return input.new_empty((*lead, p)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws
+    return input.new_empty((*lead, directions * p)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws
 
 
 @torch.library.register_fake("lstm_fused::lstm_layer_bwd")
 def _lstm_layer_bwd_fake(
     grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace,
-    reverse, has_bias, need_grad_input,
+    has_bias, need_grad_input,
 ):
-    gates = w_ih.shape[0]
     return (
         input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
-        w_ih.new_empty(w_ih.shape),
-        w_hh.new_empty(w_hh.shape),
-        w_ih.new_empty((gates,)) if has_bias else w_ih.new_empty((0,)),
-        w_hr.new_empty(w_hr.shape) if w_hr is not None else w_ih.new_empty((0,)),
+        [w.new_empty(w.shape) for w in w_ih],
+        [w.new_empty(w.shape) for w in w_hh],
+        [w.new_empty((w.shape[0],)) for w in w_ih] if has_bias else [],
+        [w.new_empty(w.shape) for w in w_hr] if w_hr is not None else [],
     )
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _ = inputs
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _ = inputs
     out, _, _, ws = output
-    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, ws)
-    ctx.reverse = reverse
+    ctx.directions = len(w_ih)
     ctx.has_bias = b_ih is not None
+    ctx.has_proj = w_hr is not None
+    ctx.save_for_backward(input, batch_sizes, h0, c0, out, ws, *w_ih, *w_hh, *(w_hr or ()))
     ctx.mark_non_differentiable(ws)
 
 
 def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
-    input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, ws = ctx.saved_tensors
+    input, batch_sizes, h0, c0, out, ws, *weights = ctx.saved_tensors
+    d = ctx.directions
+    w_ih, w_hh, w_hr = weights[:d], weights[d : 2 * d], (weights[2 * d :] if ctx.has_proj else None)
     # Outputs the loss did not use arrive as None.
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
@@ -90,7 +91,7 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
     need_grad_input = ctx.needs_input_grad[0]
     gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr = _ops.lstm_layer_bwd.default(
         grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, ws,
-        ctx.reverse, ctx.has_bias, need_grad_input,
+        ctx.has_bias, need_grad_input,
     )
     return (
         gi if need_grad_input else None,
@@ -100,9 +101,8 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
         gw_ih,
         gw_hh,
         gb if ctx.has_bias else None,
-        gb.clone() if ctx.has_bias else None,  # b_ih and b_hh get the same gradient, as separate tensors
-        gw_hr if w_hr is not None else None,
-        None,
+        [g.clone() for g in gb] if ctx.has_bias else None,  # b_ih and b_hh get the same gradient, as separate tensors
+        gw_hr if ctx.has_proj else None,
         None,
     )
 

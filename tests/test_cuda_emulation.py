@@ -23,13 +23,14 @@ CASES = [  # T, B, I, H, proj
 ]
 
 
-def _args(T, B, I, H, proj, packed, dtype, seed):
+def _args(T, B, I, H, proj, packed, dtype, seed, directions=1):
     g = torch.Generator().manual_seed(seed)
 
     def t(*s, scale=1.0):
         return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
 
     P = proj or H
+    D = directions
     if packed:
         lengths = torch.randint(1, T + 1, (B,), generator=g).sort(descending=True).values
         lengths[0] = T
@@ -39,31 +40,41 @@ def _args(T, B, I, H, proj, packed, dtype, seed):
         batch_sizes = None
         x = t(T, B, I)
     k = H ** -0.5
-    return [x, batch_sizes, t(B, P), t(B, H), t(4 * H, I, scale=k), t(4 * H, P, scale=k), t(4 * H, scale=k),
-            t(4 * H, scale=k), t(P, H, scale=k) if proj else None]
+    return [x, batch_sizes, t(D, B, P), t(D, B, H), [t(4 * H, I, scale=k) for _ in range(D)],
+            [t(4 * H, P, scale=k) for _ in range(D)], [t(4 * H, scale=k) for _ in range(D)],
+            [t(4 * H, scale=k) for _ in range(D)], [t(P, H, scale=k) for _ in range(D)] if proj else None]
+
+
+def _close(a, b, tol, name):
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b), name
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, tol, f"{name}[{i}]")
+        return
+    assert a.shape == b.shape, name
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, reverse):
+@pytest.mark.parametrize("directions", [1, 2])
+def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, directions):
     dtype = torch.float64
-    args = _args(*case, packed, dtype, seed=hash((case, packed, reverse)) % 1000)
-    ref = fwd_cpu(*args, reverse, True)
-    emu = fwd_emu(*args, reverse, True)
+    args = _args(*case, packed, dtype, seed=hash((case, packed, directions)) % 1000, directions=directions)
+    ref = fwd_cpu(*args, True)
+    emu = fwd_emu(*args, True)
     for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+        _close(a, b, 1e-12, name)
     x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
     g = torch.Generator().manual_seed(5)
     grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in ref[:3]]
     for need_grad_input in (True, False):
         common = (x, bs, h0, c0, w_ih, w_hh, w_hr)
-        r = bwd_cpu(*grads, *common, ref[0], ref[3], reverse, True, need_grad_input)
-        e = bwd_emu(*grads, *common, emu[0], emu[3], reverse, True, need_grad_input)
+        r = bwd_cpu(*grads, *common, ref[0], ref[3], True, need_grad_input)
+        e = bwd_emu(*grads, *common, emu[0], emu[3], True, need_grad_input)
         names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr")
         for name, a, b in zip(names, e, r):
-            assert a.shape == b.shape, name
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
+            _close(a, b, 1e-10, name)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
@@ -71,11 +82,17 @@ def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, reverse):
 def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed):
     # Half types keep gates and cells in float32; their error against float64 is the storage rounding.
     T, B, I, H, proj = 6, 5, 12, 20, 7
-    args64 = _args(T, B, I, H, proj, packed, torch.float64, seed=3)
-    args = [a.to(dtype) if a is not None and a.is_floating_point() else a for a in args64]
-    ref = fwd_cpu(*args64, False, True)
-    emu = fwd_emu(*args, False, True)
-    assert emu[3].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    args64 = _args(T, B, I, H, proj, packed, torch.float64, seed=3, directions=2)
+
+    def cast(a):
+        if isinstance(a, list):
+            return [cast(x) for x in a]
+        return a.to(dtype) if a is not None and a.is_floating_point() else a
+
+    args = [cast(a) for a in args64]
+    ref = fwd_cpu(*args64, True)
+    emu = fwd_emu(*args, True)
+    assert emu[3].dtype == torch.float32
     for a, b in zip(emu[:3], ref[:3]):
         assert a.dtype == dtype
         torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
@@ -83,9 +100,11 @@ def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed):
     grads = [t.to(dtype) for t in grads64]
     x, bs, h0, c0, w_ih, w_hh, _, _, w_hr = args
     x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6 = args64
-    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, ref[0], ref[3], False, True, True)
-    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, emu[0], emu[3], False, True, True)
-    for a, b in zip(e, r):
+    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, ref[0], ref[3], True, True)
+    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, emu[0], emu[3], True, True)
+    flat_e = [e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[6]]
+    flat_r = [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[6]]
+    for a, b in zip(flat_e, flat_r):
         assert a.dtype == dtype
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
@@ -93,9 +112,9 @@ def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed):
 
 def test_emulated_backward_rejects_missing_workspace():
     args = _args(3, 2, 4, 5, 0, False, torch.float32, seed=0)
-    out, h_n, c_n, ws = fwd_emu(*args, False, False)
+    out, h_n, c_n, ws = fwd_emu(*args, False)
     assert ws.numel() == 0
     x, bs, h0, c0, w_ih, w_hh, _, _, w_hr = args
     with pytest.raises(RuntimeError, match="workspace"):
         bwd_emu(torch.ones_like(out), torch.ones_like(h_n), torch.ones_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
-                out, ws, False, True, True)
+                out, ws, True, True)

@@ -99,9 +99,9 @@ def test_batch_zero_is_accepted_like_nn_lstm():
 # -- the ops themselves: malformed calls get clear errors, never a crash -----------------------------------
 def _op_args(**over):
     T, B = 4, 3
-    args = dict(input=torch.randn(T, B, I), batch_sizes=None, h0=torch.randn(B, H), c0=torch.randn(B, H),
-                w_ih=torch.randn(4 * H, I), w_hh=torch.randn(4 * H, H), b_ih=torch.randn(4 * H),
-                b_hh=torch.randn(4 * H), w_hr=None, reverse=False, need_workspace=True)
+    args = dict(input=torch.randn(T, B, I), batch_sizes=None, h0=torch.randn(1, B, H), c0=torch.randn(1, B, H),
+                w_ih=[torch.randn(4 * H, I)], w_hh=[torch.randn(4 * H, H)], b_ih=[torch.randn(4 * H)],
+                b_hh=[torch.randn(4 * H)], w_hr=None, need_workspace=True)
     args.update(over)
     return list(args.values())
 
@@ -113,15 +113,20 @@ OP_CASES = {
     "batch_sizes_not_int64": (dict(input=torch.randn(9, I), batch_sizes=torch.tensor([3., 3., 2., 1.])), ValueError),
     "batch_sizes_first_not_batch": (dict(input=torch.randn(6, I), batch_sizes=torch.tensor([2, 2, 2])), ValueError),
     "empty_sequence": (dict(input=torch.randn(0, 3, I)), ValueError),
-    "weight_dtype_mismatch": (dict(w_hh=torch.randn(4 * H, H, dtype=torch.float64)), RuntimeError),
-    "bad_w_ih_shape": (dict(w_ih=torch.randn(4 * H, I + 1)), RuntimeError),
-    "w_ih_rows_not_4h": (dict(w_ih=torch.randn(4 * H + 1, I)), RuntimeError),
-    "bad_w_hr_shape": (dict(w_hr=torch.randn(2, H + 1)), RuntimeError),
+    "weight_dtype_mismatch": (dict(w_hh=[torch.randn(4 * H, H, dtype=torch.float64)]), RuntimeError),
+    "bad_w_ih_shape": (dict(w_ih=[torch.randn(4 * H, I + 1)]), RuntimeError),
+    "w_ih_rows_not_4h": (dict(w_ih=[torch.randn(4 * H + 1, I)]), RuntimeError),
+    "bad_w_hr_shape": (dict(w_hr=[torch.randn(2, H + 1)]), RuntimeError),
     "one_bias_only": (dict(b_hh=None), RuntimeError),
-    "h0_batch_mismatch": (dict(h0=torch.randn(2, H), c0=torch.randn(2, H)), RuntimeError),
-    "half_dtype_on_cpu": (dict(input=torch.randn(4, 3, I).half(), h0=torch.randn(3, H).half(),
-                               c0=torch.randn(3, H).half(), w_ih=torch.randn(4 * H, I).half(),
-                               w_hh=torch.randn(4 * H, H).half(), b_ih=None, b_hh=None), TypeError),
+    "h0_batch_mismatch": (dict(h0=torch.randn(1, 2, H), c0=torch.randn(1, 2, H)), RuntimeError),
+    "h0_not_3d": (dict(h0=torch.randn(3, H), c0=torch.randn(3, H)), RuntimeError),
+    "three_directions": (dict(w_ih=[torch.randn(4 * H, I)] * 3, w_hh=[torch.randn(4 * H, H)] * 3), RuntimeError),
+    "direction_lists_differ": (dict(w_hh=[torch.randn(4 * H, H)] * 2), RuntimeError),
+    "h0_directions_mismatch": (dict(w_ih=[torch.randn(4 * H, I)] * 2, w_hh=[torch.randn(4 * H, H)] * 2,
+                                    b_ih=None, b_hh=None), RuntimeError),
+    "half_dtype_on_cpu": (dict(input=torch.randn(4, 3, I).half(), h0=torch.randn(1, 3, H).half(),
+                               c0=torch.randn(1, 3, H).half(), w_ih=[torch.randn(4 * H, I).half()],
+                               w_hh=[torch.randn(4 * H, H).half()], b_ih=None, b_hh=None), TypeError),
 }
 
 

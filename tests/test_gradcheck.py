@@ -12,32 +12,32 @@ def _t(*shape):
     return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("proj", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
-def test_gradcheck_layer_op(reverse, proj, bias, packed):
+def test_gradcheck_layer_op(directions, proj, bias, packed):
     T, B, I, H = 4, 3, 3, 4
     P = 2 if proj else H
+    D = directions
     if packed:
         batch_sizes = torch.tensor([3, 3, 2, 1])
         x = _t(int(batch_sizes.sum()), I)
     else:
         batch_sizes = None
         x = _t(T, B, I)
-    args = [x, _t(B, P), _t(B, H), _t(4 * H, I), _t(4 * H, P)]
-    b = [_t(4 * H), _t(4 * H)] if bias else [None, None]
-    w_hr = _t(P, H) if proj else None
+    per_dir = [[_t(4 * H, I), _t(4 * H, P)] + ([_t(4 * H), _t(4 * H)] if bias else []) + ([_t(P, H)] if proj else [])
+               for _ in range(D)]
+    flat = [w for ws in per_dir for w in ws]
+    n = len(per_dir[0])
 
-    def f(x, h0, c0, w_ih, w_hh, *rest):
-        it = iter(rest)
-        b_ih = next(it) if bias else None
-        b_hh = next(it) if bias else None
-        w = next(it) if proj else None
-        return lstm_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w, reverse)
+    def f(x, h0, c0, *flat_w):
+        ws = [flat_w[d * n:(d + 1) * n] for d in range(D)]
+        col = lambda i: [w[i] for w in ws]  # noqa: E731
+        return lstm_layer(x, batch_sizes, h0, c0, col(0), col(1), col(2) if bias else None, col(3) if bias else None,
+                          col(n - 1) if proj else None)
 
-    inputs = args + [t for t in b if t is not None] + ([w_hr] if proj else [])
-    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradcheck(f, [x, _t(D, B, P), _t(D, B, H), *flat])
 
 
 @pytest.mark.parametrize("packed", [False, True])

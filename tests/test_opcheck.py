@@ -5,7 +5,7 @@ import torch
 from lstm_fused import ops
 
 
-def _layer_args(packed, proj, bias, requires_grad, dtype=torch.float32):
+def _layer_args(packed, proj, bias, requires_grad, directions=1, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
 
     def t(*s):
@@ -13,30 +13,34 @@ def _layer_args(packed, proj, bias, requires_grad, dtype=torch.float32):
 
     T, B, I, H = 4, 3, 5, 6
     P = 3 if proj else H
+    D = directions
     batch_sizes = torch.tensor([3, 2, 2, 1]) if packed else None
     x = t(int(batch_sizes.sum()), I) if packed else t(T, B, I)
-    return [x, batch_sizes, t(B, P), t(B, H), t(4 * H, I), t(4 * H, P),
-            t(4 * H) if bias else None, t(4 * H) if bias else None, t(P, H) if proj else None]
+    return [x, batch_sizes, t(D, B, P), t(D, B, H), [t(4 * H, I) for _ in range(D)], [t(4 * H, P) for _ in range(D)],
+            [t(4 * H) for _ in range(D)] if bias else None, [t(4 * H) for _ in range(D)] if bias else None,
+            [t(P, H) for _ in range(D)] if proj else None]
 
 
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("proj", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("need_workspace", [True, False])
-def test_opcheck_fwd(packed, proj, bias, reverse, need_workspace):
-    args = _layer_args(packed, proj, bias, requires_grad=need_workspace) + [reverse, need_workspace]
+def test_opcheck_fwd(packed, proj, bias, directions, need_workspace):
+    args = _layer_args(packed, proj, bias, requires_grad=need_workspace, directions=directions) + [need_workspace]
     torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_fwd.default, args)
 
 
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("need_grad_input", [False, True])
-def test_opcheck_bwd(packed, proj, need_grad_input):
-    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _layer_args(packed, proj, True, requires_grad=False)
-    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, True, True)
+def test_opcheck_bwd(packed, proj, directions, need_grad_input):
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _layer_args(packed, proj, True, requires_grad=False,
+                                                             directions=directions)
+    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, True)
     args = [torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
-            out, ws, True, True, need_grad_input]
+            out, ws, True, need_grad_input]
     torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_bwd.default, args)
 
 

@@ -20,9 +20,10 @@ using at::Tensor;
 // beats waking the pool at small B·H.
 constexpr int64_t kPointwiseGrain = 2048;
 
+// rows × cols from src (row stride ld_src) to dst (row stride ld_dst).
 template <typename scalar_t>
-void copy_rows(scalar_t* dst, const scalar_t* src, int64_t rows, int64_t cols) {
-  if (rows > 0) std::memcpy(dst, src, sizeof(scalar_t) * rows * cols);
+void copy_rows(scalar_t* dst, int64_t ld_dst, const scalar_t* src, int64_t ld_src, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * ld_dst, src + r * ld_src, sizeof(scalar_t) * cols);
 }
 
 // Rows of gates a chunk of steps aims for: the chunk's input projection is still in cache when its steps
@@ -36,7 +37,8 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
                    const scalar_t* w_hh,  // [4H, P]
                    const scalar_t* bias,  // [4H] b_ih + b_hh
                    const scalar_t* w_hr,  // [P, H] or nullptr
-                   scalar_t* out,         // [N, P]
+                   scalar_t* out,         // [N, ld_out] this direction's columns of the layer output
+                   int64_t ld_out,        // D·P
                    scalar_t* h_state,     // [B, P] h0 in, h_n out
                    scalar_t* c_state,     // [B, H] c0 in, c_n out
                    scalar_t* ws,          // [N, 5H] activated gates (4H) and c_t (H) per row; nullptr: inference
@@ -61,7 +63,7 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
       const int64_t t = L.time_at(step);
       const int64_t bs = L.batch_sizes[t];
       scalar_t* g = base + (L.offsets[t] - row_lo) * ld_ws;
-      scalar_t* o = out + L.offsets[t] * P;
+      scalar_t* o = out + L.offsets[t] * ld_out;
       gemm<scalar_t>(false, bs, h_state, P, w_hh_t, true, g, ld_ws);
       LstmFwdStep<scalar_t> p;
       p.H = H;
@@ -71,13 +73,13 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
       p.bias = bias;
       p.c_state = c_state;
       p.h_out = w_hr ? r_buf : o;
-      p.ld_h = w_hr ? H : P;
+      p.ld_h = w_hr ? H : ld_out;
       p.h_state = w_hr ? nullptr : h_state;
       at::parallel_for(0, bs * H, kPointwiseGrain,
                        [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
       if (w_hr) {
-        gemm<scalar_t>(false, bs, r_buf, H, w_hr_t, false, o, P);
-        copy_rows(h_state, o, bs, P);
+        gemm<scalar_t>(false, bs, r_buf, H, w_hr_t, false, o, ld_out);
+        copy_rows(h_state, P, o, ld_out, bs, P);
       }
     }
   }
@@ -85,7 +87,8 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
 
 template <typename scalar_t>
 void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
-                   const scalar_t* gout,  // [N, P] gradient of the output sequence
+                   const scalar_t* gout,  // [N, ld_gout] this direction's columns of the output gradient
+                   int64_t ld_gout,       // D·P
                    const scalar_t* c0,    // [B, H]
                    const scalar_t* w_hh,  // [4H, P]
                    const scalar_t* w_hr,  // [P, H] or nullptr
@@ -118,8 +121,9 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
     if (w_hr) {
       // h_t = W_hr·(o·tanh(c_t)): sum the two gradients reaching h_t, then map them back through W_hr.
       scalar_t* dht = dh_total + row0 * P;
-      const scalar_t* go = gout + row0 * P;
-      for (int64_t i = 0; i < bs * P; ++i) dht[i] = dh_state[i] + go[i];
+      const scalar_t* go = gout + row0 * ld_gout;
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < P; ++j) dht[b * P + j] = dh_state[b * P + j] + go[b * ld_gout + j];
       gemm<scalar_t>(false, bs, dht, P, w_hr_op, false, dr_buf, H);
       p.dh = dr_buf;
       p.ld_dh = H;
@@ -127,8 +131,8 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
     } else {
       p.dh = dh_state;
       p.ld_dh = P;
-      p.dh_extra = gout + row0 * P;
-      p.ld_dh_extra = P;
+      p.dh_extra = gout + row0 * ld_gout;
+      p.ld_dh_extra = ld_gout;
     }
     at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
     // Gradient for h_{t-1}. Rows that started from h0 at this step keep it: it is their grad of h0.
@@ -151,14 +155,15 @@ void column_sums(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
 
 // The rows of h_{t-1} each step consumed, as one [N, P] matrix, so dW_hh is a single GEMM.
 template <typename scalar_t>
-void gather_prev_hidden(const SeqLayout& L, int64_t P, const scalar_t* out, const scalar_t* h0, scalar_t* hprev) {
+void gather_prev_hidden(const SeqLayout& L, int64_t P, const scalar_t* out, int64_t ld_out, const scalar_t* h0,
+                        scalar_t* hprev) {
   for (int64_t t = 0; t < L.T; ++t) {
     int64_t prev, n_prev;
     L.prev_rows(t, prev, n_prev);
     const int64_t bs = L.batch_sizes[t];
     scalar_t* dst = hprev + L.offsets[t] * P;
-    if (n_prev > 0) copy_rows(dst, out + L.offsets[prev] * P, n_prev, P);
-    copy_rows(dst + n_prev * P, h0 + n_prev * P, bs - n_prev, P);
+    if (n_prev > 0) copy_rows(dst, P, out + L.offsets[prev] * ld_out, ld_out, n_prev, P);
+    copy_rows(dst + n_prev * P, P, h0 + n_prev * P, P, bs - n_prev, P);
   }
 }
 
@@ -168,107 +173,119 @@ void check_cpu_dtype(const Tensor& input) {
                    "lstm_fused: the CPU kernels support float32 and float64, got ", input.scalar_type());
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(const Tensor& input,
-                                                              const std::optional<Tensor>& batch_sizes,
-                                                              const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
-                                                              const Tensor& w_hh, const std::optional<Tensor>& b_ih,
-                                                              const std::optional<Tensor>& b_hh,
-                                                              const std::optional<Tensor>& w_hr, bool reverse,
-                                                              bool need_workspace) {
-  const LayerSizes s = check_layer_args(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
-  check_cpu_dtype(input);
-  const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(0), reverse);
-  const SeqLayout L = lh.view();
+// Output-shaped tensor: the input's leading dims with a last dim of `cols`.
+std::vector<int64_t> with_last(const Tensor& input, int64_t cols) {
+  auto shape = input.sizes().vec();
+  shape.back() = cols;
+  return shape;
+}
 
-  auto lead = input.sizes().vec();
-  lead.pop_back();
-  auto out_shape = lead, ws_shape = lead;
-  out_shape.push_back(s.P);
-  ws_shape.push_back(5 * s.H);
-  Tensor out = at::empty(out_shape, input.options());
+std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(
+    const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
+    at::TensorList w_ih, at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
+    const std::optional<at::TensorList>& b_hh, const std::optional<at::TensorList>& w_hr, bool need_workspace) {
+  std::vector<DirectionWeights> dirs;
+  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dirs);
+  check_cpu_dtype(input);
+  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P;
+  Tensor out = at::empty(with_last(input, D * P), input.options());
+  auto ws_shape = with_last(input, 5 * H);
+  ws_shape.insert(ws_shape.begin(), D);
   Tensor ws = need_workspace ? at::empty(ws_shape, input.options()) : at::empty({0}, input.options());
   Tensor h_n = h0.contiguous().clone();
   Tensor c_n = c0.contiguous().clone();
-  Tensor x = input.contiguous();
-  Tensor bias = b_ih ? (*b_ih + *b_hh).contiguous() : at::zeros({4 * s.H}, input.options());
-  Tensor w_ih_c = w_ih.contiguous(), w_hh_c = w_hh.contiguous();
-  Tensor w_hr_c = s.proj ? w_hr->contiguous() : Tensor();
-  Tensor r_buf = s.proj ? at::empty({L.B, s.H}, input.options()) : Tensor();
-
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd_cpu", [&] {
-    lstm_fwd_loop<scalar_t>(L, s, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
-                            w_hh_c.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
-                            s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(),
-                            h_n.data_ptr<scalar_t>(), c_n.data_ptr<scalar_t>(),
-                            need_workspace ? ws.data_ptr<scalar_t>() : nullptr,
-                            s.proj ? r_buf.data_ptr<scalar_t>() : nullptr);
-  });
+  const Tensor x = input.contiguous();
+  for (int64_t d = 0; d < D; ++d) {
+    const DirectionWeights& w = dirs[d];
+    const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(1), d == 1);
+    const SeqLayout L = lh.view();
+    const Tensor bias = w.b_ih ? (*w.b_ih + *w.b_hh).contiguous() : at::zeros({4 * H}, input.options());
+    const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
+    const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
+    Tensor r_buf = s.proj ? at::empty({L.B, H}, input.options()) : Tensor();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd_cpu", [&] {
+      lstm_fwd_loop<scalar_t>(L, s, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
+                              w_hh_c.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
+                              s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr,
+                              out.data_ptr<scalar_t>() + d * P, D * P, h_n[d].data_ptr<scalar_t>(),
+                              c_n[d].data_ptr<scalar_t>(),
+                              need_workspace ? ws[d].data_ptr<scalar_t>() : nullptr,
+                              s.proj ? r_buf.data_ptr<scalar_t>() : nullptr);
+    });
+  }
   return {out, h_n, c_n, ws};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_layer_bwd_cpu(
-    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
-    const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
-    const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& output, const Tensor& workspace,
-    bool reverse, bool has_bias, bool need_grad_input) {
-  const LayerSizes s = check_layer_args(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
+lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+                   const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
+                   at::TensorList w_hh, const std::optional<at::TensorList>& w_hr, const Tensor& output,
+                   const Tensor& workspace, bool has_bias, bool need_grad_input) {
+  std::vector<DirectionWeights> dirs;
+  const LayerSizes s =
+      check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, dirs);
   check_cpu_dtype(input);
-  const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(0), reverse);
-  const SeqLayout L = lh.view();
-  const int64_t H = s.H, P = s.P, G = 4 * H;
+  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = 4 * H;
+  const int64_t N = input.numel() / std::max<int64_t>(1, s.I);
   check_shape(grad_output, output.sizes(), "grad_output");
   check_shape(grad_h_n, h0.sizes(), "grad_h_n");
   check_shape(grad_c_n, c0.sizes(), "grad_c_n");
-  TORCH_CHECK(output.numel() == L.N * P && workspace.numel() == L.N * 5 * H,
-              "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments");
+  TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * 5 * H,
+              "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments (was the "
+              "forward run without a workspace, e.g. under no_grad?)");
   for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
                          {&output, "output"}, {&workspace, "workspace"}})
     check_same_dtype_device(input, *t, name);
 
   const auto opts = input.options();
-  Tensor gout = grad_output.contiguous();
-  Tensor out_c = output.contiguous(), ws = workspace.contiguous(), x = input.contiguous();
-  Tensor h0_c = h0.contiguous(), c0_c = c0.contiguous();
-  Tensor w_ih_c = w_ih.contiguous(), w_hh_c = w_hh.contiguous();
-  Tensor w_hr_c = s.proj ? w_hr->contiguous() : Tensor();
+  const Tensor gout = grad_output.contiguous(), out_c = output.contiguous(), ws = workspace.contiguous();
+  const Tensor x = input.contiguous(), h0_c = h0.contiguous(), c0_c = c0.contiguous();
   Tensor dh0 = grad_h_n.contiguous().clone();
   Tensor dc0 = grad_c_n.contiguous().clone();
-  Tensor dgates = at::empty({L.N, G}, opts);
-  Tensor dh_total = s.proj ? at::empty({L.N, P}, opts) : Tensor();
-  Tensor r_all = s.proj ? at::empty({L.N, H}, opts) : Tensor();
-  Tensor dr_buf = s.proj ? at::empty({L.B, H}, opts) : Tensor();
-  Tensor hprev = at::empty({L.N, P}, opts);
   Tensor d_input = need_grad_input ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
-  Tensor d_w_ih = at::empty({G, s.I}, opts);
-  Tensor d_w_hh = at::empty({G, P}, opts);
-  Tensor d_bias = has_bias ? at::empty({G}, opts) : at::empty({0}, opts);
-  Tensor d_w_hr = s.proj ? at::empty({P, H}, opts) : at::empty({0}, opts);
-
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd_cpu", [&] {
-    const scalar_t* w_hr_p = s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* dg = dgates.data_ptr<scalar_t>();
-    lstm_bwd_loop<scalar_t>(L, s, gout.const_data_ptr<scalar_t>(), c0_c.const_data_ptr<scalar_t>(),
-                            w_hh_c.const_data_ptr<scalar_t>(), w_hr_p, ws.const_data_ptr<scalar_t>(),
-                            dh0.data_ptr<scalar_t>(), dc0.data_ptr<scalar_t>(), dg,
-                            s.proj ? dh_total.data_ptr<scalar_t>() : nullptr,
-                            s.proj ? r_all.data_ptr<scalar_t>() : nullptr,
-                            s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr);
-    // Everything below is one GEMM or reduction over all steps.
-    if (need_grad_input)
-      gemm<scalar_t>(false, L.N, dg, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_c.const_data_ptr<scalar_t>(), s.I),
-                     false, d_input.data_ptr<scalar_t>(), s.I);
-    gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, s.I, x.const_data_ptr<scalar_t>(), s.I), false,
-                   d_w_ih.data_ptr<scalar_t>(), s.I);
-    gather_prev_hidden<scalar_t>(L, P, out_c.const_data_ptr<scalar_t>(), h0_c.const_data_ptr<scalar_t>(),
-                                 hprev.data_ptr<scalar_t>());
-    gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, P, hprev.const_data_ptr<scalar_t>(), P), false,
-                   d_w_hh.data_ptr<scalar_t>(), P);
-    if (has_bias) column_sums<scalar_t>(dg, L.N, G, d_bias.data_ptr<scalar_t>());
-    if (s.proj)
-      gemm<scalar_t>(true, P, dh_total.const_data_ptr<scalar_t>(), P,
-                     GemmOperand<scalar_t>(false, L.N, H, r_all.const_data_ptr<scalar_t>(), H), false,
-                     d_w_hr.data_ptr<scalar_t>(), H);
-  });
+  Tensor dgates = at::empty({N, G}, opts);
+  Tensor hprev = at::empty({N, P}, opts);
+  Tensor dh_total = s.proj ? at::empty({N, P}, opts) : Tensor();
+  Tensor r_all = s.proj ? at::empty({N, H}, opts) : Tensor();
+  std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr;
+  for (int64_t d = 0; d < D; ++d) {
+    const DirectionWeights& w = dirs[d];
+    const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(1), d == 1);
+    const SeqLayout L = lh.view();
+    const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
+    const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
+    Tensor dr_buf = s.proj ? at::empty({L.B, H}, opts) : Tensor();
+    d_w_ih.push_back(at::empty({G, s.I}, opts));
+    d_w_hh.push_back(at::empty({G, P}, opts));
+    if (has_bias) d_bias.push_back(at::empty({G}, opts));
+    if (s.proj) d_w_hr.push_back(at::empty({P, H}, opts));
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd_cpu", [&] {
+      const scalar_t* w_hr_p = s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* dg = dgates.data_ptr<scalar_t>();
+      lstm_bwd_loop<scalar_t>(L, s, gout.const_data_ptr<scalar_t>() + d * P, D * P, c0_c[d].const_data_ptr<scalar_t>(),
+                              w_hh_c.const_data_ptr<scalar_t>(), w_hr_p, ws[d].const_data_ptr<scalar_t>(),
+                              dh0[d].data_ptr<scalar_t>(), dc0[d].data_ptr<scalar_t>(), dg,
+                              s.proj ? dh_total.data_ptr<scalar_t>() : nullptr,
+                              s.proj ? r_all.data_ptr<scalar_t>() : nullptr,
+                              s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr);
+      // Everything below is one GEMM or reduction over all steps. Both directions read the same input, so
+      // its gradient is their sum (accumulated in direction order).
+      if (need_grad_input)
+        gemm<scalar_t>(false, L.N, dg, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_c.const_data_ptr<scalar_t>(), s.I),
+                       d > 0, d_input.data_ptr<scalar_t>(), s.I);
+      gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, s.I, x.const_data_ptr<scalar_t>(), s.I), false,
+                     d_w_ih[d].data_ptr<scalar_t>(), s.I);
+      gather_prev_hidden<scalar_t>(L, P, out_c.const_data_ptr<scalar_t>() + d * P, D * P,
+                                   h0_c[d].const_data_ptr<scalar_t>(), hprev.data_ptr<scalar_t>());
+      gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, P, hprev.const_data_ptr<scalar_t>(), P), false,
+                     d_w_hh[d].data_ptr<scalar_t>(), P);
+      if (has_bias) column_sums<scalar_t>(dg, L.N, G, d_bias[d].data_ptr<scalar_t>());
+      if (s.proj)
+        gemm<scalar_t>(true, P, dh_total.const_data_ptr<scalar_t>(), P,
+                       GemmOperand<scalar_t>(false, L.N, H, r_all.const_data_ptr<scalar_t>(), H), false,
+                       d_w_hr[d].data_ptr<scalar_t>(), H);
+    });
+  }
   return {d_input, dh0, dc0, d_w_ih, d_w_hh, d_bias, d_w_hr};
 }
 

@@ -50,97 +50,127 @@ inline Tensor gather_prev_hidden(const SeqLayout& L, bool packed, const Tensor& 
   return at::cat({out2d, h0}, 0).index_select(0, index);
 }
 
+inline std::vector<int64_t> with_last(const Tensor& input, int64_t cols) {
+  auto shape = input.sizes().vec();
+  shape.back() = cols;
+  return shape;
+}
+
+// Rows whose sequence ends at step t hand their state to h_n/c_n: in forward order those no longer active at
+// t+1; in reverse every row, at t = 0.
+inline void ending_rows(const SeqLayout& L, int64_t t, int64_t& e0, int64_t& e1) {
+  e0 = e1 = 0;
+  if (!L.reverse) {
+    e0 = t + 1 < L.T ? L.batch_sizes[t + 1] : 0;
+    e1 = L.batch_sizes[t];
+  } else if (t == 0) {
+    e1 = L.batch_sizes[t];
+  }
+}
+
 template <typename Runner>
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes,
-                                                     const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
-                                                     const Tensor& w_hh, const std::optional<Tensor>& b_ih,
-                                                     const std::optional<Tensor>& b_hh,
-                                                     const std::optional<Tensor>& w_hr, bool reverse,
-                                                     bool need_workspace, Runner& run) {
-  const LayerSizes s = check_layer_args(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+                                                     const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
+                                                     at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
+                                                     const std::optional<at::TensorList>& b_hh,
+                                                     const std::optional<at::TensorList>& w_hr, bool need_workspace,
+                                                     Runner& run) {
+  std::vector<DirectionWeights> dirs;
+  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dirs);
   check_dtype(input);
-  const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(0), reverse);
-  const SeqLayout L = lh.view();
-  const int64_t H = s.H, P = s.P, G = 4 * H, N = L.N;
+  const int64_t D = static_cast<int64_t>(dirs.size());
+  std::vector<SeqLayoutHolder> lh;
+  for (int64_t d = 0; d < D; ++d) lh.push_back(make_layout(input, batch_sizes, h0.size(1), d == 1));
+  const int64_t H = s.H, P = s.P, G = 4 * H, N = lh[0].N;
+  const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
   const auto T_opts = input.options();
   const auto A_opts = input.options().dtype(acc_type(input.scalar_type()));
 
   const Tensor x2d = input.reshape({N, s.I});
-  // Input projection of all steps in one GEMM, both biases folded in: [N, 4H].
-  const Tensor xw = b_ih ? at::addmm(*b_ih + *b_hh, x2d, w_ih.t()) : at::mm(x2d, w_ih.t());
-  Tensor ws = at::empty({N, 5 * H}, A_opts);
-  Tensor out = at::empty({N, P}, T_opts);
-  Tensor h_n = at::empty({L.B, P}, T_opts), c_n = at::empty({L.B, H}, T_opts);
-  const Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), w_hh_c = w_hh.contiguous();
-  Tensor r_buf = s.proj ? at::empty({L.B, H}, T_opts) : Tensor();
-  const Tensor w_hr_t = s.proj ? w_hr->t() : Tensor();
+  Tensor ws = at::empty({D, N, 5 * H}, A_opts);
+  Tensor out = at::empty({N, D * P}, T_opts);
+  Tensor h_n = at::empty({D, lh[0].batch_sizes[0], P}, T_opts), c_n = at::empty({D, h_n.size(1), H}, T_opts);
+  const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
+  std::vector<Tensor> xw, w_hh_c, r_buf, w_hr_t;
+  for (int64_t d = 0; d < D; ++d) {
+    const DirectionWeights& w = dirs[d];
+    // Input projection of all steps in one GEMM per direction, both biases folded in: [N, 4H].
+    xw.push_back(w.b_ih ? at::addmm(*w.b_ih + *w.b_hh, x2d, w.w_ih.t()) : at::mm(x2d, w.w_ih.t()));
+    w_hh_c.push_back(w.w_hh.contiguous());
+    r_buf.push_back(s.proj ? at::empty({h_n.size(1), H}, T_opts) : Tensor());
+    w_hr_t.push_back(s.proj ? w.w_hr->t() : Tensor());
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_fused_cuda_fwd", [&] {
     using T = scalar_t;
     using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
-    for (int64_t step = 0; step < L.T; ++step) {
-      const int64_t t = L.time_at(step), bs = L.batch_sizes[t], off = L.offsets[t];
-      int64_t prev, n_prev;
-      L.prev_rows(t, prev, n_prev);
-      cuda_step::FwdStepParams<T, A> p;
-      p.H = H;
-      p.P = P;
-      p.rows = bs;
-      p.n_prev = n_prev;
-      p.ld_ws = 5 * H;
-      p.ld_h = s.proj ? H : P;
-      p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + L.offsets[prev] * P : nullptr;
-      p.h0 = h0c.const_data_ptr<T>();
-      p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + L.offsets[prev] * 5 * H + G : nullptr;
-      p.c0 = c0c.const_data_ptr<T>();
-      p.xw = xw.const_data_ptr<T>() + off * G;
-      p.w_hh = w_hh_c.const_data_ptr<T>();
-      p.ws = ws.data_ptr<A>() + off * 5 * H;
-      p.h_out = s.proj ? r_buf.data_ptr<T>() : out.data_ptr<T>() + off * P;
-      run.template fwd<T, A>(p);
-      if (s.proj) {
-        Tensor o = out.narrow(0, off, bs);
-        at::mm_out(o, r_buf.narrow(0, 0, bs), w_hr_t);
+    for (int64_t step = 0; step < n_steps; ++step) {
+      cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>> dp;
+      dp.count = static_cast<int>(D);
+      for (int64_t d = 0; d < D; ++d) {
+        const SeqLayout L = lh[d].view();
+        const int64_t t = L.time_at(step), off = L.offsets[t];
+        int64_t prev, n_prev;
+        L.prev_rows(t, prev, n_prev);
+        cuda_step::FwdStepParams<T, A>& p = dp.dir[d];
+        p.H = H;
+        p.P = P;
+        p.rows = L.batch_sizes[t];
+        p.n_prev = n_prev;
+        p.ld_ws = 5 * H;
+        p.ld_out = D * P;
+        p.ld_h = s.proj ? H : D * P;
+        p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + L.offsets[prev] * D * P + d * P : nullptr;
+        p.h0 = h0c.const_data_ptr<T>() + d * h0c.stride(0);
+        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * 5 * H + G : nullptr;
+        p.c0 = c0c.const_data_ptr<T>() + d * c0c.stride(0);
+        p.xw = xw[d].const_data_ptr<T>() + off * G;
+        p.w_hh = w_hh_c[d].const_data_ptr<T>();
+        p.ws = ws.data_ptr<A>() + (d * N + off) * 5 * H;
+        p.h_out = s.proj ? r_buf[d].data_ptr<T>() : out.data_ptr<T>() + off * D * P + d * P;
       }
-      // Rows whose sequence ends at this step hand their state to h_n/c_n.
-      int64_t e0 = 0, e1 = 0;
-      if (!L.reverse) {
-        e0 = t + 1 < L.T ? L.batch_sizes[t + 1] : 0;
-        e1 = bs;
-      } else if (t == 0) {
-        e1 = bs;
-      }
-      if (e1 > e0) {
-        h_n.narrow(0, e0, e1 - e0).copy_(out.narrow(0, off + e0, e1 - e0));
-        c_n.narrow(0, e0, e1 - e0).copy_(ws.narrow(0, off + e0, e1 - e0).narrow(1, G, H));
+      run.template fwd<T, A>(dp);  // one launch: this step of every direction
+      for (int64_t d = 0; d < D; ++d) {
+        const SeqLayout L = lh[d].view();
+        const int64_t t = L.time_at(step), off = L.offsets[t], bs = L.batch_sizes[t];
+        Tensor o = out.narrow(0, off, bs).narrow(1, d * P, P);
+        if (s.proj) at::mm_out(o, r_buf[d].narrow(0, 0, bs), w_hr_t[d]);
+        int64_t e0, e1;
+        ending_rows(L, t, e0, e1);
+        if (e1 > e0) {
+          h_n[d].narrow(0, e0, e1 - e0).copy_(o.narrow(0, e0, e1 - e0));
+          c_n[d].narrow(0, e0, e1 - e0).copy_(ws[d].narrow(0, off + e0, e1 - e0).narrow(1, G, H));
+        }
       }
     }
   });
-  auto lead = input.sizes().vec();
-  lead.pop_back();
-  auto out_shape = lead, ws_shape = lead;
-  out_shape.push_back(P);
-  ws_shape.push_back(5 * H);
-  return {out.view(out_shape), h_n, c_n, need_workspace ? ws.view(ws_shape) : at::empty({0}, A_opts)};
+  auto ws_shape = with_last(input, 5 * H);
+  ws_shape.insert(ws_shape.begin(), D);
+  return {out.view(with_last(input, D * P)), h_n, c_n, need_workspace ? ws.view(ws_shape) : at::empty({0}, A_opts)};
 }
 
 template <typename Runner>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_bwd(
-    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
-    const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
-    const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& output, const Tensor& workspace,
-    bool reverse, bool has_bias, bool need_grad_input, Runner& run) {
-  const LayerSizes s = check_layer_args(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr);
+std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
+layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+          const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
+          at::TensorList w_hh, const std::optional<at::TensorList>& w_hr, const Tensor& output,
+          const Tensor& workspace, bool has_bias, bool need_grad_input, Runner& run) {
+  std::vector<DirectionWeights> dirs;
+  const LayerSizes s =
+      check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, dirs);
   check_dtype(input);
-  const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(0), reverse);
-  const SeqLayout L = lh.view();
-  const int64_t H = s.H, P = s.P, G = 4 * H, N = L.N;
+  const int64_t D = static_cast<int64_t>(dirs.size());
+  std::vector<SeqLayoutHolder> lh;
+  for (int64_t d = 0; d < D; ++d) lh.push_back(make_layout(input, batch_sizes, h0.size(1), d == 1));
+  const int64_t H = s.H, P = s.P, G = 4 * H, N = lh[0].N;
+  const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
+  const int64_t B = h0.size(1);
   const auto Tt = input.scalar_type(), At = acc_type(Tt);
   const auto A_opts = input.options().dtype(At);
   check_shape(grad_output, output.sizes(), "grad_output");
   check_shape(grad_h_n, h0.sizes(), "grad_h_n");
   check_shape(grad_c_n, c0.sizes(), "grad_c_n");
-  TORCH_CHECK(output.numel() == N * P && workspace.numel() == N * 5 * H && workspace.scalar_type() == At,
+  TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * 5 * H && workspace.scalar_type() == At,
               "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments (was the "
               "forward run without a workspace, e.g. under no_grad?)");
   for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
@@ -148,78 +178,103 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_bwd(
     check_same_dtype_device(input, *t, name);
   TORCH_CHECK(workspace.device() == input.device(), "lstm_fused: workspace is on another device");
 
-  const Tensor gout = grad_output.reshape({N, P}).contiguous();
+  const Tensor gout = grad_output.reshape({N, D * P}).contiguous();
   const Tensor ghn = grad_h_n.contiguous(), c0c = c0.contiguous();
-  const Tensor ws = workspace.reshape({N, 5 * H}).contiguous();
-  const Tensor out2d = output.reshape({N, P});
-  const Tensor w_hh_t = w_hh.t().contiguous();  // [P, 4H]: the backward reduces along W_hh's columns
-  Tensor dg = at::empty({N, G}, A_opts);
-  Tensor dc_state = grad_c_n.to(At).contiguous().clone();
-  Tensor dh_tot = s.proj ? at::empty({N, P}, A_opts) : Tensor();
-  Tensor dr = s.proj ? at::empty({L.B, H}, A_opts) : Tensor();
-  Tensor r_all = s.proj ? at::empty({N, H}, A_opts) : Tensor();
-  const Tensor w_hr_a = s.proj ? w_hr->to(At) : Tensor();
+  const Tensor ws = workspace.reshape({D, N, 5 * H}).contiguous();
+  const Tensor out2d = output.reshape({N, D * P});
+  Tensor dg = at::empty({D, N, G}, A_opts);
+  Tensor dc_state = grad_c_n.to(At).contiguous().clone();  // [D, B, H]
+  Tensor dh_tot = s.proj ? at::empty({D, N, P}, A_opts) : Tensor();
+  Tensor dr = s.proj ? at::empty({D, B, H}, A_opts) : Tensor();
+  Tensor r_all = s.proj ? at::empty({D, N, H}, A_opts) : Tensor();
+  std::vector<Tensor> w_hh_t, w_hr_a;
+  for (int64_t d = 0; d < D; ++d) {
+    w_hh_t.push_back(dirs[d].w_hh.t().contiguous());  // [P, 4H]: the backward reduces along W_hh's columns
+    w_hr_a.push_back(s.proj ? dirs[d].w_hr->to(At) : Tensor());
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Tt, "lstm_fused_cuda_bwd", [&] {
     using T = scalar_t;
     using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
-    for (int64_t step = L.T - 1; step >= 0; --step) {
-      const int64_t t = L.time_at(step), bs = L.batch_sizes[t], off = L.offsets[t];
-      int64_t prev, n_prev;
-      L.prev_rows(t, prev, n_prev);
-      // The step after t in forward order was processed just before this one here.
-      const int64_t later = L.reverse ? t - 1 : t + 1;
-      const bool has_later = later >= 0 && later < L.T;
-      cuda_step::BwdStepParams<T, A> p;
-      p.H = H;
-      p.P = P;
-      p.rows = bs;
-      p.n_later = has_later ? std::min(bs, L.batch_sizes[later]) : 0;
-      p.n_prev = n_prev;
-      p.ld_ws = 5 * H;
-      p.dg_later = has_later ? dg.const_data_ptr<A>() + L.offsets[later] * G : nullptr;
-      p.w_hh_t = w_hh_t.const_data_ptr<T>();
-      p.gout = gout.const_data_ptr<T>() + off * P;
-      p.grad_hn = ghn.const_data_ptr<T>();
-      p.ws = ws.const_data_ptr<A>() + off * 5 * H;
-      p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + L.offsets[prev] * 5 * H + G : nullptr;
-      p.c0 = c0c.const_data_ptr<T>();
-      p.dc_state = dc_state.data_ptr<A>();
-      p.dg = dg.data_ptr<A>() + off * G;
+    for (int64_t step = n_steps - 1; step >= 0; --step) {
+      cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>> dp;
+      dp.count = static_cast<int>(D);
+      for (int64_t d = 0; d < D; ++d) {
+        const SeqLayout L = lh[d].view();
+        const int64_t t = L.time_at(step), bs = L.batch_sizes[t], off = L.offsets[t];
+        int64_t prev, n_prev;
+        L.prev_rows(t, prev, n_prev);
+        // The step after t in forward order was processed just before this one here.
+        const int64_t later = L.reverse ? t - 1 : t + 1;
+        const bool has_later = later >= 0 && later < n_steps;
+        cuda_step::BwdStepParams<T, A>& p = dp.dir[d];
+        p.H = H;
+        p.P = P;
+        p.rows = bs;
+        p.n_later = has_later ? std::min(bs, L.batch_sizes[later]) : 0;
+        p.n_prev = n_prev;
+        p.ld_ws = 5 * H;
+        p.ld_gout = D * P;
+        p.dg_later = has_later ? dg.const_data_ptr<A>() + (d * N + L.offsets[later]) * G : nullptr;
+        p.w_hh_t = w_hh_t[d].const_data_ptr<T>();
+        p.gout = gout.const_data_ptr<T>() + off * D * P + d * P;
+        p.grad_hn = ghn.const_data_ptr<T>() + d * B * P;
+        p.ws = ws.const_data_ptr<A>() + (d * N + off) * 5 * H;
+        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * 5 * H + G : nullptr;
+        p.c0 = c0c.const_data_ptr<T>() + d * B * H;
+        p.dc_state = dc_state.data_ptr<A>() + d * B * H;
+        p.dg = dg.data_ptr<A>() + (d * N + off) * G;
+        if (s.proj) {
+          p.dh_tot = dh_tot.data_ptr<A>() + (d * N + off) * P;
+          p.dr = dr.const_data_ptr<A>() + d * B * H;
+          p.r_out = r_all.data_ptr<A>() + (d * N + off) * H;
+        }
+      }
       if (!s.proj) {
-        run.template bwd<T, A>(p, cuda_step::kFused);
+        run.template bwd<T, A>(dp, cuda_step::kFused);
       } else {
-        p.dh_tot = dh_tot.data_ptr<A>() + off * P;
-        run.template bwd<T, A>(p, cuda_step::kReduceOnly);
-        Tensor d = dr.narrow(0, 0, bs);
-        at::mm_out(d, dh_tot.narrow(0, off, bs), w_hr_a);
-        p.dr = dr.const_data_ptr<A>();
-        p.r_out = r_all.data_ptr<A>() + off * H;
-        run.template bwd<T, A>(p, cuda_step::kPointwiseOnly);
+        run.template bwd<T, A>(dp, cuda_step::kReduceOnly);
+        for (int64_t d = 0; d < D; ++d) {
+          const SeqLayout L = lh[d].view();
+          const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
+          Tensor dr_rows = dr[d].narrow(0, 0, bs);
+          at::mm_out(dr_rows, dh_tot[d].narrow(0, L.offsets[t], bs), w_hr_a[d]);
+        }
+        run.template bwd<T, A>(dp, cuda_step::kPointwiseOnly);
       }
     }
   });
 
-  // Everything below is one GEMM or reduction over all steps (a few GEMMs for h0 with packed input).
-  const Tensor w_hh_a = w_hh.to(At);
-  Tensor dh0 = at::zeros({L.B, P}, A_opts);
-  for (int64_t t = 0; t < L.T; ++t) {
-    int64_t prev, n_prev;
-    L.prev_rows(t, prev, n_prev);
-    const int64_t bs = L.batch_sizes[t];
-    if (bs > n_prev) {  // rows [n_prev, bs) started from h0 at step t
-      Tensor d = dh0.narrow(0, n_prev, bs - n_prev);
-      at::mm_out(d, dg.narrow(0, L.offsets[t] + n_prev, bs - n_prev), w_hh_a);
-    }
-  }
+  // Everything below is one GEMM or reduction over all steps per direction (a few GEMMs for h0 with packed
+  // input). Both directions read the same input, so its gradient is their sum.
   const Tensor x2d = input.reshape({N, s.I});
-  Tensor d_input = need_grad_input ? at::mm(dg, w_ih.to(At)).to(Tt).view(input.sizes())
-                                   : at::empty({0}, input.options());
-  Tensor d_w_ih = at::mm(dg.t(), x2d.to(At)).to(Tt);
-  const Tensor hprev = gather_prev_hidden(L, batch_sizes.has_value(), out2d, h0.contiguous());
-  Tensor d_w_hh = at::mm(dg.t(), hprev.to(At)).to(Tt);
-  Tensor d_bias = has_bias ? dg.sum(0).to(Tt) : at::empty({0}, input.options());
-  Tensor d_w_hr = s.proj ? at::mm(dh_tot.t(), r_all).to(Tt) : at::empty({0}, input.options());
+  Tensor dh0 = at::zeros({D, B, P}, A_opts);
+  Tensor d_input;
+  std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr;
+  for (int64_t d = 0; d < D; ++d) {
+    const SeqLayout L = lh[d].view();
+    const Tensor dgd = dg[d];
+    const Tensor w_hh_a = dirs[d].w_hh.to(At);
+    for (int64_t t = 0; t < n_steps; ++t) {
+      int64_t prev, n_prev;
+      L.prev_rows(t, prev, n_prev);
+      const int64_t bs = L.batch_sizes[t];
+      if (bs > n_prev) {  // rows [n_prev, bs) started from h0 at step t
+        Tensor rows = dh0[d].narrow(0, n_prev, bs - n_prev);
+        at::mm_out(rows, dgd.narrow(0, L.offsets[t] + n_prev, bs - n_prev), w_hh_a);
+      }
+    }
+    if (need_grad_input) {
+      const Tensor part = at::mm(dgd, dirs[d].w_ih.to(At));
+      d_input = d == 0 ? part : d_input.add_(part);
+    }
+    d_w_ih.push_back(at::mm(dgd.t(), x2d.to(At)).to(Tt));
+    const Tensor hprev = gather_prev_hidden(L, batch_sizes.has_value(), out2d.narrow(1, d * P, P), h0[d].contiguous());
+    d_w_hh.push_back(at::mm(dgd.t(), hprev.to(At)).to(Tt));
+    if (has_bias) d_bias.push_back(dgd.sum(0).to(Tt));
+    if (s.proj) d_w_hr.push_back(at::mm(dh_tot[d].t(), r_all[d]).to(Tt));
+  }
+  d_input = need_grad_input ? d_input.to(Tt).view(input.sizes()) : at::empty({0}, input.options());
   return {d_input, dh0.to(Tt), dc_state.to(Tt), d_w_ih, d_w_hh, d_bias, d_w_hr};
 }
 

@@ -10,8 +10,10 @@ namespace cuda_step {
 namespace {
 
 template <typename T, typename A>
-__global__ void __launch_bounds__(kThreads, 1) fwd_step_kernel(const FwdStepParams<T, A> p) {
+__global__ void __launch_bounds__(kThreads, 1) fwd_step_kernel(const DirectionParams<FwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 4> smem;
+  const FwdStepParams<T, A>& p = dp.dir[blockIdx.z];
+  if (int64_t(blockIdx.y) * kBT >= p.rows) return;  // this direction has fewer rows at this step
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
   A acc[4] = {A(0), A(0), A(0), A(0)};
   for (int64_t k0 = 0; k0 < p.P; k0 += kKT) {
@@ -24,8 +26,10 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_step_kernel(const FwdStepPara
 }
 
 template <typename T, typename A, int kMode>
-__global__ void __launch_bounds__(kThreads) bwd_step_kernel(const BwdStepParams<T, A> p) {
+__global__ void __launch_bounds__(kThreads) bwd_step_kernel(const DirectionParams<BwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 1> smem;
+  const BwdStepParams<T, A>& p = dp.dir[blockIdx.z];
+  if (int64_t(blockIdx.y) * kBT >= p.rows) return;
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
   A acc[1] = {A(0)};
   if (kMode != kPointwiseOnly) {
@@ -42,20 +46,30 @@ __global__ void __launch_bounds__(kThreads) bwd_step_kernel(const BwdStepParams<
 }  // namespace
 
 template <typename T, typename A>
-cudaError_t launch_fwd_step(const FwdStepParams<T, A>& p, cudaStream_t stream) {
-  int64_t gx, gy;
-  fwd_grid(p.H, p.rows, gx, gy);
+cudaError_t launch_fwd_step(const DirectionParams<FwdStepParams<T, A>>& p, cudaStream_t stream) {
+  int64_t gx = 0, gy = 0;
+  for (int d = 0; d < p.count; ++d) {
+    int64_t x, y;
+    fwd_grid(p.dir[d].H, p.dir[d].rows, x, y);
+    gx = x > gx ? x : gx;
+    gy = y > gy ? y : gy;
+  }
   if (gx == 0 || gy == 0) return cudaSuccess;
-  fwd_step_kernel<T, A><<<dim3(gx, gy), dim3(kJT, kBT), 0, stream>>>(p);
+  fwd_step_kernel<T, A><<<dim3(gx, gy, p.count), dim3(kJT, kBT), 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 template <typename T, typename A>
-cudaError_t launch_bwd_step(const BwdStepParams<T, A>& p, int mode, cudaStream_t stream) {
-  int64_t gx, gy;
-  bwd_grid(p.H, p.P, p.rows, mode, gx, gy);
+cudaError_t launch_bwd_step(const DirectionParams<BwdStepParams<T, A>>& p, int mode, cudaStream_t stream) {
+  int64_t gx = 0, gy = 0;
+  for (int d = 0; d < p.count; ++d) {
+    int64_t x, y;
+    bwd_grid(p.dir[d].H, p.dir[d].P, p.dir[d].rows, mode, x, y);
+    gx = x > gx ? x : gx;
+    gy = y > gy ? y : gy;
+  }
   if (gx == 0 || gy == 0) return cudaSuccess;
-  const dim3 grid(gx, gy), block(kJT, kBT);
+  const dim3 grid(gx, gy, p.count), block(kJT, kBT);
   switch (mode) {
     case kFused:
       bwd_step_kernel<T, A, kFused><<<grid, block, 0, stream>>>(p);
@@ -71,8 +85,8 @@ cudaError_t launch_bwd_step(const BwdStepParams<T, A>& p, int mode, cudaStream_t
 }
 
 #define LF_INSTANTIATE(T, A)                                                            \
-  template cudaError_t launch_fwd_step<T, A>(const FwdStepParams<T, A>&, cudaStream_t); \
-  template cudaError_t launch_bwd_step<T, A>(const BwdStepParams<T, A>&, int, cudaStream_t);
+  template cudaError_t launch_fwd_step<T, A>(const DirectionParams<FwdStepParams<T, A>>&, cudaStream_t); \
+  template cudaError_t launch_bwd_step<T, A>(const DirectionParams<BwdStepParams<T, A>>&, int, cudaStream_t);
 
 LF_INSTANTIATE(float, float)
 LF_INSTANTIATE(double, double)

@@ -11,10 +11,10 @@ namespace lstm_fused {
 namespace cuda_step {
 
 template <typename T, typename A>
-cudaError_t launch_fwd_step(const FwdStepParams<T, A>& p, cudaStream_t stream);
+cudaError_t launch_fwd_step(const DirectionParams<FwdStepParams<T, A>>& p, cudaStream_t stream);
 
 template <typename T, typename A>
-cudaError_t launch_bwd_step(const BwdStepParams<T, A>& p, int mode, cudaStream_t stream);
+cudaError_t launch_bwd_step(const DirectionParams<BwdStepParams<T, A>>& p, int mode, cudaStream_t stream);
 
 }  // namespace cuda_step
 }  // namespace lstm_fused

@@ -28,7 +28,8 @@ struct FwdStepParams {
   int64_t n_prev = 0;     // rows below continue the previous step; the rest start from h0/c0
   int64_t ld_ws = 0;      // 5H
   int64_t ld_h = 0;       // row stride of h_out
-  const T* h_prev = nullptr;  // [n_prev, P] output rows of the previous step (h_{t-1})
+  int64_t ld_out = 0;     // row stride of the layer output (D·P: both directions share its rows)
+  const T* h_prev = nullptr;  // [n_prev, ld_out] output rows of the previous step (h_{t-1})
   const T* h0 = nullptr;      // [B, P]
   const A* c_prev = nullptr;  // [n_prev, ld_ws] c of the previous step (workspace column 4H)
   const T* c0 = nullptr;      // [B, H]
@@ -51,7 +52,8 @@ struct BwdStepParams {
   int64_t ld_ws = 0;          // 5H
   const A* dg_later = nullptr;  // [n_later, 4H] pre-activation gradients of the step after t
   const T* w_hh_t = nullptr;    // [P, 4H] W_hhᵀ
-  const T* gout = nullptr;      // [rows, P] gradient of this step's output rows
+  int64_t ld_gout = 0;          // row stride of gout (D·P)
+  const T* gout = nullptr;      // [rows, ld_gout] gradient of this step's output rows
   const T* grad_hn = nullptr;   // [B, P]
   const A* dr = nullptr;        // [rows, H] kPointwiseOnly: gradient of o·tanh(c_t)
   A* dh_tot = nullptr;          // [rows, P] kReduceOnly out: total gradient of h_t
@@ -89,7 +91,7 @@ LF_HOST_DEVICE void fwd_load_tiles(const FwdStepParams<T, A>& p, int bx, int by,
     const int bb = e / kKT, kk = e % kKT;
     const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
     A v = A(0);
-    if (b < p.rows && k < p.P) v = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.P + k] : p.h0[b * p.P + k]);
+    if (b < p.rows && k < p.P) v = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + k] : p.h0[b * p.P + k]);
     s.a[bb][kk] = v;
   }
   for (int e = tid; e < 4 * kJT * kKT; e += kThreads) {
@@ -159,7 +161,7 @@ LF_HOST_DEVICE void bwd_load_tiles(const BwdStepParams<T, A>& p, int bx, int by,
 template <typename T, typename A>
 LF_HOST_DEVICE A bwd_dh(const BwdStepParams<T, A>& p, int64_t b, int64_t n, A recurrent) {
   const A rec = b < p.n_later ? recurrent : to_acc<T, A>(p.grad_hn[b * p.P + n]);
-  return rec + to_acc<T, A>(p.gout[b * p.P + n]);
+  return rec + to_acc<T, A>(p.gout[b * p.ld_gout + n]);
 }
 
 template <typename T, typename A>
@@ -196,6 +198,15 @@ LF_HOST_DEVICE void bwd_epilogue(const BwdStepParams<T, A>& p, int mode, int bx,
   else
     bwd_cell(p, b, n, p.dr[b * p.H + n], true);
 }
+
+// One launch runs a step of every direction of a layer (blockIdx.z = direction; the reverse direction is at
+// time T-1-s while the forward one is at s, so their row counts can differ with packed input).
+constexpr int kMaxDirections = 2;
+template <typename P>
+struct DirectionParams {
+  P dir[kMaxDirections];
+  int count = 1;
+};
 
 // Grid of a step launch: x over units/outputs, y over rows.
 inline void fwd_grid(int64_t H, int64_t rows, int64_t& gx, int64_t& gy) {
