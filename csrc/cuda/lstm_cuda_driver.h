@@ -37,16 +37,17 @@ inline Tensor gather_prev_hidden(const SeqLayout& L, bool packed, const Tensor& 
     if (!L.reverse) return at::cat({h0, out2d.narrow(0, 0, N - B)}, 0);
     return at::cat({out2d.narrow(0, B, N - B), h0}, 0);
   }
-  // Packed: index rows of [output; h0]. batch_sizes live on the host, so the index is built there (this copy
-  // is the one host-to-device transfer of the packed path).
-  std::vector<int64_t> idx(L.N);
+  // Packed: index rows of [output; h0]. batch_sizes live on the host, so the index is built there and sent
+  // from pinned memory without blocking (the caching host allocator keeps it alive until the copy is done).
+  Tensor host = at::empty({L.N}, at::TensorOptions().dtype(at::kLong).pinned_memory(out2d.is_cuda()));
+  int64_t* idx = host.data_ptr<int64_t>();
   for (int64_t t = 0; t < L.T; ++t) {
     int64_t prev, n_prev;
     L.prev_rows(t, prev, n_prev);
     for (int64_t b = 0; b < L.batch_sizes[t]; ++b)
       idx[L.offsets[t] + b] = b < n_prev ? L.offsets[prev] + b : L.N + b;
   }
-  Tensor index = at::tensor(idx, at::TensorOptions().dtype(at::kLong)).to(out2d.device());
+  const Tensor index = host.to(out2d.device(), /*non_blocking=*/true);
   return at::cat({out2d, h0}, 0).index_select(0, index);
 }
 
