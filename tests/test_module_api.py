@@ -129,3 +129,20 @@ def test_output_shapes_and_batch_first():
     m = lstm_fused.LSTM(3, 8, num_layers=2, bidirectional=True, proj_size=5, batch_first=True)
     out, (h, c) = m(torch.randn(4, 9, 3))
     assert out.shape == (4, 9, 10) and h.shape == (4, 4, 5) and c.shape == (4, 4, 8)
+
+
+def test_missing_extension_fails_loudly_at_import(tmp_path):
+    # A copy of the Python package without the compiled _C must not fall back to anything: it raises an
+    # ImportError that says how to rebuild.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    src = os.path.dirname(lstm_fused.__file__)
+    dst = tmp_path / "lstm_fused"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    proc = subprocess.run([sys.executable, "-c", "import lstm_fused"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr and "--no-build-isolation" in proc.stderr
