@@ -13,9 +13,10 @@ except ImportError as e:  # never fall back to nn.LSTM silently
     ) from e
 
 from . import ops  # noqa: E402,F401  (fake kernels and autograd)
-from .modules import LSTM  # noqa: E402
+from . import reference  # noqa: E402,F401
+from .modules import LSTM, LSTMCell, convert  # noqa: E402
 
-__all__ = ["LSTM", "ops", "has_cuda_kernels"]
+__all__ = ["LSTM", "LSTMCell", "convert", "ops", "reference", "has_cuda_kernels"]
 __version__ = "0.1.0"
 
 

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
 
-__all__ = ["LSTM"]
+__all__ = ["LSTM", "LSTMCell", "convert"]
 
 _HAS_CUDA_KERNELS = ops.has_kernel("CUDA")
 
@@ -303,3 +303,112 @@ class LSTM(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
         dtype = h0_all.dtype
         return x.to(dtype), torch.cat(h_out).to(dtype), torch.cat(c_out).to(dtype)
+
+
+class LSTMCell(nn.Module):
+    r"""Drop-in replacement for :class:`torch.nn.LSTMCell`: one fused LSTM step per call.
+
+    Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), initialisation and
+    forward semantics (batched [B, I] or unbatched [I] input, optional ``(h, c)``), returning ``(h', c')``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory_kwargs))
+        self.weight_hh = nn.Parameter(torch.empty((4 * hidden_size, hidden_size), **factory_kwargs))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory_kwargs))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        return s.format(**self.__dict__)
+
+    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        for idx, value in enumerate(hx):
+            if value.shape != (input.size(0), self.hidden_size):
+                raise RuntimeError(
+                    f"hx[{idx}] has inconsistent shape: got {list(value.shape)}, expected "
+                    f"{[input.size(0), self.hidden_size]}"
+                )
+            if value.dtype != input.dtype or self.weight_ih.dtype != input.dtype:
+                raise RuntimeError(
+                    f"LSTMCell: expected input, hx and weights of one dtype, got input {input.dtype}, "
+                    f"hx[{idx}] {value.dtype}, weights {self.weight_ih.dtype}"
+                )
+        compute_dtype = torch.float32 if (input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16)) else input.dtype
+        w = [p.to(compute_dtype) if p is not None else None for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
+        # One time step of the fused layer op: [1, B, I] in, h and c of that step out.
+        _, h_n, c_n = ops.lstm_layer(
+            input.unsqueeze(0).to(compute_dtype), None, hx[0].unsqueeze(0).to(compute_dtype),
+            hx[1].unsqueeze(0).to(compute_dtype), [w[0]], [w[1]], [w[2]] if self.bias else None,
+            [w[3]] if self.bias else None, None,
+        )
+        h, c = h_n[0].to(input.dtype), c_n[0].to(input.dtype)
+        if not is_batched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c
+
+
+def _fused_equivalent(module: nn.Module) -> Optional[nn.Module]:
+    """The lstm_fused module replacing `module` (same weights, device, dtype, train/eval), or None."""
+    if isinstance(module, nn.LSTM):
+        new = LSTM(module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
+                   batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional,
+                   proj_size=module.proj_size, device="meta")
+    elif isinstance(module, nn.LSTMCell):
+        new = LSTMCell(module.input_size, module.hidden_size, bias=module.bias, device="meta")
+    else:
+        return None
+    # Take the very parameter objects: optimizers and weight tying keep pointing at them.
+    for name, param in module.named_parameters(recurse=False):
+        setattr(new, name, param)
+    new.train(module.training)
+    return new
+
+
+def convert(module: nn.Module) -> nn.Module:
+    """Replaces every nn.LSTM and nn.LSTMCell inside `module` (recursively, through containers) with its
+    lstm_fused equivalent, carrying the parameters themselves (so device, dtype, requires_grad, optimizer
+    state and weight tying stay as they were) and the train/eval mode. Returns the model; a bare nn.LSTM or
+    nn.LSTMCell passed in is returned converted. nn.GRU and nn.GRUCell are left as they are until lstm_fused
+    has GRU kernels."""
+    replaced = _fused_equivalent(module)
+    if replaced is not None:
+        return replaced
+    for name, child in list(module.named_children()):
+        new = convert(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
