@@ -37,18 +37,16 @@ inline Tensor gather_prev_hidden(const SeqLayout& L, bool packed, const Tensor& 
     if (!L.reverse) return at::cat({h0, out2d.narrow(0, 0, N - B)}, 0);
     return at::cat({out2d.narrow(0, B, N - B), h0}, 0);
   }
-  // Packed: index rows of [output; h0]. batch_sizes live on the host, so the index is built there and sent
-  // from pinned memory without blocking (the caching host allocator keeps it alive until the copy is done).
-  Tensor host = at::empty({L.N}, at::TensorOptions().dtype(at::kLong).pinned_memory(out2d.is_cuda()));
-  int64_t* idx = host.data_ptr<int64_t>();
+  // Packed: device-to-device row copies per step (capturable in a CUDA graph, no host buffer involved).
+  Tensor hprev = at::empty({L.N, out2d.size(1)}, out2d.options());
   for (int64_t t = 0; t < L.T; ++t) {
     int64_t prev, n_prev;
     L.prev_rows(t, prev, n_prev);
-    for (int64_t b = 0; b < L.batch_sizes[t]; ++b)
-      idx[L.offsets[t] + b] = b < n_prev ? L.offsets[prev] + b : L.N + b;
+    const int64_t bs = L.batch_sizes[t], off = L.offsets[t];
+    if (n_prev > 0) hprev.narrow(0, off, n_prev).copy_(out2d.narrow(0, L.offsets[prev], n_prev));
+    if (bs > n_prev) hprev.narrow(0, off + n_prev, bs - n_prev).copy_(h0.narrow(0, n_prev, bs - n_prev));
   }
-  const Tensor index = host.to(out2d.device(), /*non_blocking=*/true);
-  return at::cat({out2d, h0}, 0).index_select(0, index);
+  return hprev;
 }
 
 inline std::vector<int64_t> with_last(const Tensor& input, int64_t cols) {
