@@ -18,12 +18,13 @@ using namespace cuda_step;
 struct EmulationRunner {
   template <typename T, typename A>
   void fwd(const DirectionParams<FwdStepParams<T, A>>& dp) {
+    int64_t gx, gy;
+    launch_grid(dp, gx, gy);  // the GPU's grid: the widest direction
     for (int z = 0; z < dp.count; ++z) {  // blockIdx.z
       const FwdStepParams<T, A>& p = dp.dir[z];
-      int64_t gx, gy;
-      fwd_grid(p.H, p.rows, gx, gy);
       std::vector<A> acc(kThreads * 4);
       for (int64_t by = 0; by < gy; ++by) {
+        if (!block_has_rows(p, by)) continue;  // the kernel's early exit
         for (int64_t bx = 0; bx < gx; ++bx) {
           TileSmem<A, 4> smem;
           std::fill(acc.begin(), acc.end(), A(0));
@@ -45,12 +46,13 @@ struct EmulationRunner {
 
   template <typename T, typename A>
   void bwd(const DirectionParams<BwdStepParams<T, A>>& dp, int mode) {
+    int64_t gx, gy;
+    launch_grid(dp, mode, gx, gy);
     for (int z = 0; z < dp.count; ++z) {
       const BwdStepParams<T, A>& p = dp.dir[z];
-      int64_t gx, gy;
-      bwd_grid(p.H, p.P, p.rows, mode, gx, gy);
       std::vector<A> acc(kThreads);
       for (int64_t by = 0; by < gy; ++by) {
+        if (!block_has_rows(p, by)) continue;
         for (int64_t bx = 0; bx < gx; ++bx) {
           TileSmem<A, 1> smem;
           std::fill(acc.begin(), acc.end(), A(0));

@@ -13,7 +13,7 @@ template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads, 1) fwd_step_kernel(const DirectionParams<FwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 4> smem;
   const FwdStepParams<T, A>& p = dp.dir[blockIdx.z];
-  if (int64_t(blockIdx.y) * kBT >= p.rows) return;  // this direction has fewer rows at this step
+  if (!block_has_rows(p, blockIdx.y)) return;  // this direction has fewer rows at this step
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
   A acc[4] = {A(0), A(0), A(0), A(0)};
   for (int64_t k0 = 0; k0 < p.P; k0 += kKT) {
@@ -29,7 +29,7 @@ template <typename T, typename A, int kMode>
 __global__ void __launch_bounds__(kThreads) bwd_step_kernel(const DirectionParams<BwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 1> smem;
   const BwdStepParams<T, A>& p = dp.dir[blockIdx.z];
-  if (int64_t(blockIdx.y) * kBT >= p.rows) return;
+  if (!block_has_rows(p, blockIdx.y)) return;
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
   A acc[1] = {A(0)};
   if (kMode != kPointwiseOnly) {
@@ -47,13 +47,8 @@ __global__ void __launch_bounds__(kThreads) bwd_step_kernel(const DirectionParam
 
 template <typename T, typename A>
 cudaError_t launch_fwd_step(const DirectionParams<FwdStepParams<T, A>>& p, cudaStream_t stream) {
-  int64_t gx = 0, gy = 0;
-  for (int d = 0; d < p.count; ++d) {
-    int64_t x, y;
-    fwd_grid(p.dir[d].H, p.dir[d].rows, x, y);
-    gx = x > gx ? x : gx;
-    gy = y > gy ? y : gy;
-  }
+  int64_t gx, gy;
+  launch_grid(p, gx, gy);
   if (gx == 0 || gy == 0) return cudaSuccess;
   fwd_step_kernel<T, A><<<dim3(gx, gy, p.count), dim3(kJT, kBT), 0, stream>>>(p);
   return cudaGetLastError();
@@ -61,13 +56,8 @@ cudaError_t launch_fwd_step(const DirectionParams<FwdStepParams<T, A>>& p, cudaS
 
 template <typename T, typename A>
 cudaError_t launch_bwd_step(const DirectionParams<BwdStepParams<T, A>>& p, int mode, cudaStream_t stream) {
-  int64_t gx = 0, gy = 0;
-  for (int d = 0; d < p.count; ++d) {
-    int64_t x, y;
-    bwd_grid(p.dir[d].H, p.dir[d].P, p.dir[d].rows, mode, x, y);
-    gx = x > gx ? x : gx;
-    gy = y > gy ? y : gy;
-  }
+  int64_t gx, gy;
+  launch_grid(p, mode, gx, gy);
   if (gx == 0 || gy == 0) return cudaSuccess;
   const dim3 grid(gx, gy, p.count), block(kJT, kBT);
   switch (mode) {
