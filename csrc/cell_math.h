@@ -84,35 +84,61 @@ struct LstmGates {
   acc_t i, f, g, o;
 };
 
-// Forward of one LSTM unit. `pre` are the pre-activations (x·W_ihᵀ + h·W_hhᵀ + biases) of that unit's
-// four gates. Returns the activated gates (saved for the backward), the new cell c and the new
-// hidden value h = o·tanh(c) (before any projection).
+// The LSTM variants lstm_fused fuses. Peephole (Gers & Schmidhuber): i and f also see c_{t-1}, o sees c_t,
+// through per-unit weights p. Coupled input-forget gate (CIFG): f = 1 − i and the layer has no forget-gate
+// rows (gates i, g, o). Both flags together give a coupled gate with peepholes p_i, p_o.
 template <typename acc_t>
-LF_HOST_DEVICE void lstm_cell_forward(const LstmGates<acc_t>& pre, acc_t c_prev, LstmGates<acc_t>& act,
-                                      acc_t& c, acc_t& h) {
-  act.i = lf_sigmoid(pre.i);
-  act.f = lf_sigmoid(pre.f);
-  act.g = lf_tanh(pre.g);
-  act.o = lf_sigmoid(pre.o);
-  c = act.f * c_prev + act.i * act.g;
+struct Peepholes {
+  acc_t i = 0, f = 0, o = 0;
+};
+
+// Forward of one LSTM unit. `pre` are the pre-activations (x·W_ihᵀ + h·W_hhᵀ + biases) of that unit's
+// gates (pre.f unused when coupled). Returns the activated gates (saved for the backward), the new cell c and
+// the new hidden value h = o·tanh(c) (before any projection).
+template <typename acc_t, bool kPeephole = false, bool kCoupled = false>
+LF_HOST_DEVICE void lstm_cell_forward(const LstmGates<acc_t>& pre, acc_t c_prev, LstmGates<acc_t>& act, acc_t& c,
+                                      acc_t& h, const Peepholes<acc_t>& peep = {}) {
+  if constexpr (kPeephole) {
+    act.i = lf_sigmoid(pre.i + peep.i * c_prev);
+    act.f = kCoupled ? acc_t(1) - act.i : lf_sigmoid(pre.f + peep.f * c_prev);
+    act.g = lf_tanh(pre.g);
+    c = act.f * c_prev + act.i * act.g;
+    act.o = lf_sigmoid(pre.o + peep.o * c);  // the output gate sees the new cell
+  } else {
+    act.i = lf_sigmoid(pre.i);
+    act.f = kCoupled ? acc_t(1) - act.i : lf_sigmoid(pre.f);
+    act.g = lf_tanh(pre.g);
+    act.o = lf_sigmoid(pre.o);
+    c = act.f * c_prev + act.i * act.g;
+  }
   h = act.o * lf_tanh(c);
 }
 
 // Backward of one LSTM unit from what the forward saved (activated gates and c) plus c_prev.
 // dh: gradient reaching h = o·tanh(c) (output gradient plus the recurrent one, after any projection).
 // dc_next: gradient reaching c from the next step (or from c_n). Writes the pre-activation gradients
-// (what the weight and input GEMMs consume) and the gradient for c_prev.
-template <typename acc_t>
+// (what the weight and input GEMMs consume; dpre.f is 0 when coupled) and the gradient for c_prev. The
+// peephole weights' gradients are dpre.i·c_prev, dpre.f·c_prev and dpre.o·c, summed over rows by the caller.
+template <typename acc_t, bool kPeephole = false, bool kCoupled = false>
 LF_HOST_DEVICE void lstm_cell_backward(const LstmGates<acc_t>& act, acc_t c, acc_t c_prev, acc_t dh,
-                                       acc_t dc_next, LstmGates<acc_t>& dpre, acc_t& dc_prev) {
+                                       acc_t dc_next, LstmGates<acc_t>& dpre, acc_t& dc_prev,
+                                       const Peepholes<acc_t>& peep = {}) {
   const acc_t one = acc_t(1);
   const acc_t tc = lf_tanh(c);
-  const acc_t dc = dc_next + dh * act.o * (one - tc * tc);
-  dpre.i = dc * act.g * act.i * (one - act.i);
-  dpre.f = dc * c_prev * act.f * (one - act.f);
-  dpre.g = dc * act.i * (one - act.g * act.g);
   dpre.o = dh * tc * act.o * (one - act.o);
+  acc_t dc = dc_next + dh * act.o * (one - tc * tc);
+  if constexpr (kPeephole) dc += dpre.o * peep.o;
+  if constexpr (kCoupled) {
+    // c = (1 − i)·c_prev + i·g
+    dpre.i = dc * (act.g - c_prev) * act.i * (one - act.i);
+    dpre.f = acc_t(0);
+  } else {
+    dpre.i = dc * act.g * act.i * (one - act.i);
+    dpre.f = dc * c_prev * act.f * (one - act.f);
+  }
+  dpre.g = dc * act.i * (one - act.g * act.g);
   dc_prev = dc * act.f;
+  if constexpr (kPeephole) dc_prev += dpre.i * peep.i + (kCoupled ? acc_t(0) : dpre.f * peep.f);
 }
 
 // The projection input o·tanh(c), recomputed in the backward rather than saved.

@@ -18,6 +18,10 @@ struct LayerSizes {
   int64_t H = 0;  // hidden units (cell size)
   int64_t P = 0;  // recurrent/output size: proj_size, or H without a projection
   bool proj = false;
+  bool coupled = false;   // coupled input-forget gate: gates i, g, o
+  bool peephole = false;  // peephole weights w_ph
+  int64_t gates() const { return coupled ? 3 : 4; }
+  int64_t G() const { return gates() * H; }  // gate rows of W_ih / W_hh
 };
 
 // Owns the batch_sizes/offsets arrays a SeqLayout points into.
@@ -53,26 +57,34 @@ inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const cha
 inline LayerSizes check_layer_args(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
                                    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
                                    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                                   const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr) {
+                                   const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
+                                   const std::optional<at::Tensor>& w_ph = std::nullopt, bool coupled = false) {
   const bool packed = batch_sizes.has_value();
+  const int64_t ng = coupled ? 3 : 4;
   TORCH_CHECK(input.dim() == (packed ? 2 : 3), "lstm_fused: input must have ", packed ? 2 : 3,
               " dimensions, got ", input.dim());
   TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "lstm_fused: weights must be 2-D");
-  TORCH_CHECK(w_ih.size(0) % 4 == 0 && w_ih.size(0) > 0, "lstm_fused: weight_ih must have 4*hidden_size rows, got ",
-              w_ih.size(0));
+  TORCH_CHECK(w_ih.size(0) % ng == 0 && w_ih.size(0) > 0, "lstm_fused: weight_ih must have ", ng,
+              "*hidden_size rows, got ", w_ih.size(0));
   LayerSizes s;
+  s.coupled = coupled;
+  s.peephole = w_ph.has_value();
   s.I = input.size(-1);
-  s.H = w_ih.size(0) / 4;
+  s.H = w_ih.size(0) / ng;
   s.proj = w_hr.has_value();
   s.P = s.proj ? w_hr->size(0) : s.H;
   const int64_t B = h0.dim() == 2 ? h0.size(0) : -1;
-  check_shape(w_ih, {4 * s.H, s.I}, "weight_ih (input.size(-1) must be equal to input_size)");
-  check_shape(w_hh, {4 * s.H, s.P}, "weight_hh");
+  check_shape(w_ih, {s.G(), s.I}, "weight_ih (input.size(-1) must be equal to input_size)");
+  check_shape(w_hh, {s.G(), s.P}, "weight_hh");
   if (s.proj) check_shape(*w_hr, {s.P, s.H}, "weight_hr");
+  if (s.peephole) {
+    check_shape(*w_ph, {ng - 1, s.H}, "weight_ph");
+    check_same_dtype_device(input, *w_ph, "weight_ph");
+  }
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "lstm_fused: pass both biases or neither");
   if (b_ih) {
-    check_shape(*b_ih, {4 * s.H}, "bias_ih");
-    check_shape(*b_hh, {4 * s.H}, "bias_hh");
+    check_shape(*b_ih, {s.G()}, "bias_ih");
+    check_shape(*b_hh, {s.G()}, "bias_hh");
   }
   TORCH_CHECK(h0.dim() == 2 && c0.dim() == 2, "lstm_fused: h0 and c0 must be 2-D [batch, features]");
   check_shape(h0, {B, s.P}, "h0");
@@ -93,7 +105,7 @@ inline LayerSizes check_layer_args(const at::Tensor& input, const std::optional<
 // One direction's weights, taken from the per-direction lists of the op.
 struct DirectionWeights {
   at::Tensor w_ih, w_hh;
-  std::optional<at::Tensor> b_ih, b_hh, w_hr;
+  std::optional<at::Tensor> b_ih, b_hh, w_hr, w_ph;
 };
 
 // Validates a layer of D directions (h0 [D, B, P], c0 [D, B, H], lists of D weights) and returns its sizes
@@ -102,7 +114,9 @@ inline LayerSizes check_directions(const at::Tensor& input, const std::optional<
                                    const at::Tensor& h0, const at::Tensor& c0, at::TensorList w_ih,
                                    at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
                                    const std::optional<at::TensorList>& b_hh,
-                                   const std::optional<at::TensorList>& w_hr, std::vector<DirectionWeights>& dirs) {
+                                   const std::optional<at::TensorList>& w_hr,
+                                   const std::optional<at::TensorList>& w_ph, bool coupled,
+                                   std::vector<DirectionWeights>& dirs) {
   const int64_t D = static_cast<int64_t>(w_ih.size());
   TORCH_CHECK(D == 1 || D == 2, "lstm_fused: a layer has 1 or 2 directions, got ", D, " weight_ih tensors");
   auto same_len = [&](const std::optional<at::TensorList>& l, const char* name) {
@@ -112,17 +126,20 @@ inline LayerSizes check_directions(const at::Tensor& input, const std::optional<
   same_len(b_ih, "bias_ih");
   same_len(b_hh, "bias_hh");
   same_len(w_hr, "weight_hr");
+  same_len(w_ph, "weight_ph");
   TORCH_CHECK(h0.dim() == 3 && c0.dim() == 3 && h0.size(0) == D && c0.size(0) == D,
               "lstm_fused: h0 and c0 must be [directions, batch, features] with ", D, " directions, got ",
               h0.sizes(), " and ", c0.sizes());
   dirs.clear();
   LayerSizes s;
   for (int64_t d = 0; d < D; ++d) {
-    DirectionWeights w{w_ih[d], w_hh[d], std::nullopt, std::nullopt, std::nullopt};
+    DirectionWeights w{w_ih[d], w_hh[d], std::nullopt, std::nullopt, std::nullopt, std::nullopt};
     if (b_ih) w.b_ih = (*b_ih)[d];
     if (b_hh) w.b_hh = (*b_hh)[d];
     if (w_hr) w.w_hr = (*w_hr)[d];
-    const LayerSizes sd = check_layer_args(input, batch_sizes, h0[d], c0[d], w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr);
+    if (w_ph) w.w_ph = (*w_ph)[d];
+    const LayerSizes sd =
+        check_layer_args(input, batch_sizes, h0[d], c0[d], w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.w_ph, coupled);
     TORCH_CHECK(d == 0 || (sd.H == s.H && sd.P == s.P), "lstm_fused: directions differ in size");
     s = sd;
     dirs.push_back(std::move(w));

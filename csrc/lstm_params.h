@@ -4,7 +4,24 @@
 
 #include <cstdint>
 
+#include "cell_math.h"
+
 namespace lstm_fused {
+
+// Where each gate's block of H columns sits in a row of gates ([rows, G], G = gates·H): nn.LSTM's i, f, g, o,
+// or i, g, o for the coupled-gate variant (no forget rows). Peephole weights [3, H] are rows p_i, p_f, p_o,
+// or [2, H] = p_i, p_o when coupled.
+template <bool kCoupled>
+struct GateCols {
+  static constexpr int kGates = kCoupled ? 3 : 4;
+  LF_HOST_DEVICE static int64_t i(int64_t) { return 0; }
+  LF_HOST_DEVICE static int64_t f(int64_t H) { return H; }  // not present when coupled
+  LF_HOST_DEVICE static int64_t g(int64_t H) { return kCoupled ? H : 2 * H; }
+  LF_HOST_DEVICE static int64_t o(int64_t H) { return kCoupled ? 2 * H : 3 * H; }
+  LF_HOST_DEVICE static int64_t peep_i(int64_t) { return 0; }
+  LF_HOST_DEVICE static int64_t peep_f(int64_t H) { return H; }  // not present when coupled
+  LF_HOST_DEVICE static int64_t peep_o(int64_t H) { return kCoupled ? H : 2 * H; }
+};
 
 // Where the rows of time step t live in the row-major sequence matrices [N, ...].
 // Padded input is the case batch_sizes[t] == B for every t (N = T·B); a PackedSequence has
@@ -38,10 +55,12 @@ struct SeqLayout {
 template <typename scalar_t>
 struct LstmFwdStep {
   int64_t H = 0;
-  scalar_t* gates = nullptr;       // [rows, ld_ws] cols [0,4H): x·W_ihᵀ + h·W_hhᵀ in, activated gates out
-  scalar_t* cells = nullptr;       // [rows, ld_ws] c_t, saved for the backward (gates + 4H)
-  int64_t ld_ws = 0;
-  const scalar_t* bias = nullptr;  // [4H] b_ih + b_hh (zeros without bias)
+  bool coupled = false;            // gates i, g, o with f = 1 − i (G = 3H), else i, f, g, o (G = 4H)
+  scalar_t* gates = nullptr;       // [rows, ld_ws] cols [0,G): x·W_ihᵀ + h·W_hhᵀ in, activated gates out
+  scalar_t* cells = nullptr;       // [rows, ld_ws] c_t, saved for the backward (gates + G)
+  int64_t ld_ws = 0;               // G + H
+  const scalar_t* bias = nullptr;  // [G] b_ih + b_hh (zeros without bias)
+  const scalar_t* peep = nullptr;  // [3 or 2, H] peephole weights, or nullptr
   scalar_t* c_state = nullptr;     // [rows, H] c_{t-1} in, c_t out
   scalar_t* h_out = nullptr;       // [rows, ld_h] o·tanh(c_t): the output row, or the projection input
   int64_t ld_h = 0;
@@ -52,6 +71,8 @@ struct LstmFwdStep {
 template <typename scalar_t>
 struct LstmBwdStep {
   int64_t H = 0;
+  bool coupled = false;
+  const scalar_t* peep = nullptr;    // [3 or 2, H] peephole weights, or nullptr
   const scalar_t* gates = nullptr;   // [rows, ld_ws] activated gates of step t
   const scalar_t* cells = nullptr;   // [rows, ld_ws] c_t
   int64_t ld_ws = 0;
@@ -63,7 +84,7 @@ struct LstmBwdStep {
   const scalar_t* dh_extra = nullptr;  // [rows, ld_dh_extra] ... plus this term (no projection only)
   int64_t ld_dh_extra = 0;
   scalar_t* dc_state = nullptr;      // [rows, H] dc_t in (from step t+1 or c_n), dc_{t-1} out
-  scalar_t* dgates = nullptr;        // [rows, 4H] pre-activation gradients out
+  scalar_t* dgates = nullptr;        // [rows, G] pre-activation gradients out
   scalar_t* r_out = nullptr;         // [rows, H] o·tanh(c_t) for W_hr's gradient; set iff there is a projection
 };
 

@@ -15,18 +15,21 @@ TORCH_LIBRARY(lstm_fused, m) {
   // One LSTM layer over the whole sequence, in D = len(w_ih) directions (2: the second runs in reverse).
   // input: [T, B, I] (batch_sizes None) or packed data [N, I] with batch_sizes [T] (int64, CPU).
   // h0: [D, B, P], c0: [D, B, H] (P = proj_size or H). The lists hold one tensor per direction.
+  // Variants: w_ph (peephole weights [3, H]: p_i, p_f, p_o) and coupled (f = 1 − i; gate rows i, g, o, so
+  // W_ih/W_hh/biases have 3H rows and w_ph is [2, H]: p_i, p_o).
   // Returns output [T, B, D·P] / [N, D·P] (directions side by side, as nn.LSTM), h_n [D, B, P], c_n [D, B, H],
-  // and the workspace the backward reads ([D, ..., 5H]: activated gates and c_t per row; empty when
+  // and the workspace the backward reads ([D, ..., G + H]: activated gates and c_t per row, G = 4H or 3H; empty when
   // need_workspace is false, as in inference).
   m.def(
       "lstm_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
-      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_hr, bool need_workspace) "
+      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_hr, Tensor[]? w_ph, bool coupled, bool need_workspace) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   // Gradients of lstm_layer_fwd. grad_input is empty unless need_grad_input; grad_bias (the gradient of b_ih
-  // and of b_hh alike, per direction) is empty unless has_bias; grad_w_hr is empty without a projection.
+  // and of b_hh alike, per direction) is empty unless has_bias; grad_w_hr / grad_w_ph are empty without a
+  // projection / peepholes.
   m.def(
       "lstm_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_hr, Tensor output, Tensor workspace, "
-      "bool has_bias, bool need_grad_input) "
-      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
+      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_hr, Tensor[]? w_ph, bool coupled, "
+      "Tensor output, Tensor workspace, bool has_bias, bool need_grad_input) "
+      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
 }

@@ -65,6 +65,10 @@ def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, drop
 class LSTM(nn.Module):
     r"""Drop-in replacement for :class:`torch.nn.LSTM` running on fused lstm_fused kernels.
 
+    Keyword-only variants: ``peephole=True`` adds per-unit peephole weights ``weight_ph_l{k}`` [3, hidden]
+    (rows p_i, p_f, p_o: i and f see c_{t-1}, o sees c_t); ``coupled=True`` couples the input and forget gates
+    (f = 1 − i; gate rows i, g, o, so W_ih/W_hh/biases have 3·hidden rows and weight_ph is [2, hidden]).
+
     Same arguments, parameters (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``,
     ``weight_hr_l{k}``, ``*_reverse``), initialisation and forward semantics as nn.LSTM, so state_dicts load
     both ways. ``forward(input, hx=None)`` takes a [T, B, I] / [B, T, I] (batch_first) / unbatched [T, I]
@@ -85,9 +89,15 @@ class LSTM(nn.Module):
         proj_size: int = 0,
         device=None,
         dtype=None,
+        *,
+        peephole: bool = False,
+        coupled: bool = False,
     ) -> None:
         super().__init__()
         _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        for name, flag in (("peephole", peephole), ("coupled", coupled)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
         factory_kwargs = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -97,8 +107,10 @@ class LSTM(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.proj_size = proj_size
+        self.peephole = peephole
+        self.coupled = coupled
         num_directions = 2 if bidirectional else 1
-        gate_size = 4 * hidden_size
+        gate_size = (3 if coupled else 4) * hidden_size  # coupled: gates i, g, o (f = 1 - i)
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
 
         self._flat_weights_names: list[str] = []
@@ -115,6 +127,8 @@ class LSTM(nn.Module):
                     shapes += [("bias_ih_l{}{}", (gate_size,)), ("bias_hh_l{}{}", (gate_size,))]
                 if proj_size > 0:
                     shapes += [("weight_hr_l{}{}", (proj_size, hidden_size))]
+                if peephole:  # rows p_i, p_f, p_o (p_i, p_o when coupled)
+                    shapes += [("weight_ph_l{}{}", (2 if coupled else 3, hidden_size))]
                 names = []
                 for fmt, shape in shapes:
                     name = fmt.format(layer, suffix)
@@ -156,6 +170,10 @@ class LSTM(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
+        if self.peephole:
+            s += ", peephole=True"
+        if self.coupled:
+            s += ", coupled=True"
         return s.format(**self.__dict__)
 
     # -- argument checks (nn.LSTM's messages and exception types) -------------------------------------------
@@ -277,7 +295,6 @@ class LSTM(nn.Module):
                 "found at build time). Rebuild with CUDA_HOME set: `pip install --no-build-isolation .`"
             )
         h0_all, c0_all = hx
-        weights = self.all_weights
         compute_dtype = x.dtype
         if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
             # The CPU kernels run float32/float64; half types compute in float32 (like the fp32 accumulate
@@ -287,16 +304,22 @@ class LSTM(nn.Module):
         h_out, c_out = [], []
         for layer in range(self.num_layers):
             first = layer * num_directions
-            per_dir = [[p.to(compute_dtype) for p in weights[first + d]] for d in range(num_directions)]
-            w_ih = [w[0] for w in per_dir]
-            w_hh = [w[1] for w in per_dir]
-            b_ih = [w[2] for w in per_dir] if self.bias else None
-            b_hh = [w[3] for w in per_dir] if self.bias else None
-            w_hr = [w[-1] for w in per_dir] if self.proj_size > 0 else None
+            # Per direction: {"weight_ih": ..., "bias_hh": ..., "weight_ph": ...} from the parameter names.
+            per_dir = [
+                {name.split("_l")[0]: getattr(self, name).to(compute_dtype) for name in self._all_weights[first + d]}
+                for d in range(num_directions)
+            ]
+
+            def col(key):
+                return [w[key] for w in per_dir] if key in per_dir[0] else None
+
+            w_ih, w_hh, b_ih, b_hh = col("weight_ih"), col("weight_hh"), col("bias_ih"), col("bias_hh")
+            w_hr, w_ph = col("weight_hr"), col("weight_ph")
             h0 = h0_all[first : first + num_directions].to(compute_dtype)
             c0 = c0_all[first : first + num_directions].to(compute_dtype)
             # One op per layer: both directions step together (one launch per step on the GPU).
-            x, h_n, c_n = ops.lstm_layer(x.to(compute_dtype), batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+            x, h_n, c_n = ops.lstm_layer(x.to(compute_dtype), batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph,
+                                         self.coupled)
             h_out.append(h_n)
             c_out.append(c_n)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:

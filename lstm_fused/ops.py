@@ -27,37 +27,42 @@ def lstm_layer(
     b_ih: Optional[list[Tensor]],
     b_hh: Optional[list[Tensor]],
     w_hr: Optional[list[Tensor]],
+    w_ph: Optional[list[Tensor]] = None,
+    coupled: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over a whole sequence in D = len(w_ih) directions (the second one reversed).
 
     input: [T, B, I] time-major, or the data [N, I] of a PackedSequence with its batch_sizes [T].
     h0: [D, B, P], c0: [D, B, H] (P = proj_size or H); the weight lists hold one tensor per direction.
+    w_ph: peephole weights per direction ([3, H]: p_i, p_f, p_o; [2, H]: p_i, p_o when coupled).
+    coupled: f = 1 − i, with gate rows i, g, o (3H) in W_ih, W_hh and the biases.
     Returns output ([T, B, D·P] or [N, D·P], directions side by side), h_n [D, B, P], c_n [D, B, H].
     """
     # The workspace is only kept when autograd will need it; inference runs on a small scratch instead.
-    tensors = [input, h0, c0, *w_ih, *w_hh, *(b_ih or ()), *(b_hh or ()), *(w_hr or ())]
+    tensors = [input, h0, c0, *w_ih, *w_hh, *(b_ih or ()), *(b_hh or ()), *(w_hr or ()), *(w_ph or ())]
     need_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     out, h_n, c_n, _ = _ops.lstm_layer_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                   need_workspace)
+                                                   w_ph, coupled, need_workspace)
     return out, h_n, c_n
 
 
 @torch.library.register_fake("lstm_fused::lstm_layer_fwd")
-def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_workspace):
+def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
     directions = len(w_ih)
-    hidden = w_ih[0].shape[0] // 4
+    gates = 3 if coupled else 4
+    hidden = w_ih[0].shape[0] // gates
     p = w_hr[0].shape[0] if w_hr is not None else hidden
     lead = tuple(input.shape[:-1])
-    ws_shape = (directions, *lead, 5 * hidden) if need_workspace else (0,)
+    ws_shape = (directions, *lead, (gates + 1) * hidden) if need_workspace else (0,)
     ws = input.new_empty(ws_shape, dtype=_workspace_dtype(input.dtype))
     return input.new_empty((*lead, directions * p)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws
 
 
 @torch.library.register_fake("lstm_fused::lstm_layer_bwd")
 def _lstm_layer_bwd_fake(
-    grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output, workspace,
-    has_bias, need_grad_input,
+    grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled, output,
+    workspace, has_bias, need_grad_input,
 ):
     return (
         input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
@@ -67,30 +72,35 @@ def _lstm_layer_bwd_fake(
         [w.new_empty(w.shape) for w in w_hh],
         [w.new_empty((w.shape[0],)) for w in w_ih] if has_bias else [],
         [w.new_empty(w.shape) for w in w_hr] if w_hr is not None else [],
+        [w.new_empty(w.shape) for w in w_ph] if w_ph is not None else [],
     )
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _ = inputs
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, _ = inputs
     out, _, _, ws = output
     ctx.directions = len(w_ih)
     ctx.has_bias = b_ih is not None
     ctx.has_proj = w_hr is not None
-    ctx.save_for_backward(input, batch_sizes, h0, c0, out, ws, *w_ih, *w_hh, *(w_hr or ()))
+    ctx.has_peephole = w_ph is not None
+    ctx.coupled = coupled
+    ctx.save_for_backward(input, batch_sizes, h0, c0, out, ws, *w_ih, *w_hh, *(w_hr or ()), *(w_ph or ()))
     ctx.mark_non_differentiable(ws)
 
 
 def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
     input, batch_sizes, h0, c0, out, ws, *weights = ctx.saved_tensors
     d = ctx.directions
-    w_ih, w_hh, w_hr = weights[:d], weights[d : 2 * d], (weights[2 * d :] if ctx.has_proj else None)
+    w_ih, w_hh, rest = weights[:d], weights[d : 2 * d], weights[2 * d :]
+    w_hr = rest[:d] if ctx.has_proj else None
+    w_ph = rest[-d:] if ctx.has_peephole else None
     # Outputs the loss did not use arrive as None.
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
     need_grad_input = ctx.needs_input_grad[0]
-    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr = _ops.lstm_layer_bwd.default(
-        grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, ws,
+    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph = _ops.lstm_layer_bwd.default(
+        grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, ctx.coupled, out, ws,
         ctx.has_bias, need_grad_input,
     )
     return (
@@ -103,6 +113,8 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
         gb if ctx.has_bias else None,
         [g.clone() for g in gb] if ctx.has_bias else None,  # b_ih and b_hh get the same gradient, as separate tensors
         gw_hr if ctx.has_proj else None,
+        gw_ph if ctx.has_peephole else None,
+        None,
         None,
     )
 

@@ -15,14 +15,33 @@ __all__ = ["lstm_cell", "gru_cell", "run_lstm", "run_gru"]
 
 
 def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-              b_hh: Optional[Tensor] = None, w_hr: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """One LSTM step (nn.LSTM's equations, gate order i, f, g, o). x: [B, I], h: [B, P], c: [B, H]."""
+              b_hh: Optional[Tensor] = None, w_hr: Optional[Tensor] = None, w_ph: Optional[Tensor] = None,
+              coupled: bool = False) -> tuple[Tensor, Tensor]:
+    """One LSTM step. x: [B, I], h: [B, P], c: [B, H].
+
+    Standard (nn.LSTM, gate order i, f, g, o):
+        i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(…), g = tanh(…), o = σ(…)
+        c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh(c'),  then h' = W_hr h' with a projection.
+    Peephole (w_ph rows p_i, p_f, p_o): i and f add p ⊙ c; o adds p_o ⊙ c' (the new cell).
+    Coupled (gate rows i, g, o): f = 1 − i; with peepholes w_ph rows are p_i, p_o.
+    """
     gates = x @ w_ih.t() + h @ w_hh.t()
     if b_ih is not None:
         gates = gates + b_ih + b_hh
-    i, f, g, o = gates.chunk(4, dim=-1)
-    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    if coupled:
+        a_i, a_g, a_o = gates.chunk(3, dim=-1)
+        p_i, p_f, p_o = (w_ph[0], None, w_ph[1]) if w_ph is not None else (None, None, None)
+    else:
+        a_i, a_f, a_g, a_o = gates.chunk(4, dim=-1)
+        p_i, p_f, p_o = (w_ph[0], w_ph[1], w_ph[2]) if w_ph is not None else (None, None, None)
+    i = torch.sigmoid(a_i + p_i * c if p_i is not None else a_i)
+    if coupled:
+        f = 1 - i
+    else:
+        f = torch.sigmoid(a_f + p_f * c if p_f is not None else a_f)
+    g = torch.tanh(a_g)
     c_new = f * c + i * g
+    o = torch.sigmoid(a_o + p_o * c_new if p_o is not None else a_o)
     h_new = o * torch.tanh(c_new)
     if w_hr is not None:
         h_new = h_new @ w_hr.t()
@@ -47,7 +66,7 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Te
 
 def _layer_params(module, layer: int, direction: int) -> dict:
     suffix = "_reverse" if direction == 1 else ""
-    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ph")
     return {n: getattr(module, f"{n}_l{layer}{suffix}", None) for n in names}
 
 
@@ -105,10 +124,13 @@ def _run(module, input, hx, step, num_states: int):
 
 
 def run_lstm(module, input, hx=None):
-    """What an LSTM module (nn.LSTM or lstm_fused.LSTM, same attributes and parameters) computes."""
+    """What an LSTM module (nn.LSTM or lstm_fused.LSTM, same attributes and parameters, including the
+    peephole/coupled variants) computes."""
+    coupled = getattr(module, "coupled", False)
+
     def step(x, states, p):
         return lstm_cell(x, states[0], states[1], p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
-                         p["weight_hr"])
+                         p["weight_hr"], p["weight_ph"], coupled)
     out, (h, c) = _run(module, input, hx, step, 2)
     return out, (h, c)
 

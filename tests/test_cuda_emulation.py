@@ -23,7 +23,7 @@ CASES = [  # T, B, I, H, proj
 ]
 
 
-def _args(T, B, I, H, proj, packed, dtype, seed, directions=1):
+def _args(T, B, I, H, proj, packed, dtype, seed, directions=1, peephole=False, coupled=False):
     g = torch.Generator().manual_seed(seed)
 
     def t(*s, scale=1.0):
@@ -40,9 +40,11 @@ def _args(T, B, I, H, proj, packed, dtype, seed, directions=1):
         batch_sizes = None
         x = t(T, B, I)
     k = H ** -0.5
-    return [x, batch_sizes, t(D, B, P), t(D, B, H), [t(4 * H, I, scale=k) for _ in range(D)],
-            [t(4 * H, P, scale=k) for _ in range(D)], [t(4 * H, scale=k) for _ in range(D)],
-            [t(4 * H, scale=k) for _ in range(D)], [t(P, H, scale=k) for _ in range(D)] if proj else None]
+    G = (3 if coupled else 4) * H
+    return [x, batch_sizes, t(D, B, P), t(D, B, H), [t(G, I, scale=k) for _ in range(D)],
+            [t(G, P, scale=k) for _ in range(D)], [t(G, scale=k) for _ in range(D)],
+            [t(G, scale=k) for _ in range(D)], [t(P, H, scale=k) for _ in range(D)] if proj else None,
+            [t(2 if coupled else 3, H) for _ in range(D)] if peephole else None, coupled]
 
 
 def _close(a, b, tol, name):
@@ -55,24 +57,29 @@ def _close(a, b, tol, name):
     torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
 
 
+VARIANTS = [(False, False), (True, False), (False, True), (True, True)]  # (peephole, coupled)
+
+
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("directions", [1, 2])
-def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, directions):
+@pytest.mark.parametrize("variant", VARIANTS, ids=["lstm", "peephole", "coupled", "peephole+coupled"])
+def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, directions, variant):
     dtype = torch.float64
-    args = _args(*case, packed, dtype, seed=hash((case, packed, directions)) % 1000, directions=directions)
+    args = _args(*case, packed, dtype, seed=hash((case, packed, directions)) % 1000, directions=directions,
+                 peephole=variant[0], coupled=variant[1])
     ref = fwd_cpu(*args, True)
     emu = fwd_emu(*args, True)
     for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
         _close(a, b, 1e-12, name)
-    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = args
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled = args
     g = torch.Generator().manual_seed(5)
     grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in ref[:3]]
     for need_grad_input in (True, False):
-        common = (x, bs, h0, c0, w_ih, w_hh, w_hr)
+        common = (x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled)
         r = bwd_cpu(*grads, *common, ref[0], ref[3], True, need_grad_input)
         e = bwd_emu(*grads, *common, emu[0], emu[3], True, need_grad_input)
-        names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr")
+        names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
         for name, a, b in zip(names, e, r):
             _close(a, b, 1e-10, name)
 
@@ -82,12 +89,12 @@ def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, directions):
 def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed):
     # Half types keep gates and cells in float32; their error against float64 is the storage rounding.
     T, B, I, H, proj = 6, 5, 12, 20, 7
-    args64 = _args(T, B, I, H, proj, packed, torch.float64, seed=3, directions=2)
+    args64 = _args(T, B, I, H, proj, packed, torch.float64, seed=3, directions=2, peephole=True)
 
     def cast(a):
         if isinstance(a, list):
             return [cast(x) for x in a]
-        return a.to(dtype) if a is not None and a.is_floating_point() else a
+        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
     args = [cast(a) for a in args64]
     ref = fwd_cpu(*args64, True)
@@ -98,12 +105,12 @@ def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed):
         torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
     grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
     grads = [t.to(dtype) for t in grads64]
-    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr = args
-    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6 = args64
-    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, ref[0], ref[3], True, True)
-    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, emu[0], emu[3], True, True)
-    flat_e = [e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[6]]
-    flat_r = [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[6]]
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6, w_ph6, _ = args64
+    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, w_ph6, cpl, ref[0], ref[3], True, True)
+    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, emu[0], emu[3], True, True)
+    flat_e = [e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[6], *e[7]]
+    flat_r = [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[6], *r[7]]
     for a, b in zip(flat_e, flat_r):
         assert a.dtype == dtype
         scale = max(1.0, b.abs().max().item())
@@ -114,7 +121,7 @@ def test_emulated_backward_rejects_missing_workspace():
     args = _args(3, 2, 4, 5, 0, False, torch.float32, seed=0)
     out, h_n, c_n, ws = fwd_emu(*args, False)
     assert ws.numel() == 0
-    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr = args
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
     with pytest.raises(RuntimeError, match="workspace"):
         bwd_emu(torch.ones_like(out), torch.ones_like(h_n), torch.ones_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
-                out, ws, True, True)
+                w_ph, cpl, out, ws, True, True)

@@ -101,7 +101,7 @@ def _op_args(**over):
     T, B = 4, 3
     args = dict(input=torch.randn(T, B, I), batch_sizes=None, h0=torch.randn(1, B, H), c0=torch.randn(1, B, H),
                 w_ih=[torch.randn(4 * H, I)], w_hh=[torch.randn(4 * H, H)], b_ih=[torch.randn(4 * H)],
-                b_hh=[torch.randn(4 * H)], w_hr=None, need_workspace=True)
+                b_hh=[torch.randn(4 * H)], w_hr=None, w_ph=None, coupled=False, need_workspace=True)
     args.update(over)
     return list(args.values())
 
@@ -124,6 +124,8 @@ OP_CASES = {
     "direction_lists_differ": (dict(w_hh=[torch.randn(4 * H, H)] * 2), RuntimeError),
     "h0_directions_mismatch": (dict(w_ih=[torch.randn(4 * H, I)] * 2, w_hh=[torch.randn(4 * H, H)] * 2,
                                     b_ih=None, b_hh=None), RuntimeError),
+    "bad_peephole_shape": (dict(w_ph=[torch.randn(2, H)]), RuntimeError),
+    "coupled_with_4h_rows": (dict(coupled=True, w_ih=[torch.randn(4 * H + 1, I)]), RuntimeError),
     "half_dtype_on_cpu": (dict(input=torch.randn(4, 3, I).half(), h0=torch.randn(1, 3, H).half(),
                                c0=torch.randn(1, 3, H).half(), w_ih=[torch.randn(4 * H, I).half()],
                                w_hh=[torch.randn(4 * H, H).half()], b_ih=None, b_hh=None), TypeError),

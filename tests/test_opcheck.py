@@ -5,7 +5,7 @@ import torch
 from lstm_fused import ops
 
 
-def _layer_args(packed, proj, bias, requires_grad, directions=1, dtype=torch.float32):
+def _layer_args(packed, proj, bias, requires_grad, directions=1, dtype=torch.float32, peephole=False, coupled=False):
     g = torch.Generator().manual_seed(0)
 
     def t(*s):
@@ -14,11 +14,13 @@ def _layer_args(packed, proj, bias, requires_grad, directions=1, dtype=torch.flo
     T, B, I, H = 4, 3, 5, 6
     P = 3 if proj else H
     D = directions
+    G = (3 if coupled else 4) * H
     batch_sizes = torch.tensor([3, 2, 2, 1]) if packed else None
     x = t(int(batch_sizes.sum()), I) if packed else t(T, B, I)
-    return [x, batch_sizes, t(D, B, P), t(D, B, H), [t(4 * H, I) for _ in range(D)], [t(4 * H, P) for _ in range(D)],
-            [t(4 * H) for _ in range(D)] if bias else None, [t(4 * H) for _ in range(D)] if bias else None,
-            [t(P, H) for _ in range(D)] if proj else None]
+    return [x, batch_sizes, t(D, B, P), t(D, B, H), [t(G, I) for _ in range(D)], [t(G, P) for _ in range(D)],
+            [t(G) for _ in range(D)] if bias else None, [t(G) for _ in range(D)] if bias else None,
+            [t(P, H) for _ in range(D)] if proj else None,
+            [t(2 if coupled else 3, H) for _ in range(D)] if peephole else None, coupled]
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -36,11 +38,26 @@ def test_opcheck_fwd(packed, proj, bias, directions, need_workspace):
 @pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("need_grad_input", [False, True])
 def test_opcheck_bwd(packed, proj, directions, need_grad_input):
-    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _layer_args(packed, proj, True, requires_grad=False,
-                                                             directions=directions)
-    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, True)
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled = _layer_args(packed, proj, True, requires_grad=False,
+                                                                            directions=directions)
+    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph,
+                                                                    coupled, True)
     args = [torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
-            out, ws, True, need_grad_input]
+            w_ph, coupled, out, ws, True, need_grad_input]
+    torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_bwd.default, args)
+
+
+@pytest.mark.parametrize("peephole,coupled", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_opcheck_variants(peephole, coupled, packed):
+    fwd_args = _layer_args(packed, True, True, requires_grad=True, directions=2, peephole=peephole, coupled=coupled)
+    torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_fwd.default, fwd_args + [True])
+    plain = [[t.detach() for t in a] if isinstance(a, list) else (a.detach() if isinstance(a, torch.Tensor) else a)
+             for a in fwd_args]
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, cpl = plain
+    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(*plain, True)
+    args = [torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
+            w_ph, cpl, out, ws, True, True]
     torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_bwd.default, args)
 
 

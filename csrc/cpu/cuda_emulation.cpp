@@ -75,19 +75,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> emu_fwd(const Tensor& input, const st
                                                    const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
                                                    at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
                                                    const std::optional<at::TensorList>& b_hh,
-                                                   const std::optional<at::TensorList>& w_hr, bool need_workspace) {
+                                                   const std::optional<at::TensorList>& w_hr,
+                                                   const std::optional<at::TensorList>& w_ph, bool coupled,
+                                                   bool need_workspace) {
   EmulationRunner run;
-  return cuda_driver::layer_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_workspace, run);
+  return cuda_driver::layer_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace, run);
 }
 
-std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
+cuda_driver::LayerGrads
 emu_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
         const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-        at::TensorList w_hh, const std::optional<at::TensorList>& w_hr, const Tensor& output, const Tensor& workspace,
+        at::TensorList w_hh, const std::optional<at::TensorList>& w_hr,
+                    const std::optional<at::TensorList>& w_ph, bool coupled, const Tensor& output, const Tensor& workspace,
         bool has_bias, bool need_grad_input) {
   EmulationRunner run;
-  return cuda_driver::layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output,
-                                workspace, has_bias, need_grad_input, run);
+  return cuda_driver::layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph,
+                                coupled, output, workspace, has_bias, need_grad_input, run);
 }
 
 }  // namespace
@@ -96,13 +99,13 @@ TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
   // Same schemas as lstm_layer_fwd / lstm_layer_bwd; CPU tensors; for tests of the CUDA path's logic.
   m.def(
       "_emu_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
-      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_hr, bool need_workspace) "
+      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_hr, Tensor[]? w_ph, bool coupled, bool need_workspace) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "_emu_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_hr, Tensor output, Tensor workspace, "
-      "bool has_bias, bool need_grad_input) "
-      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
+      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_hr, Tensor[]? w_ph, bool coupled, "
+      "Tensor output, Tensor workspace, bool has_bias, bool need_grad_input) "
+      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {

@@ -35,15 +35,16 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
                    const scalar_t* x,     // [N, I]
                    const scalar_t* w_ih,  // [4H, I]
                    const scalar_t* w_hh,  // [4H, P]
-                   const scalar_t* bias,  // [4H] b_ih + b_hh
+                   const scalar_t* bias,  // [G] b_ih + b_hh
                    const scalar_t* w_hr,  // [P, H] or nullptr
+                   const scalar_t* w_ph,  // [3 or 2, H] peephole weights or nullptr
                    scalar_t* out,         // [N, ld_out] this direction's columns of the layer output
                    int64_t ld_out,        // D·P
                    scalar_t* h_state,     // [B, P] h0 in, h_n out
                    scalar_t* c_state,     // [B, H] c0 in, c_n out
-                   scalar_t* ws,          // [N, 5H] activated gates (4H) and c_t (H) per row; nullptr: inference
+                   scalar_t* ws,          // [N, G + H] activated gates (G) and c_t (H) per row; nullptr: inference
                    scalar_t* r_buf) {     // [B, H] o·tanh(c) before the projection, if any
-  const int64_t H = s.H, P = s.P, G = 4 * H, ld_ws = 5 * H;
+  const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = G + H;
   const GemmOperand<scalar_t> w_ih_t(true, s.I, G, w_ih, s.I);         // W_ihᵀ [I, 4H]
   const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);              // W_hhᵀ [P, 4H], reused every step
   const GemmOperand<scalar_t> w_hr_t(true, H, w_hr ? P : 0, w_hr, H);  // W_hrᵀ [H, P]
@@ -67,6 +68,8 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
       gemm<scalar_t>(false, bs, h_state, P, w_hh_t, true, g, ld_ws);
       LstmFwdStep<scalar_t> p;
       p.H = H;
+      p.coupled = s.coupled;
+      p.peep = w_ph;
       p.gates = g;
       p.cells = g + G;
       p.ld_ws = ld_ws;
@@ -92,15 +95,16 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
                    const scalar_t* c0,    // [B, H]
                    const scalar_t* w_hh,  // [4H, P]
                    const scalar_t* w_hr,  // [P, H] or nullptr
-                   const scalar_t* ws,    // [N, 5H] forward workspace
+                   const scalar_t* w_ph,  // [3 or 2, H] peephole weights or nullptr
+                   const scalar_t* ws,    // [N, G + H] forward workspace
                    scalar_t* dh_state,    // [B, P] grad of h_n in, grad of h0 out
                    scalar_t* dc_state,    // [B, H] grad of c_n in, grad of c0 out
-                   scalar_t* dgates,      // [N, 4H] pre-activation gradients out
+                   scalar_t* dgates,      // [N, G] pre-activation gradients out
                    scalar_t* dh_total,    // [N, P] with a projection: total gradient of each h_t, else unused
                    scalar_t* r_all,       // [N, H] with a projection: o·tanh(c_t) of each row, else unused
                    scalar_t* dr_buf) {    // [B, H] with a projection: gradient of o·tanh(c_t) at one step
-  const int64_t H = s.H, P = s.P, G = 4 * H, ld_ws = 5 * H;
-  const GemmOperand<scalar_t> w_hh_op(false, G, P, w_hh, P);          // W_hh [4H, P]
+  const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = G + H;
+  const GemmOperand<scalar_t> w_hh_op(false, G, P, w_hh, P);          // W_hh [G, P]
   const GemmOperand<scalar_t> w_hr_op(false, w_hr ? P : 0, H, w_hr, H);  // W_hr [P, H]
   for (int64_t step = L.T - 1; step >= 0; --step) {
     const int64_t t = L.time_at(step);
@@ -110,6 +114,8 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
     L.prev_rows(t, prev, n_prev);
     LstmBwdStep<scalar_t> p;
     p.H = H;
+    p.coupled = s.coupled;
+    p.peep = w_ph;
     p.gates = ws + row0 * ld_ws;
     p.cells = p.gates + G;
     p.ld_ws = ld_ws;
@@ -153,6 +159,39 @@ void column_sums(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
   });
 }
 
+// Peephole weight gradients [3 or 2, H]: per unit, the fixed-order sum over all rows of dpre_i·c_{t-1},
+// dpre_f·c_{t-1} and dpre_o·c_t (c_{t-1} from the previous step's workspace row, or c0).
+template <typename scalar_t>
+void peephole_grads(const SeqLayout& L, const LayerSizes& s, const scalar_t* dg, const scalar_t* ws,
+                    const scalar_t* c0, scalar_t* out) {
+  const int64_t H = s.H, G = s.G(), ld_ws = G + H;
+  const int64_t ci = 0, cf = H, co = s.coupled ? 2 * H : 3 * H;
+  at::parallel_for(0, H, 64, [&](int64_t j0, int64_t j1) {
+    std::vector<double> acc_i(j1 - j0, 0.0), acc_f(j1 - j0, 0.0), acc_o(j1 - j0, 0.0);
+    for (int64_t t = 0; t < L.T; ++t) {
+      int64_t prev, n_prev;
+      L.prev_rows(t, prev, n_prev);
+      for (int64_t b = 0; b < L.batch_sizes[t]; ++b) {
+        const int64_t r = L.offsets[t] + b;
+        const scalar_t* cp = b < n_prev ? ws + (L.offsets[prev] + b) * ld_ws + G : c0 + b * H;
+        const scalar_t* c = ws + r * ld_ws + G;
+        const scalar_t* d = dg + r * G;
+        for (int64_t j = j0; j < j1; ++j) {
+          acc_i[j - j0] += double(d[ci + j]) * double(cp[j]);
+          if (!s.coupled) acc_f[j - j0] += double(d[cf + j]) * double(cp[j]);
+          acc_o[j - j0] += double(d[co + j]) * double(c[j]);
+        }
+      }
+    }
+    const int64_t row_o = s.coupled ? 1 : 2;
+    for (int64_t j = j0; j < j1; ++j) {
+      out[j] = static_cast<scalar_t>(acc_i[j - j0]);
+      if (!s.coupled) out[H + j] = static_cast<scalar_t>(acc_f[j - j0]);
+      out[row_o * H + j] = static_cast<scalar_t>(acc_o[j - j0]);
+    }
+  });
+}
+
 // The rows of h_{t-1} each step consumed, as one [N, P] matrix, so dW_hh is a single GEMM.
 template <typename scalar_t>
 void gather_prev_hidden(const SeqLayout& L, int64_t P, const scalar_t* out, int64_t ld_out, const scalar_t* h0,
@@ -183,13 +222,14 @@ std::vector<int64_t> with_last(const Tensor& input, int64_t cols) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(
     const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
     at::TensorList w_ih, at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
-    const std::optional<at::TensorList>& b_hh, const std::optional<at::TensorList>& w_hr, bool need_workspace) {
+    const std::optional<at::TensorList>& b_hh, const std::optional<at::TensorList>& w_hr,
+    const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
   std::vector<DirectionWeights> dirs;
-  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dirs);
+  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, dirs);
   check_cpu_dtype(input);
-  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P;
+  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
   Tensor out = at::empty(with_last(input, D * P), input.options());
-  auto ws_shape = with_last(input, 5 * H);
+  auto ws_shape = with_last(input, G + H);
   ws_shape.insert(ws_shape.begin(), D);
   Tensor ws = need_workspace ? at::empty(ws_shape, input.options()) : at::empty({0}, input.options());
   Tensor h_n = h0.contiguous().clone();
@@ -199,14 +239,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(
     const DirectionWeights& w = dirs[d];
     const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(1), d == 1);
     const SeqLayout L = lh.view();
-    const Tensor bias = w.b_ih ? (*w.b_ih + *w.b_hh).contiguous() : at::zeros({4 * H}, input.options());
+    const Tensor bias = w.b_ih ? (*w.b_ih + *w.b_hh).contiguous() : at::zeros({G}, input.options());
     const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
+    const Tensor w_ph_c = s.peephole ? w.w_ph->contiguous() : Tensor();
     Tensor r_buf = s.proj ? at::empty({L.B, H}, input.options()) : Tensor();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd_cpu", [&] {
       lstm_fwd_loop<scalar_t>(L, s, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
                               w_hh_c.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
                               s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr,
+                              s.peephole ? w_ph_c.const_data_ptr<scalar_t>() : nullptr,
                               out.data_ptr<scalar_t>() + d * P, D * P, h_n[d].data_ptr<scalar_t>(),
                               c_n[d].data_ptr<scalar_t>(),
                               need_workspace ? ws[d].data_ptr<scalar_t>() : nullptr,
@@ -216,21 +258,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(
   return {out, h_n, c_n, ws};
 }
 
-std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
-lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
-                   const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-                   at::TensorList w_hh, const std::optional<at::TensorList>& w_hr, const Tensor& output,
-                   const Tensor& workspace, bool has_bias, bool need_grad_input) {
+using LayerGrads = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
+                               std::vector<Tensor>, std::vector<Tensor>>;
+
+LayerGrads lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                              const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
+                              const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                              const std::optional<at::TensorList>& w_hr, const std::optional<at::TensorList>& w_ph,
+                              bool coupled, const Tensor& output, const Tensor& workspace, bool has_bias,
+                              bool need_grad_input) {
   std::vector<DirectionWeights> dirs;
-  const LayerSizes s =
-      check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, dirs);
+  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
+                                        w_ph, coupled, dirs);
   check_cpu_dtype(input);
-  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = 4 * H;
+  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
   const int64_t N = input.numel() / std::max<int64_t>(1, s.I);
   check_shape(grad_output, output.sizes(), "grad_output");
   check_shape(grad_h_n, h0.sizes(), "grad_h_n");
   check_shape(grad_c_n, c0.sizes(), "grad_c_n");
-  TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * 5 * H,
+  TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * (G + H),
               "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments (was the "
               "forward run without a workspace, e.g. under no_grad?)");
   for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
@@ -247,9 +293,11 @@ lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tens
   Tensor hprev = at::empty({N, P}, opts);
   Tensor dh_total = s.proj ? at::empty({N, P}, opts) : Tensor();
   Tensor r_all = s.proj ? at::empty({N, H}, opts) : Tensor();
-  std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr;
+  std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph;
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = dirs[d];
+    const Tensor w_ph_c = s.peephole ? w.w_ph->contiguous() : Tensor();
+    if (s.peephole) d_w_ph.push_back(at::empty(w_ph_c.sizes(), opts));
     const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(1), d == 1);
     const SeqLayout L = lh.view();
     const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
@@ -262,8 +310,9 @@ lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tens
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd_cpu", [&] {
       const scalar_t* w_hr_p = s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr;
       scalar_t* dg = dgates.data_ptr<scalar_t>();
+      const scalar_t* w_ph_p = s.peephole ? w_ph_c.const_data_ptr<scalar_t>() : nullptr;
       lstm_bwd_loop<scalar_t>(L, s, gout.const_data_ptr<scalar_t>() + d * P, D * P, c0_c[d].const_data_ptr<scalar_t>(),
-                              w_hh_c.const_data_ptr<scalar_t>(), w_hr_p, ws[d].const_data_ptr<scalar_t>(),
+                              w_hh_c.const_data_ptr<scalar_t>(), w_hr_p, w_ph_p, ws[d].const_data_ptr<scalar_t>(),
                               dh0[d].data_ptr<scalar_t>(), dc0[d].data_ptr<scalar_t>(), dg,
                               s.proj ? dh_total.data_ptr<scalar_t>() : nullptr,
                               s.proj ? r_all.data_ptr<scalar_t>() : nullptr,
@@ -280,13 +329,16 @@ lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tens
       gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, P, hprev.const_data_ptr<scalar_t>(), P), false,
                      d_w_hh[d].data_ptr<scalar_t>(), P);
       if (has_bias) column_sums<scalar_t>(dg, L.N, G, d_bias[d].data_ptr<scalar_t>());
+      if (s.peephole)
+        peephole_grads<scalar_t>(L, s, dg, ws[d].const_data_ptr<scalar_t>(), c0_c[d].const_data_ptr<scalar_t>(),
+                                 d_w_ph[d].data_ptr<scalar_t>());
       if (s.proj)
         gemm<scalar_t>(true, P, dh_total.const_data_ptr<scalar_t>(), P,
                        GemmOperand<scalar_t>(false, L.N, H, r_all.const_data_ptr<scalar_t>(), H), false,
                        d_w_hr[d].data_ptr<scalar_t>(), H);
     });
   }
-  return {d_input, dh0, dc0, d_w_ih, d_w_hh, d_bias, d_w_hr};
+  return {d_input, dh0, dc0, d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph};
 }
 
 }  // namespace

@@ -23,11 +23,16 @@ LF_ALWAYS_INLINE void row_run(int64_t b, int64_t begin, int64_t end, int64_t H, 
 }
 
 // kProj: the layer has a projection, so h goes to the projection input only (the state is written after
-// the projection GEMM). A template flag keeps the inner loops branch-free, hence vectorisable.
-template <typename scalar_t, bool kProj>
+// the projection GEMM). kPeephole / kCoupled: the LSTM variant (cell_math.h). Template flags keep the inner
+// loops branch-free, hence vectorisable.
+template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled>
 LF_ALWAYS_INLINE void lstm_fwd_rows(const LstmFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
-  const int64_t H = p.H;
+  using C = GateCols<kCoupled>;
+  const int64_t H = p.H, ci = C::i(H), cf = C::f(H), cg = C::g(H), co = C::o(H);
   const scalar_t* __restrict bias = p.bias;
+  const scalar_t* __restrict pi = kPeephole ? p.peep + C::peep_i(H) : nullptr;
+  const scalar_t* __restrict pf = kPeephole && !kCoupled ? p.peep + C::peep_f(H) : nullptr;
+  const scalar_t* __restrict po = kPeephole ? p.peep + C::peep_o(H) : nullptr;
   for (int64_t b = begin / H; b * H < end; ++b) {
     int64_t j0, j1;
     row_run(b, begin, end, H, j0, j1);
@@ -38,15 +43,21 @@ LF_ALWAYS_INLINE void lstm_fwd_rows(const LstmFwdStep<scalar_t>& p, int64_t begi
     scalar_t* __restrict hs = kProj ? nullptr : p.h_state + b * H;
 #pragma GCC ivdep
     for (int64_t j = j0; j < j1; ++j) {
-      LstmGates<scalar_t> pre{g[j] + bias[j], g[H + j] + bias[H + j], g[2 * H + j] + bias[2 * H + j],
-                              g[3 * H + j] + bias[3 * H + j]};
+      LstmGates<scalar_t> pre{g[ci + j] + bias[ci + j], kCoupled ? scalar_t(0) : g[cf + j] + bias[cf + j],
+                              g[cg + j] + bias[cg + j], g[co + j] + bias[co + j]};
+      Peepholes<scalar_t> peep;
+      if constexpr (kPeephole) {
+        peep.i = pi[j];
+        if constexpr (!kCoupled) peep.f = pf[j];
+        peep.o = po[j];
+      }
       LstmGates<scalar_t> act;
       scalar_t c, hv;
-      lstm_cell_forward(pre, cs[j], act, c, hv);
-      g[j] = act.i;
-      g[H + j] = act.f;
-      g[2 * H + j] = act.g;
-      g[3 * H + j] = act.o;
+      lstm_cell_forward<scalar_t, kPeephole, kCoupled>(pre, cs[j], act, c, hv, peep);
+      g[ci + j] = act.i;
+      if constexpr (!kCoupled) g[cf + j] = act.f;
+      g[cg + j] = act.g;
+      g[co + j] = act.o;
       cell[j] = c;
       cs[j] = c;
       h[j] = hv;
@@ -55,19 +66,44 @@ LF_ALWAYS_INLINE void lstm_fwd_rows(const LstmFwdStep<scalar_t>& p, int64_t begi
   }
 }
 
+// Runtime flags to template arguments, with plain branches: the callee must inline into the per-ISA clones
+// (a generic-lambda dispatcher would not, and the loops would compile for the baseline ISA).
+#define LF_VARIANT_DISPATCH(FN, proj, peep, coupled, ...)            \
+  do {                                                               \
+    if (proj) {                                                      \
+      if (peep) {                                                    \
+        if (coupled) FN<scalar_t, true, true, true>(__VA_ARGS__);    \
+        else FN<scalar_t, true, true, false>(__VA_ARGS__);           \
+      } else {                                                       \
+        if (coupled) FN<scalar_t, true, false, true>(__VA_ARGS__);   \
+        else FN<scalar_t, true, false, false>(__VA_ARGS__);          \
+      }                                                              \
+    } else {                                                         \
+      if (peep) {                                                    \
+        if (coupled) FN<scalar_t, false, true, true>(__VA_ARGS__);   \
+        else FN<scalar_t, false, true, false>(__VA_ARGS__);          \
+      } else {                                                       \
+        if (coupled) FN<scalar_t, false, false, true>(__VA_ARGS__);  \
+        else FN<scalar_t, false, false, false>(__VA_ARGS__);         \
+      }                                                              \
+    }                                                                \
+  } while (0)
+
 template <typename scalar_t>
 LF_ALWAYS_INLINE void lstm_fwd_pointwise(const LstmFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
-  if (p.h_state)
-    lstm_fwd_rows<scalar_t, false>(p, begin, end);
-  else
-    lstm_fwd_rows<scalar_t, true>(p, begin, end);
+  LF_VARIANT_DISPATCH(lstm_fwd_rows, p.h_state == nullptr, p.peep != nullptr, p.coupled, p, begin, end);
 }
 
 // Without a projection dh is the sum of two terms (recurrent + output gradient); with one it is a single
 // term (already mapped back through W_hr) and o·tanh(c) is stored for W_hr's gradient.
-template <typename scalar_t, bool kProj>
+template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled>
 LF_ALWAYS_INLINE void lstm_bwd_rows(const LstmBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
-  const int64_t H = p.H;
+  using C = GateCols<kCoupled>;
+  const int64_t H = p.H, ci = C::i(H), cf = C::f(H), cg = C::g(H), co = C::o(H);
+  const int64_t G = C::kGates * H;
+  const scalar_t* __restrict pi = kPeephole ? p.peep + C::peep_i(H) : nullptr;
+  const scalar_t* __restrict pf = kPeephole && !kCoupled ? p.peep + C::peep_f(H) : nullptr;
+  const scalar_t* __restrict po = kPeephole ? p.peep + C::peep_o(H) : nullptr;
   for (int64_t b = begin / H; b * H < end; ++b) {
     int64_t j0, j1;
     row_run(b, begin, end, H, j0, j1);
@@ -77,23 +113,30 @@ LF_ALWAYS_INLINE void lstm_bwd_rows(const LstmBwdStep<scalar_t>& p, int64_t begi
     const scalar_t* __restrict dh = p.dh + b * p.ld_dh;
     const scalar_t* __restrict dh2 = kProj ? nullptr : p.dh_extra + b * p.ld_dh_extra;
     scalar_t* __restrict dcs = p.dc_state + b * H;
-    scalar_t* __restrict dg = p.dgates + b * 4 * H;
+    scalar_t* __restrict dg = p.dgates + b * G;
     scalar_t* __restrict r = kProj ? p.r_out + b * H : nullptr;
 #pragma GCC ivdep
     for (int64_t j = j0; j < j1; ++j) {
-      const LstmGates<scalar_t> act{g[j], g[H + j], g[2 * H + j], g[3 * H + j]};
+      const scalar_t ai = g[ci + j];
+      const LstmGates<scalar_t> act{ai, kCoupled ? scalar_t(1) - ai : g[cf + j], g[cg + j], g[co + j]};
       scalar_t dhv;
       if constexpr (kProj)
         dhv = dh[j];
       else
         dhv = dh[j] + dh2[j];
+      Peepholes<scalar_t> peep;
+      if constexpr (kPeephole) {
+        peep.i = pi[j];
+        if constexpr (!kCoupled) peep.f = pf[j];
+        peep.o = po[j];
+      }
       LstmGates<scalar_t> dpre;
       scalar_t dc_prev;
-      lstm_cell_backward(act, cell[j], cp[j], dhv, dcs[j], dpre, dc_prev);
-      dg[j] = dpre.i;
-      dg[H + j] = dpre.f;
-      dg[2 * H + j] = dpre.g;
-      dg[3 * H + j] = dpre.o;
+      lstm_cell_backward<scalar_t, kPeephole, kCoupled>(act, cell[j], cp[j], dhv, dcs[j], dpre, dc_prev, peep);
+      dg[ci + j] = dpre.i;
+      if constexpr (!kCoupled) dg[cf + j] = dpre.f;
+      dg[cg + j] = dpre.g;
+      dg[co + j] = dpre.o;
       dcs[j] = dc_prev;
       if constexpr (kProj) r[j] = lstm_hidden_from_saved(act, cell[j]);
     }
@@ -102,10 +145,7 @@ LF_ALWAYS_INLINE void lstm_bwd_rows(const LstmBwdStep<scalar_t>& p, int64_t begi
 
 template <typename scalar_t>
 LF_ALWAYS_INLINE void lstm_bwd_pointwise(const LstmBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
-  if (p.r_out)
-    lstm_bwd_rows<scalar_t, true>(p, begin, end);
-  else
-    lstm_bwd_rows<scalar_t, false>(p, begin, end);
+  LF_VARIANT_DISPATCH(lstm_bwd_rows, p.r_out != nullptr, p.peep != nullptr, p.coupled, p, begin, end);
 }
 
 // Entry points compiled for several x86-64 levels (AVX-512, AVX2+FMA, baseline) and picked at load time,

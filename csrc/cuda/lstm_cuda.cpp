@@ -38,23 +38,25 @@ void check_cuda_args(const Tensor& input, int64_t rows) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cuda(
     const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
     at::TensorList w_ih, at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
-    const std::optional<at::TensorList>& b_hh, const std::optional<at::TensorList>& w_hr, bool need_workspace) {
+    const std::optional<at::TensorList>& b_hh, const std::optional<at::TensorList>& w_hr,
+    const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
   check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
   const c10::cuda::CUDAGuard guard(input.device());
   GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
-  return cuda_driver::layer_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, need_workspace, run);
+  return cuda_driver::layer_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace, run);
 }
 
-std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
+cuda_driver::LayerGrads
 lstm_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
                     const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-                    at::TensorList w_hh, const std::optional<at::TensorList>& w_hr, const Tensor& output,
+                    at::TensorList w_hh, const std::optional<at::TensorList>& w_hr,
+                    const std::optional<at::TensorList>& w_ph, bool coupled, const Tensor& output,
                     const Tensor& workspace, bool has_bias, bool need_grad_input) {
   check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
   const c10::cuda::CUDAGuard guard(input.device());
   GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
-  return cuda_driver::layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, output,
-                                workspace, has_bias, need_grad_input, run);
+  return cuda_driver::layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph,
+                                coupled, output, workspace, has_bias, need_grad_input, run);
 }
 
 }  // namespace

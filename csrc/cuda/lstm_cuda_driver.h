@@ -72,28 +72,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
                                                      const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
                                                      at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
                                                      const std::optional<at::TensorList>& b_hh,
-                                                     const std::optional<at::TensorList>& w_hr, bool need_workspace,
-                                                     Runner& run) {
+                                                     const std::optional<at::TensorList>& w_hr,
+                                                     const std::optional<at::TensorList>& w_ph, bool coupled,
+                                                     bool need_workspace, Runner& run) {
   std::vector<DirectionWeights> dirs;
-  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dirs);
+  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, dirs);
   check_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size());
   std::vector<SeqLayoutHolder> lh;
   for (int64_t d = 0; d < D; ++d) lh.push_back(make_layout(input, batch_sizes, h0.size(1), d == 1));
-  const int64_t H = s.H, P = s.P, G = 4 * H, N = lh[0].N;
+  const int64_t H = s.H, P = s.P, G = s.G(), LW = G + H, N = lh[0].N;
   const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
   const auto T_opts = input.options();
   const auto A_opts = input.options().dtype(acc_type(input.scalar_type()));
 
   const Tensor x2d = input.reshape({N, s.I});
-  Tensor ws = at::empty({D, N, 5 * H}, A_opts);
+  Tensor ws = at::empty({D, N, LW}, A_opts);
   Tensor out = at::empty({N, D * P}, T_opts);
   Tensor h_n = at::empty({D, lh[0].batch_sizes[0], P}, T_opts), c_n = at::empty({D, h_n.size(1), H}, T_opts);
   const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
-  std::vector<Tensor> xw, w_hh_c, r_buf, w_hr_t;
+  std::vector<Tensor> xw, w_hh_c, r_buf, w_hr_t, w_ph_c;
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = dirs[d];
-    // Input projection of all steps in one GEMM per direction, both biases folded in: [N, 4H].
+    w_ph_c.push_back(s.peephole ? w.w_ph->contiguous() : Tensor());
+    // Input projection of all steps in one GEMM per direction, both biases folded in: [N, G].
     xw.push_back(w.b_ih ? at::addmm(*w.b_ih + *w.b_hh, x2d, w.w_ih.t()) : at::mm(x2d, w.w_ih.t()));
     w_hh_c.push_back(w.w_hh.contiguous());
     r_buf.push_back(s.proj ? at::empty({h_n.size(1), H}, T_opts) : Tensor());
@@ -116,16 +118,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
         p.P = P;
         p.rows = L.batch_sizes[t];
         p.n_prev = n_prev;
-        p.ld_ws = 5 * H;
+        p.coupled = s.coupled;
+        p.peep = s.peephole ? w_ph_c[d].const_data_ptr<T>() : nullptr;
+        p.ld_ws = LW;
         p.ld_out = D * P;
         p.ld_h = s.proj ? H : D * P;
         p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + L.offsets[prev] * D * P + d * P : nullptr;
         p.h0 = h0c.const_data_ptr<T>() + d * h0c.stride(0);
-        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * 5 * H + G : nullptr;
+        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * LW + G : nullptr;
         p.c0 = c0c.const_data_ptr<T>() + d * c0c.stride(0);
         p.xw = xw[d].const_data_ptr<T>() + off * G;
         p.w_hh = w_hh_c[d].const_data_ptr<T>();
-        p.ws = ws.data_ptr<A>() + (d * N + off) * 5 * H;
+        p.ws = ws.data_ptr<A>() + (d * N + off) * LW;
         p.h_out = s.proj ? r_buf[d].data_ptr<T>() : out.data_ptr<T>() + off * D * P + d * P;
       }
       run.template fwd<T, A>(dp);  // one launch: this step of every direction
@@ -143,25 +147,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
       }
     }
   });
-  auto ws_shape = with_last(input, 5 * H);
+  auto ws_shape = with_last(input, LW);
   ws_shape.insert(ws_shape.begin(), D);
   return {out.view(with_last(input, D * P)), h_n, c_n, need_workspace ? ws.view(ws_shape) : at::empty({0}, A_opts)};
 }
 
+using LayerGrads = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
+                               std::vector<Tensor>, std::vector<Tensor>>;
+
 template <typename Runner>
-std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
-layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
-          const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-          at::TensorList w_hh, const std::optional<at::TensorList>& w_hr, const Tensor& output,
-          const Tensor& workspace, bool has_bias, bool need_grad_input, Runner& run) {
+LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+                     const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
+                     at::TensorList w_hh, const std::optional<at::TensorList>& w_hr,
+                     const std::optional<at::TensorList>& w_ph, bool coupled, const Tensor& output,
+                     const Tensor& workspace, bool has_bias, bool need_grad_input, Runner& run) {
   std::vector<DirectionWeights> dirs;
-  const LayerSizes s =
-      check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, dirs);
+  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
+                                        w_ph, coupled, dirs);
   check_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size());
   std::vector<SeqLayoutHolder> lh;
   for (int64_t d = 0; d < D; ++d) lh.push_back(make_layout(input, batch_sizes, h0.size(1), d == 1));
-  const int64_t H = s.H, P = s.P, G = 4 * H, N = lh[0].N;
+  const int64_t H = s.H, P = s.P, G = s.G(), LW = G + H, N = lh[0].N;
   const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
   const int64_t B = h0.size(1);
   const auto Tt = input.scalar_type(), At = acc_type(Tt);
@@ -169,7 +176,7 @@ layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_
   check_shape(grad_output, output.sizes(), "grad_output");
   check_shape(grad_h_n, h0.sizes(), "grad_h_n");
   check_shape(grad_c_n, c0.sizes(), "grad_c_n");
-  TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * 5 * H && workspace.scalar_type() == At,
+  TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * LW && workspace.scalar_type() == At,
               "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments (was the "
               "forward run without a workspace, e.g. under no_grad?)");
   for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
@@ -179,16 +186,17 @@ layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_
 
   const Tensor gout = grad_output.reshape({N, D * P}).contiguous();
   const Tensor ghn = grad_h_n.contiguous(), c0c = c0.contiguous();
-  const Tensor ws = workspace.reshape({D, N, 5 * H}).contiguous();
+  const Tensor ws = workspace.reshape({D, N, LW}).contiguous();
   const Tensor out2d = output.reshape({N, D * P});
   Tensor dg = at::empty({D, N, G}, A_opts);
   Tensor dc_state = grad_c_n.to(At).contiguous().clone();  // [D, B, H]
   Tensor dh_tot = s.proj ? at::empty({D, N, P}, A_opts) : Tensor();
   Tensor dr = s.proj ? at::empty({D, B, H}, A_opts) : Tensor();
   Tensor r_all = s.proj ? at::empty({D, N, H}, A_opts) : Tensor();
-  std::vector<Tensor> w_hh_t, w_hr_a;
+  std::vector<Tensor> w_hh_t, w_hr_a, w_ph_c;
   for (int64_t d = 0; d < D; ++d) {
-    w_hh_t.push_back(dirs[d].w_hh.t().contiguous());  // [P, 4H]: the backward reduces along W_hh's columns
+    w_ph_c.push_back(s.peephole ? dirs[d].w_ph->contiguous() : Tensor());
+    w_hh_t.push_back(dirs[d].w_hh.t().contiguous());  // [P, G]: the backward reduces along W_hh's columns
     w_hr_a.push_back(s.proj ? dirs[d].w_hr->to(At) : Tensor());
   }
 
@@ -212,14 +220,16 @@ layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_
         p.rows = bs;
         p.n_later = has_later ? std::min(bs, L.batch_sizes[later]) : 0;
         p.n_prev = n_prev;
-        p.ld_ws = 5 * H;
+        p.coupled = s.coupled;
+        p.peep = s.peephole ? w_ph_c[d].const_data_ptr<T>() : nullptr;
+        p.ld_ws = LW;
         p.ld_gout = D * P;
         p.dg_later = has_later ? dg.const_data_ptr<A>() + (d * N + L.offsets[later]) * G : nullptr;
         p.w_hh_t = w_hh_t[d].const_data_ptr<T>();
         p.gout = gout.const_data_ptr<T>() + off * D * P + d * P;
         p.grad_hn = ghn.const_data_ptr<T>() + d * B * P;
-        p.ws = ws.const_data_ptr<A>() + (d * N + off) * 5 * H;
-        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * 5 * H + G : nullptr;
+        p.ws = ws.const_data_ptr<A>() + (d * N + off) * LW;
+        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * LW + G : nullptr;
         p.c0 = c0c.const_data_ptr<T>() + d * B * H;
         p.dc_state = dc_state.data_ptr<A>() + d * B * H;
         p.dg = dg.data_ptr<A>() + (d * N + off) * G;
@@ -249,7 +259,7 @@ layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_
   const Tensor x2d = input.reshape({N, s.I});
   Tensor dh0 = at::zeros({D, B, P}, A_opts);
   Tensor d_input;
-  std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr;
+  std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph;
   for (int64_t d = 0; d < D; ++d) {
     const SeqLayout L = lh[d].view();
     const Tensor dgd = dg[d];
@@ -272,9 +282,19 @@ layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_
     d_w_hh.push_back(at::mm(dgd.t(), hprev.to(At)).to(Tt));
     if (has_bias) d_bias.push_back(dgd.sum(0).to(Tt));
     if (s.proj) d_w_hr.push_back(at::mm(dh_tot[d].t(), r_all[d]).to(Tt));
+    if (s.peephole) {
+      // Peephole gradients: per unit, sums over rows of dpre_i·c_{t-1}, dpre_f·c_{t-1} and dpre_o·c_t.
+      const Tensor cells = ws[d].narrow(1, G, H);
+      const Tensor c_prev = gather_prev_hidden(L, batch_sizes.has_value(), cells, c0[d].to(At).contiguous());
+      const int64_t co = s.coupled ? 2 * H : 3 * H;
+      std::vector<Tensor> rows{(dgd.narrow(1, 0, H) * c_prev).sum(0)};
+      if (!s.coupled) rows.push_back((dgd.narrow(1, H, H) * c_prev).sum(0));
+      rows.push_back((dgd.narrow(1, co, H) * cells).sum(0));
+      d_w_ph.push_back(at::stack(rows).to(Tt));
+    }
   }
   d_input = need_grad_input ? d_input.to(Tt).view(input.sizes()) : at::empty({0}, input.options());
-  return {d_input, dh0.to(Tt), dc_state.to(Tt), d_w_ih, d_w_hh, d_bias, d_w_hr};
+  return {d_input, dh0.to(Tt), dc_state.to(Tt), d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph};
 }
 
 }  // namespace cuda_driver

@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kThreads) bwd_step_kernel(const DirectionParam
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
   A acc[1] = {A(0)};
   if (kMode != kPointwiseOnly) {
-    for (int64_t k0 = 0; k0 < 4 * p.H; k0 += kKT) {
+    for (int64_t k0 = 0; k0 < bwd_reduction_length(p, kMode); k0 += kKT) {
       bwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
       __syncthreads();
       tile_accumulate(smem, tx, ty, acc);

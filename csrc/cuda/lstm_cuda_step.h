@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "../cell_math.h"
+#include "../lstm_params.h"
 
 namespace lstm_fused {
 namespace cuda_step {
@@ -26,16 +27,18 @@ struct FwdStepParams {
   int64_t H = 0, P = 0;   // hidden units; recurrent size (proj_size or H)
   int64_t rows = 0;       // batch_sizes[t]
   int64_t n_prev = 0;     // rows below continue the previous step; the rest start from h0/c0
-  int64_t ld_ws = 0;      // 5H
+  bool coupled = false;   // gates i, g, o (G = 3H) with f = 1 − i, else i, f, g, o (G = 4H)
+  int64_t ld_ws = 0;      // G + H
   int64_t ld_h = 0;       // row stride of h_out
   int64_t ld_out = 0;     // row stride of the layer output (D·P: both directions share its rows)
   const T* h_prev = nullptr;  // [n_prev, ld_out] output rows of the previous step (h_{t-1})
   const T* h0 = nullptr;      // [B, P]
   const A* c_prev = nullptr;  // [n_prev, ld_ws] c of the previous step (workspace column 4H)
   const T* c0 = nullptr;      // [B, H]
-  const T* xw = nullptr;      // [rows, 4H] x·W_ihᵀ + b_ih + b_hh of this step
-  const T* w_hh = nullptr;    // [4H, P]
-  A* ws = nullptr;            // [rows, ld_ws] out: activated gates i,f,g,o (4H) then c_t (H)
+  const T* xw = nullptr;      // [rows, G] x·W_ihᵀ + b_ih + b_hh of this step
+  const T* w_hh = nullptr;    // [G, P]
+  const T* peep = nullptr;    // [3 or 2, H] peephole weights, or nullptr
+  A* ws = nullptr;            // [rows, ld_ws] out: activated gates (G) then c_t (H)
   T* h_out = nullptr;         // [rows, ld_h] out: h_t, or o·tanh(c_t) as the projection's input
 };
 
@@ -49,9 +52,11 @@ struct BwdStepParams {
   int64_t H = 0, P = 0, rows = 0;
   int64_t n_later = 0;        // rows below got dG from the step after t (in forward order); the rest take grad_h_n
   int64_t n_prev = 0;         // rows below continue the previous step (forward order); the rest started from c0
-  int64_t ld_ws = 0;          // 5H
-  const A* dg_later = nullptr;  // [n_later, 4H] pre-activation gradients of the step after t
-  const T* w_hh_t = nullptr;    // [P, 4H] W_hhᵀ
+  bool coupled = false;
+  int64_t ld_ws = 0;            // G + H
+  const A* dg_later = nullptr;  // [n_later, G] pre-activation gradients of the step after t
+  const T* w_hh_t = nullptr;    // [P, G] W_hhᵀ
+  const T* peep = nullptr;      // [3 or 2, H] peephole weights, or nullptr
   int64_t ld_gout = 0;          // row stride of gout (D·P)
   const T* gout = nullptr;      // [rows, ld_gout] gradient of this step's output rows
   const T* grad_hn = nullptr;   // [B, P]
@@ -61,7 +66,7 @@ struct BwdStepParams {
   const A* c_prev = nullptr;    // [n_prev, ld_ws] c of the previous step (workspace column 4H)
   const T* c0 = nullptr;        // [B, H]
   A* dc_state = nullptr;        // [B, H] in: gradient of c_t; out: gradient of c_{t-1}
-  A* dg = nullptr;              // [rows, 4H] out: pre-activation gradients
+  A* dg = nullptr;              // [rows, G] out: pre-activation gradients
   A* r_out = nullptr;           // [rows, H] kPointwiseOnly out: o·tanh(c_t), for W_hr's gradient
 };
 
@@ -94,12 +99,14 @@ LF_HOST_DEVICE void fwd_load_tiles(const FwdStepParams<T, A>& p, int bx, int by,
     if (b < p.rows && k < p.P) v = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + k] : p.h0[b * p.P + k]);
     s.a[bb][kk] = v;
   }
+  // Gate slot g holds W_hh rows g·H + j (i,f,g,o; or i,g,o when coupled, the fourth slot zero).
+  const int ngates = p.coupled ? 3 : 4;
   for (int e = tid; e < 4 * kJT * kKT; e += kThreads) {
     const int rr = e / kKT, kk = e % kKT;
     const int g = rr / kJT, jj = rr % kJT;
     const int64_t j = int64_t(bx) * kJT + jj, k = k0 + kk;
     A v = A(0);
-    if (j < p.H && k < p.P) v = to_acc<T, A>(p.w_hh[(g * p.H + j) * p.P + k]);
+    if (g < ngates && j < p.H && k < p.P) v = to_acc<T, A>(p.w_hh[(g * p.H + j) * p.P + k]);
     s.w[rr][kk] = v;
   }
 }
@@ -112,33 +119,61 @@ LF_HOST_DEVICE void tile_accumulate(const TileSmem<A, NG>& s, int tx, int ty, A 
   }
 }
 
+// Peephole weights of unit j (zeros without peepholes).
+template <typename T, typename A, bool kCoupled>
+LF_HOST_DEVICE Peepholes<A> load_peepholes(const T* peep, int64_t H, int64_t j) {
+  using C = GateCols<kCoupled>;
+  Peepholes<A> w;
+  if (peep) {
+    w.i = to_acc<T, A>(peep[C::peep_i(H) + j]);
+    if (!kCoupled) w.f = to_acc<T, A>(peep[C::peep_f(H) + j]);
+    w.o = to_acc<T, A>(peep[C::peep_o(H) + j]);
+  }
+  return w;
+}
+
+template <typename T, typename A, bool kPeephole, bool kCoupled>
+LF_HOST_DEVICE void fwd_cell(const FwdStepParams<T, A>& p, int64_t b, int64_t j, const A (&acc)[4]) {
+  using C = GateCols<kCoupled>;
+  const int64_t H = p.H, G = C::kGates * H;
+  const T* xw = p.xw + b * G;
+  // acc[slot] holds the recurrent product of gate slot `slot` (W_hh rows slot·H + j).
+  const int si = 0, sf = 1, sg = kCoupled ? 1 : 2, so = kCoupled ? 2 : 3;
+  const LstmGates<A> pre{acc[si] + to_acc<T, A>(xw[C::i(H) + j]),
+                         kCoupled ? A(0) : acc[sf] + to_acc<T, A>(xw[C::f(H) + j]),
+                         acc[sg] + to_acc<T, A>(xw[C::g(H) + j]), acc[so] + to_acc<T, A>(xw[C::o(H) + j])};
+  const A c_prev = b < p.n_prev ? p.c_prev[b * p.ld_ws + j] : to_acc<T, A>(p.c0[b * H + j]);
+  LstmGates<A> act;
+  A c, h;
+  lstm_cell_forward<A, kPeephole, kCoupled>(pre, c_prev, act, c, h, load_peepholes<T, A, kCoupled>(p.peep, H, j));
+  A* w = p.ws + b * p.ld_ws;
+  w[C::i(H) + j] = act.i;
+  if (!kCoupled) w[C::f(H) + j] = act.f;
+  w[C::g(H) + j] = act.g;
+  w[C::o(H) + j] = act.o;
+  w[G + j] = c;
+  p.h_out[b * p.ld_h + j] = static_cast<T>(h);
+}
+
 template <typename T, typename A>
 LF_HOST_DEVICE void fwd_epilogue(const FwdStepParams<T, A>& p, int bx, int by, int tx, int ty, const A (&acc)[4]) {
   const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
   if (b >= p.rows || j >= p.H) return;
-  const int64_t H = p.H;
-  const T* xw = p.xw + b * 4 * H;
-  const LstmGates<A> pre{acc[0] + to_acc<T, A>(xw[j]), acc[1] + to_acc<T, A>(xw[H + j]),
-                         acc[2] + to_acc<T, A>(xw[2 * H + j]), acc[3] + to_acc<T, A>(xw[3 * H + j])};
-  const A c_prev = b < p.n_prev ? p.c_prev[b * p.ld_ws + j] : to_acc<T, A>(p.c0[b * H + j]);
-  LstmGates<A> act;
-  A c, h;
-  lstm_cell_forward(pre, c_prev, act, c, h);
-  A* w = p.ws + b * p.ld_ws;
-  w[j] = act.i;
-  w[H + j] = act.f;
-  w[2 * H + j] = act.g;
-  w[3 * H + j] = act.o;
-  w[4 * H + j] = c;
-  p.h_out[b * p.ld_h + j] = static_cast<T>(h);
+  if (p.peep) {
+    if (p.coupled) fwd_cell<T, A, true, true>(p, b, j, acc);
+    else fwd_cell<T, A, true, false>(p, b, j, acc);
+  } else {
+    if (p.coupled) fwd_cell<T, A, false, true>(p, b, j, acc);
+    else fwd_cell<T, A, false, false>(p, b, j, acc);
+  }
 }
 
 // ---- backward -----------------------------------------------------------------------------------------
-// Stages dG_later[rows of this block, k0:k0+kKT] and W_hhᵀ[outputs of this block, k0:k0+kKT] (k runs over 4H).
+// Stages dG_later[rows of this block, k0:k0+kKT] and W_hhᵀ[outputs of this block, k0:k0+kKT] (k runs over G).
 template <typename T, typename A>
 LF_HOST_DEVICE void bwd_load_tiles(const BwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
                                    TileSmem<A, 1>& s) {
-  const int64_t G = 4 * p.H;
+  const int64_t G = (p.coupled ? 3 : 4) * p.H;
   const int64_t n_out = p.P;  // kFused has P == H
   for (int e = tid; e < kBT * kKT; e += kThreads) {
     const int bb = e / kKT, kk = e % kKT;
@@ -164,23 +199,37 @@ LF_HOST_DEVICE A bwd_dh(const BwdStepParams<T, A>& p, int64_t b, int64_t n, A re
   return rec + to_acc<T, A>(p.gout[b * p.ld_gout + n]);
 }
 
-template <typename T, typename A>
-LF_HOST_DEVICE void bwd_cell(const BwdStepParams<T, A>& p, int64_t b, int64_t j, A dh, bool store_r) {
-  const int64_t H = p.H;
+template <typename T, typename A, bool kPeephole, bool kCoupled>
+LF_HOST_DEVICE void bwd_cell_variant(const BwdStepParams<T, A>& p, int64_t b, int64_t j, A dh, bool store_r) {
+  using C = GateCols<kCoupled>;
+  const int64_t H = p.H, G = C::kGates * H;
   const A* w = p.ws + b * p.ld_ws;
-  const LstmGates<A> act{w[j], w[H + j], w[2 * H + j], w[3 * H + j]};
-  const A c = w[4 * H + j];
+  const A ai = w[C::i(H) + j];
+  const LstmGates<A> act{ai, kCoupled ? A(1) - ai : w[C::f(H) + j], w[C::g(H) + j], w[C::o(H) + j]};
+  const A c = w[G + j];
   const A c_prev = b < p.n_prev ? p.c_prev[b * p.ld_ws + j] : to_acc<T, A>(p.c0[b * H + j]);
   LstmGates<A> dpre;
   A dc_prev;
-  lstm_cell_backward(act, c, c_prev, dh, p.dc_state[b * H + j], dpre, dc_prev);
-  A* dg = p.dg + b * 4 * H;
-  dg[j] = dpre.i;
-  dg[H + j] = dpre.f;
-  dg[2 * H + j] = dpre.g;
-  dg[3 * H + j] = dpre.o;
+  lstm_cell_backward<A, kPeephole, kCoupled>(act, c, c_prev, dh, p.dc_state[b * H + j], dpre, dc_prev,
+                                             load_peepholes<T, A, kCoupled>(p.peep, H, j));
+  A* dg = p.dg + b * G;
+  dg[C::i(H) + j] = dpre.i;
+  if (!kCoupled) dg[C::f(H) + j] = dpre.f;
+  dg[C::g(H) + j] = dpre.g;
+  dg[C::o(H) + j] = dpre.o;
   p.dc_state[b * H + j] = dc_prev;
   if (store_r) p.r_out[b * H + j] = lstm_hidden_from_saved(act, c);
+}
+
+template <typename T, typename A>
+LF_HOST_DEVICE void bwd_cell(const BwdStepParams<T, A>& p, int64_t b, int64_t j, A dh, bool store_r) {
+  if (p.peep) {
+    if (p.coupled) bwd_cell_variant<T, A, true, true>(p, b, j, dh, store_r);
+    else bwd_cell_variant<T, A, true, false>(p, b, j, dh, store_r);
+  } else {
+    if (p.coupled) bwd_cell_variant<T, A, false, true>(p, b, j, dh, store_r);
+    else bwd_cell_variant<T, A, false, false>(p, b, j, dh, store_r);
+  }
 }
 
 template <typename T, typename A>
@@ -247,7 +296,7 @@ LF_HOST_DEVICE bool block_has_rows(const P& p, int64_t by) {
 // Length of the reduction (0: no reduction phase).
 template <typename T, typename A>
 LF_HOST_DEVICE int64_t bwd_reduction_length(const BwdStepParams<T, A>& p, int mode) {
-  return mode == kPointwiseOnly ? 0 : 4 * p.H;
+  return mode == kPointwiseOnly ? 0 : (p.coupled ? 3 : 4) * p.H;
 }
 
 }  // namespace cuda_step
