@@ -147,4 +147,41 @@ LF_HOST_DEVICE acc_t lstm_hidden_from_saved(const LstmGates<acc_t>& act, acc_t c
   return act.o * lf_tanh(c);
 }
 
+// ---- GRU (nn.GRU's equations, gate order r, z, n) -----------------------------------------------------
+// r = σ(x_r + h_r), z = σ(x_z + h_z), n = tanh(x_n + r ⊙ h_n), h' = (1 − z) ⊙ n + z ⊙ h, where x_* are the
+// input projections with b_ih and h_* the recurrent products with b_hh (kept apart: r gates h_n only).
+template <typename acc_t>
+struct GruGates {
+  acc_t r, z, n;
+};
+
+// Returns the activated gates and h_n (the backward needs both) and the new hidden value.
+template <typename acc_t>
+LF_HOST_DEVICE void gru_cell_forward(const GruGates<acc_t>& x, const GruGates<acc_t>& hh, acc_t h_prev,
+                                     GruGates<acc_t>& act, acc_t& h) {
+  act.r = lf_sigmoid(x.r + hh.r);
+  act.z = lf_sigmoid(x.z + hh.z);
+  act.n = lf_tanh(x.n + act.r * hh.n);
+  h = (acc_t(1) - act.z) * act.n + act.z * h_prev;
+}
+
+// dh: total gradient reaching h'. Writes the gradients of the input-side pre-activations (dx: for W_ih, b_ih,
+// the input), of the recurrent-side ones (dhh: for W_hh, b_hh and, through W_hh, h), and the part of h's
+// gradient that flows directly (z ⊙ dh). hh_n is the saved recurrent n product (with b_hn).
+template <typename acc_t>
+LF_HOST_DEVICE void gru_cell_backward(const GruGates<acc_t>& act, acc_t hh_n, acc_t h_prev, acc_t dh,
+                                      GruGates<acc_t>& dx, GruGates<acc_t>& dhh, acc_t& dh_prev_direct) {
+  const acc_t one = acc_t(1);
+  const acc_t dn = dh * (one - act.z) * (one - act.n * act.n);
+  const acc_t dz = dh * (h_prev - act.n) * act.z * (one - act.z);
+  const acc_t dr = dn * hh_n * act.r * (one - act.r);
+  dx.r = dr;
+  dx.z = dz;
+  dx.n = dn;
+  dhh.r = dr;
+  dhh.z = dz;
+  dhh.n = dn * act.r;
+  dh_prev_direct = dh * act.z;
+}
+
 }  // namespace lstm_fused

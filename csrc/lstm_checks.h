@@ -102,6 +102,13 @@ inline LayerSizes check_layer_args(const at::Tensor& input, const std::optional<
   return s;
 }
 
+// Output-shaped tensor: the input's leading dims with a last dim of `cols`.
+inline std::vector<int64_t> with_last(const at::Tensor& input, int64_t cols) {
+  auto shape = input.sizes().vec();
+  shape.back() = cols;
+  return shape;
+}
+
 // One direction's weights, taken from the per-direction lists of the op.
 struct DirectionWeights {
   at::Tensor w_ih, w_hh;
@@ -144,6 +151,19 @@ inline LayerSizes check_directions(const at::Tensor& input, const std::optional<
     s = sd;
     dirs.push_back(std::move(w));
   }
+  return s;
+}
+
+// A GRU layer: h0 [D, B, H], weights with 3 gate blocks (r, z, n) and no projection or peepholes. The LSTM
+// checks with the three-block layout (`coupled`) and h0 standing in for c0 check exactly that.
+inline LayerSizes check_gru_directions(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                                       const at::Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
+                                       const std::optional<at::TensorList>& b_ih,
+                                       const std::optional<at::TensorList>& b_hh,
+                                       std::vector<DirectionWeights>& dirs) {
+  LayerSizes s = check_directions(input, batch_sizes, h0, h0, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
+                                  /*three gate blocks*/ true, dirs);
+  s.coupled = false;
   return s;
 }
 

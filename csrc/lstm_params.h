@@ -88,4 +88,33 @@ struct LstmBwdStep {
   scalar_t* r_out = nullptr;         // [rows, H] o·tanh(c_t) for W_hr's gradient; set iff there is a projection
 };
 
+// One GRU forward step's pointwise pass over rows [0, rows) of step t.
+template <typename scalar_t>
+struct GruFwdStep {
+  int64_t H = 0;
+  const scalar_t* xw = nullptr;    // [rows, 3H] x·W_ihᵀ + b_ih (r, z, n)
+  const scalar_t* hh = nullptr;    // [rows, 3H] h_{t-1}·W_hhᵀ, without b_hh
+  const scalar_t* b_hh = nullptr;  // [3H] (zeros without bias)
+  scalar_t* ws = nullptr;          // [rows, 4H] out: r, z, n and h_n = (h·W_hhᵀ + b_hh)_n, for the backward
+  scalar_t* h_state = nullptr;     // [rows, H] h_{t-1} in, h_t out
+  scalar_t* h_out = nullptr;       // [rows, ld_h] h_t (the layer output rows)
+  int64_t ld_h = 0;
+};
+
+// One GRU backward step's pointwise pass over rows [0, rows) of step t.
+template <typename scalar_t>
+struct GruBwdStep {
+  int64_t H = 0;
+  const scalar_t* ws = nullptr;      // [rows, 4H] this step's r, z, n, h_n
+  const scalar_t* h_prev = nullptr;  // [n_prev, ld_hp] output rows of the previous step (h_{t-1})
+  int64_t ld_hp = 0;
+  int64_t n_prev = 0;                // rows below continue the previous step; the rest started from h0
+  const scalar_t* h0 = nullptr;      // [rows, H]
+  const scalar_t* gout = nullptr;    // [rows, ld_gout] gradient of this step's output rows
+  int64_t ld_gout = 0;
+  scalar_t* dh_state = nullptr;      // [rows, H] in: recurrent gradient of h_t; out: z ⊙ dh (direct part for h_{t-1})
+  scalar_t* dgx = nullptr;           // [rows, 3H] out: input-side pre-activation gradients
+  scalar_t* dgh = nullptr;           // [rows, 3H] out: recurrent-side pre-activation gradients
+};
+
 }  // namespace lstm_fused

@@ -32,4 +32,16 @@ TORCH_LIBRARY(lstm_fused, m) {
       "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_hr, Tensor[]? w_ph, bool coupled, "
       "Tensor output, Tensor workspace, bool has_bias, bool need_grad_input) "
       "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
+  // One GRU layer over the whole sequence in D = len(w_ih) directions (nn.GRU's gates r, z, n: W_ih [3H, I],
+  // W_hh [3H, H]). h0: [D, B, H]. Returns output [..., D·H], h_n [D, B, H] and the workspace ([D, ..., 4H]:
+  // r, z, n and the recurrent n product per row; empty when need_workspace is false).
+  m.def(
+      "gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? b_ih, "
+      "Tensor[]? b_hh, bool need_workspace) -> (Tensor, Tensor, Tensor)");
+  // Gradients of gru_layer_fwd: input (empty unless need_grad_input), h0, and per direction W_ih, W_hh, b_ih,
+  // b_hh (the bias lists empty unless has_bias).
+  m.def(
+      "gru_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
+      "Tensor[] w_ih, Tensor[] w_hh, Tensor output, Tensor workspace, bool has_bias, bool need_grad_input) "
+      "-> (Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
 }

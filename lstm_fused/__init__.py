@@ -14,9 +14,9 @@ except ImportError as e:  # never fall back to nn.LSTM silently
 
 from . import ops  # noqa: E402,F401  (fake kernels and autograd)
 from . import reference  # noqa: E402,F401
-from .modules import LSTM, LSTMCell, convert  # noqa: E402
+from .modules import GRU, LSTM, GRUCell, LSTMCell, convert  # noqa: E402
 
-__all__ = ["LSTM", "LSTMCell", "convert", "ops", "reference", "has_cuda_kernels"]
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "ops", "reference", "has_cuda_kernels"]
 __version__ = "0.1.0"
 
 

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import ops
 
-__all__ = ["LSTM", "LSTMCell", "convert"]
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert"]
 
 _HAS_CUDA_KERNELS = ops.has_kernel("CUDA")
 
@@ -62,43 +62,20 @@ def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, drop
         raise ValueError("proj_size has to be smaller than hidden_size")
 
 
-class LSTM(nn.Module):
-    r"""Drop-in replacement for :class:`torch.nn.LSTM` running on fused lstm_fused kernels.
+class _FusedRNNBase(nn.Module):
+    """What LSTM and GRU share with nn.RNNBase: constructor checks, parameters (names, shapes, order, seeded
+    init), attributes, repr and the input checks; not a subclass of nn.RNNBase (dynamo refuses those)."""
 
-    Keyword-only variants: ``peephole=True`` adds per-unit peephole weights ``weight_ph_l{k}`` [3, hidden]
-    (rows p_i, p_f, p_o: i and f see c_{t-1}, o sees c_t); ``coupled=True`` couples the input and forget gates
-    (f = 1 − i; gate rows i, g, o, so W_ih/W_hh/biases have 3·hidden rows and weight_ph is [2, hidden]).
-
-    Same arguments, parameters (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``,
-    ``weight_hr_l{k}``, ``*_reverse``), initialisation and forward semantics as nn.LSTM, so state_dicts load
-    both ways. ``forward(input, hx=None)`` takes a [T, B, I] / [B, T, I] (batch_first) / unbatched [T, I]
-    tensor or a PackedSequence, and returns ``output, (h_n, c_n)``.
-    """
-
-    mode = "LSTM"
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-        *,
-        peephole: bool = False,
-        coupled: bool = False,
-    ) -> None:
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, peephole: bool = False, coupled: bool = False) -> None:
         super().__init__()
         _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
         for name, flag in (("peephole", peephole), ("coupled", coupled)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
         factory_kwargs = {"device": device, "dtype": dtype}
+        self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -110,7 +87,8 @@ class LSTM(nn.Module):
         self.peephole = peephole
         self.coupled = coupled
         num_directions = 2 if bidirectional else 1
-        gate_size = (3 if coupled else 4) * hidden_size  # coupled: gates i, g, o (f = 1 - i)
+        # LSTM: i, f, g, o (coupled: i, g, o with f = 1 - i); GRU: r, z, n.
+        gate_size = (3 if coupled or mode == "GRU" else 4) * hidden_size
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
 
         self._flat_weights_names: list[str] = []
@@ -138,7 +116,7 @@ class LSTM(nn.Module):
                 self._all_weights.append(names)
         self.reset_parameters()
 
-    # -- nn.LSTM's attributes and housekeeping -------------------------------------------------------------
+    # -- nn.RNNBase's attributes and housekeeping----------------------------------------------------------
     @property
     def _flat_weights(self) -> list[Tensor]:
         return [getattr(self, name) for name in self._flat_weights_names]
@@ -193,6 +171,63 @@ class LSTM(nn.Module):
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
+
+    def _compute_dtype(self, x: Tensor) -> torch.dtype:
+        # The CPU kernels run float32/float64; half types compute in float32 (like the fp32 accumulate of the
+        # GPU path) and cast back at the end.
+        if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+            return torch.float32
+        return x.dtype
+
+    def _layer_weights(self, layer: int, dtype: torch.dtype) -> dict:
+        """Per-parameter lists over the layer's directions: {"weight_ih": [fwd, rev], ..., "weight_ph": None}."""
+        num_directions = 2 if self.bidirectional else 1
+        per_dir = [
+            {name.split("_l")[0]: getattr(self, name).to(dtype) for name in self._all_weights[layer * num_directions + d]}
+            for d in range(num_directions)
+        ]
+        keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ph")
+        return {k: ([w[k] for w in per_dir] if k in per_dir[0] else None) for k in keys}
+
+    def _check_device(self, x: Tensor) -> None:
+        if x.device.type == "cuda" and not _HAS_CUDA_KERNELS:
+            raise RuntimeError(
+                "lstm_fused was built without CUDA kernels (the installed torch had no CUDA, or no CUDA toolkit was "
+                "found at build time). Rebuild with CUDA_HOME set: `pip install --no-build-isolation .`"
+            )
+
+
+class LSTM(_FusedRNNBase):
+    r"""Drop-in replacement for :class:`torch.nn.LSTM` running on fused lstm_fused kernels.
+
+    Same arguments, parameters (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``,
+    ``weight_hr_l{k}``, ``*_reverse``), initialisation and forward semantics as nn.LSTM, so state_dicts load
+    both ways. ``forward(input, hx=None)`` takes a [T, B, I] / [B, T, I] (batch_first) / unbatched [T, I]
+    tensor or a PackedSequence, and returns ``output, (h_n, c_n)``.
+
+    Keyword-only variants: ``peephole=True`` adds per-unit peephole weights ``weight_ph_l{k}`` [3, hidden]
+    (rows p_i, p_f, p_o: i and f see c_{t-1}, o sees c_t); ``coupled=True`` couples the input and forget gates
+    (f = 1 − i; gate rows i, g, o, so W_ih/W_hh/biases have 3·hidden rows and weight_ph is [2, hidden]).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        peephole: bool = False,
+        coupled: bool = False,
+    ) -> None:
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, device, dtype, peephole, coupled)
 
     def _check_hidden(self, hx: tuple[Tensor, Tensor], mini_batch: int, from_data: bool = False) -> None:
         num_directions = 2 if self.bidirectional else 1
@@ -289,37 +324,19 @@ class LSTM(nn.Module):
         return output, (h_n, c_n)
 
     def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: tuple[Tensor, Tensor]):
-        if x.device.type == "cuda" and not _HAS_CUDA_KERNELS:
-            raise RuntimeError(
-                "lstm_fused was built without CUDA kernels (the installed torch had no CUDA, or no CUDA toolkit was "
-                "found at build time). Rebuild with CUDA_HOME set: `pip install --no-build-isolation .`"
-            )
+        self._check_device(x)
         h0_all, c0_all = hx
-        compute_dtype = x.dtype
-        if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-            # The CPU kernels run float32/float64; half types compute in float32 (like the fp32 accumulate
-            # of the GPU path) and cast back at the end.
-            compute_dtype = torch.float32
+        compute_dtype = self._compute_dtype(x)
         num_directions = 2 if self.bidirectional else 1
         h_out, c_out = [], []
         for layer in range(self.num_layers):
+            w = self._layer_weights(layer, compute_dtype)
             first = layer * num_directions
-            # Per direction: {"weight_ih": ..., "bias_hh": ..., "weight_ph": ...} from the parameter names.
-            per_dir = [
-                {name.split("_l")[0]: getattr(self, name).to(compute_dtype) for name in self._all_weights[first + d]}
-                for d in range(num_directions)
-            ]
-
-            def col(key):
-                return [w[key] for w in per_dir] if key in per_dir[0] else None
-
-            w_ih, w_hh, b_ih, b_hh = col("weight_ih"), col("weight_hh"), col("bias_ih"), col("bias_hh")
-            w_hr, w_ph = col("weight_hr"), col("weight_ph")
             h0 = h0_all[first : first + num_directions].to(compute_dtype)
             c0 = c0_all[first : first + num_directions].to(compute_dtype)
             # One op per layer: both directions step together (one launch per step on the GPU).
-            x, h_n, c_n = ops.lstm_layer(x.to(compute_dtype), batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph,
-                                         self.coupled)
+            x, h_n, c_n = ops.lstm_layer(x.to(compute_dtype), batch_sizes, h0, c0, w["weight_ih"], w["weight_hh"],
+                                         w["bias_ih"], w["bias_hh"], w["weight_hr"], w["weight_ph"], self.coupled)
             h_out.append(h_n)
             c_out.append(c_n)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
@@ -328,24 +345,139 @@ class LSTM(nn.Module):
         return x.to(dtype), torch.cat(h_out).to(dtype), torch.cat(c_out).to(dtype)
 
 
-class LSTMCell(nn.Module):
-    r"""Drop-in replacement for :class:`torch.nn.LSTMCell`: one fused LSTM step per call.
+class GRU(_FusedRNNBase):
+    r"""Drop-in replacement for :class:`torch.nn.GRU` running on fused lstm_fused kernels.
 
-    Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), initialisation and
-    forward semantics (batched [B, I] or unbatched [I] input, optional ``(h, c)``), returning ``(h', c')``.
+    Same constructor, parameters (gate order r, z, n), initialisation and forward semantics as nn.GRU:
+    n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h. ``forward(input, hx=None)``
+    returns ``output, h_n``.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        **kwargs,
+    ) -> None:
+        if "proj_size" in kwargs:  # as nn.GRU
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+                         device, dtype)
+
+    def _check_hidden(self, hx: Tensor, mini_batch, from_data: bool = False) -> None:
+        expected = (self.num_layers * (2 if self.bidirectional else 1), mini_batch, self.hidden_size)
+        if from_data and torch.compiler.is_compiling():
+            torch._check(hx.dim() == 3)
+            for g, w in zip(hx.shape, expected):
+                torch._check(g == w)
+        elif hx.size() != expected:
+            raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
+        if hx.dtype != self.weight_ih_l0.dtype:
+            raise RuntimeError(f"Expected hidden dtype {self.weight_ih_l0.dtype}, got {hx.dtype}")
+        if hx.device != self.weight_ih_l0.device:
+            raise RuntimeError(
+                f"Input and hidden tensors are not at the same device, found input tensor at "
+                f"{self.weight_ih_l0.device} and hidden tensor at {hx.device}"
+            )
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        orig_input = input
+        num_directions = 2 if self.bidirectional else 1
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = orig_input
+            is_batched = True
+            self._check_input(input, batch_sizes)
+            mini_batch = int(batch_sizes[0])
+            if hx is None:
+                hx = torch.zeros(self.num_layers * num_directions, mini_batch, self.hidden_size, dtype=input.dtype,
+                                 device=input.device)
+            else:
+                self._check_hidden(hx, mini_batch, from_data=True)
+                if sorted_indices is not None:
+                    hx = _apply_permutation(hx, sorted_indices)
+            x = input
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batch_sizes = sorted_indices = unsorted_indices = None
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+            elif hx is not None and hx.dim() != 3:
+                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
+            self._check_input(input, None)
+            if hx is None:
+                hx = torch.zeros(self.num_layers * num_directions, mini_batch, self.hidden_size, dtype=input.dtype,
+                                 device=input.device)
+            else:
+                self._check_hidden(hx, mini_batch)
+            if input.size(0 if not self.batch_first else 1) == 0:
+                raise RuntimeError("GRU: the input sequence is empty (0 time steps)")
+            x = input.transpose(0, 1) if self.batch_first else input
+
+        output, h_n = self._run_layers(x, batch_sizes, hx)
+
+        if isinstance(orig_input, PackedSequence):
+            packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n = _apply_permutation(h_n, unsorted_indices)
+            return packed, h_n
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            h_n = h_n.squeeze(1)
+        return output, h_n
+
+    def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor):
+        self._check_device(x)
+        compute_dtype = self._compute_dtype(x)
+        num_directions = 2 if self.bidirectional else 1
+        h_out = []
+        for layer in range(self.num_layers):
+            w = self._layer_weights(layer, compute_dtype)
+            first = layer * num_directions
+            h0 = hx[first : first + num_directions].to(compute_dtype)
+            x, h_n = ops.gru_layer(x.to(compute_dtype), batch_sizes, h0, w["weight_ih"], w["weight_hh"], w["bias_ih"],
+                                   w["bias_hh"])
+            h_out.append(h_n)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x.to(hx.dtype), torch.cat(h_out).to(hx.dtype)
+
+
+class _FusedCellBase(nn.Module):
+    """What LSTMCell and GRUCell share with nn.RNNCellBase: parameters weight_ih [gates·H, I], weight_hh
+    [gates·H, H], bias_ih, bias_hh (None without bias), seeded init and repr."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None, dtype=None) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory_kwargs))
-        self.weight_hh = nn.Parameter(torch.empty((4 * hidden_size, hidden_size), **factory_kwargs))
+        self.weight_ih = nn.Parameter(torch.empty((gates * hidden_size, input_size), **factory_kwargs))
+        self.weight_hh = nn.Parameter(torch.empty((gates * hidden_size, hidden_size), **factory_kwargs))
         if bias:
-            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory_kwargs))
-            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory_kwargs))
+            self.bias_ih = nn.Parameter(torch.empty(gates * hidden_size, **factory_kwargs))
+            self.bias_hh = nn.Parameter(torch.empty(gates * hidden_size, **factory_kwargs))
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
@@ -362,6 +494,41 @@ class LSTMCell(nn.Module):
             s += ", bias={bias}"
         return s.format(**self.__dict__)
 
+    def _check_step(self, input: Tensor, states) -> torch.dtype:
+        """nn's cell checks (RuntimeError, as _VF raises) on the batched input and states; returns the dtype
+        the kernels compute in."""
+        if input.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        for idx, value in enumerate(states):
+            if value.shape != (input.size(0), self.hidden_size):
+                raise RuntimeError(
+                    f"hx[{idx}] has inconsistent shape: got {list(value.shape)}, expected "
+                    f"{[input.size(0), self.hidden_size]}"
+                )
+            if value.dtype != input.dtype or self.weight_ih.dtype != input.dtype:
+                raise RuntimeError(
+                    f"{type(self).__name__}: expected input, hidden state and weights of one dtype, got input "
+                    f"{input.dtype}, hidden {value.dtype}, weights {self.weight_ih.dtype}"
+                )
+        if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16):
+            return torch.float32
+        return input.dtype
+
+    def _step_weights(self, dtype: torch.dtype):
+        w = [p.to(dtype) if p is not None else None for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
+        return [w[0]], [w[1]], ([w[2]] if self.bias else None), ([w[3]] if self.bias else None)
+
+
+class LSTMCell(_FusedCellBase):
+    r"""Drop-in replacement for :class:`torch.nn.LSTMCell`: one fused LSTM step per call.
+
+    Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), initialisation and
+    forward semantics (batched [B, I] or unbatched [I] input, optional ``(h, c)``), returning ``(h', c')``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -377,31 +544,41 @@ class LSTMCell(nn.Module):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        if input.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
-        for idx, value in enumerate(hx):
-            if value.shape != (input.size(0), self.hidden_size):
-                raise RuntimeError(
-                    f"hx[{idx}] has inconsistent shape: got {list(value.shape)}, expected "
-                    f"{[input.size(0), self.hidden_size]}"
-                )
-            if value.dtype != input.dtype or self.weight_ih.dtype != input.dtype:
-                raise RuntimeError(
-                    f"LSTMCell: expected input, hx and weights of one dtype, got input {input.dtype}, "
-                    f"hx[{idx}] {value.dtype}, weights {self.weight_ih.dtype}"
-                )
-        compute_dtype = torch.float32 if (input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16)) else input.dtype
-        w = [p.to(compute_dtype) if p is not None else None for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
+        compute_dtype = self._check_step(input, hx)
+        w_ih, w_hh, b_ih, b_hh = self._step_weights(compute_dtype)
         # One time step of the fused layer op: [1, B, I] in, h and c of that step out.
-        _, h_n, c_n = ops.lstm_layer(
-            input.unsqueeze(0).to(compute_dtype), None, hx[0].unsqueeze(0).to(compute_dtype),
-            hx[1].unsqueeze(0).to(compute_dtype), [w[0]], [w[1]], [w[2]] if self.bias else None,
-            [w[3]] if self.bias else None, None,
-        )
+        _, h_n, c_n = ops.lstm_layer(input.unsqueeze(0).to(compute_dtype), None, hx[0].unsqueeze(0).to(compute_dtype),
+                                     hx[1].unsqueeze(0).to(compute_dtype), w_ih, w_hh, b_ih, b_hh, None)
         h, c = h_n[0].to(input.dtype), c_n[0].to(input.dtype)
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
+
+
+class GRUCell(_FusedCellBase):
+    r"""Drop-in replacement for :class:`torch.nn.GRUCell`: one fused GRU step per call, returning h'."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        compute_dtype = self._check_step(input, (hx,))
+        w_ih, w_hh, b_ih, b_hh = self._step_weights(compute_dtype)
+        _, h_n = ops.gru_layer(input.unsqueeze(0).to(compute_dtype), None, hx.unsqueeze(0).to(compute_dtype), w_ih,
+                               w_hh, b_ih, b_hh)
+        h = h_n[0].to(input.dtype)
+        return h if is_batched else h.squeeze(0)
 
 
 def _fused_equivalent(module: nn.Module) -> Optional[nn.Module]:
@@ -410,8 +587,14 @@ def _fused_equivalent(module: nn.Module) -> Optional[nn.Module]:
         new = LSTM(module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
                    batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional,
                    proj_size=module.proj_size, device="meta")
+    elif isinstance(module, nn.GRU):
+        new = GRU(module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
+                  batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional,
+                  device="meta")
     elif isinstance(module, nn.LSTMCell):
         new = LSTMCell(module.input_size, module.hidden_size, bias=module.bias, device="meta")
+    elif isinstance(module, nn.GRUCell):
+        new = GRUCell(module.input_size, module.hidden_size, bias=module.bias, device="meta")
     else:
         return None
     # Take the very parameter objects: optimizers and weight tying keep pointing at them.
@@ -422,11 +605,10 @@ def _fused_equivalent(module: nn.Module) -> Optional[nn.Module]:
 
 
 def convert(module: nn.Module) -> nn.Module:
-    """Replaces every nn.LSTM and nn.LSTMCell inside `module` (recursively, through containers) with its
-    lstm_fused equivalent, carrying the parameters themselves (so device, dtype, requires_grad, optimizer
-    state and weight tying stay as they were) and the train/eval mode. Returns the model; a bare nn.LSTM or
-    nn.LSTMCell passed in is returned converted. nn.GRU and nn.GRUCell are left as they are until lstm_fused
-    has GRU kernels."""
+    """Replaces every nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell inside `module` (recursively, through
+    containers) with its lstm_fused equivalent, carrying the parameters themselves (so device, dtype,
+    requires_grad, optimizer state and weight tying stay as they were) and the train/eval mode. Returns the
+    model; a bare recurrent module passed in is returned converted."""
     replaced = _fused_equivalent(module)
     if replaced is not None:
         return replaced

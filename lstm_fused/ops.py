@@ -120,3 +120,80 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
 
 
 torch.library.register_autograd("lstm_fused::lstm_layer_fwd", _backward, setup_context=_setup_context)
+
+
+# ---- GRU --------------------------------------------------------------------------------------------------
+def gru_layer(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    h0: Tensor,
+    w_ih: list[Tensor],
+    w_hh: list[Tensor],
+    b_ih: Optional[list[Tensor]],
+    b_hh: Optional[list[Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """One GRU layer over a whole sequence in D = len(w_ih) directions (the second one reversed).
+
+    input: [T, B, I] or packed data [N, I] with batch_sizes; h0: [D, B, H]. Returns output ([..., D·H]) and
+    h_n [D, B, H].
+    """
+    tensors = [input, h0, *w_ih, *w_hh, *(b_ih or ()), *(b_hh or ())]
+    need_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    out, h_n, _ = _ops.gru_layer_fwd.default(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace)
+    return out, h_n
+
+
+@torch.library.register_fake("lstm_fused::gru_layer_fwd")
+def _gru_layer_fwd_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace):
+    torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
+    directions, hidden = len(w_ih), w_ih[0].shape[0] // 3
+    lead = tuple(input.shape[:-1])
+    ws_shape = (directions, *lead, 4 * hidden) if need_workspace else (0,)
+    ws = input.new_empty(ws_shape, dtype=_workspace_dtype(input.dtype))
+    return input.new_empty((*lead, directions * hidden)), h0.new_empty(h0.shape), ws
+
+
+@torch.library.register_fake("lstm_fused::gru_layer_bwd")
+def _gru_layer_bwd_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace, has_bias,
+                        need_grad_input):
+    return (
+        input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
+        h0.new_empty(h0.shape),
+        [w.new_empty(w.shape) for w in w_ih],
+        [w.new_empty(w.shape) for w in w_hh],
+        [w.new_empty((w.shape[0],)) for w in w_ih] if has_bias else [],
+        [w.new_empty((w.shape[0],)) for w in w_hh] if has_bias else [],
+    )
+
+
+def _gru_setup_context(ctx, inputs, output):
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, _, _ = inputs
+    out, _, ws = output
+    ctx.directions = len(w_ih)
+    ctx.has_bias = b_ih is not None
+    ctx.save_for_backward(input, batch_sizes, h0, out, ws, *w_ih, *w_hh)
+    ctx.mark_non_differentiable(ws)
+
+
+def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
+    input, batch_sizes, h0, out, ws, *weights = ctx.saved_tensors
+    d = ctx.directions
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out
+    grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
+    need_grad_input = ctx.needs_input_grad[0]
+    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _ops.gru_layer_bwd.default(
+        grad_out, grad_h_n, input, batch_sizes, h0, weights[:d], weights[d:], out, ws, ctx.has_bias, need_grad_input
+    )
+    return (
+        gi if need_grad_input else None,
+        None,
+        gh0,
+        gw_ih,
+        gw_hh,
+        gb_ih if ctx.has_bias else None,
+        gb_hh if ctx.has_bias else None,
+        None,
+    )
+
+
+torch.library.register_autograd("lstm_fused::gru_layer_fwd", _gru_backward, setup_context=_gru_setup_context)

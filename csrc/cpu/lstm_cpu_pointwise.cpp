@@ -1,4 +1,5 @@
-// The float pointwise passes, compiled once per x86-64 level (see LF_CPU_MULTIVERSION).
+// The float pointwise passes (LSTM and GRU), compiled once per x86-64 level (see LF_CPU_MULTIVERSION).
+#include "gru_cpu_pointwise.h"
 #include "lstm_cpu_pointwise.h"
 
 namespace lstm_fused {
@@ -9,6 +10,14 @@ LF_CPU_MULTIVERSION void lstm_fwd_pointwise_f32(const LstmFwdStep<float>& p, int
 
 LF_CPU_MULTIVERSION void lstm_bwd_pointwise_f32(const LstmBwdStep<float>& p, int64_t begin, int64_t end) {
   lstm_bwd_pointwise(p, begin, end);
+}
+
+LF_CPU_MULTIVERSION void gru_fwd_pointwise_f32(const GruFwdStep<float>& p, int64_t begin, int64_t end) {
+  gru_fwd_pointwise(p, begin, end);
+}
+
+LF_CPU_MULTIVERSION void gru_bwd_pointwise_f32(const GruBwdStep<float>& p, int64_t begin, int64_t end) {
+  gru_bwd_pointwise(p, begin, end);
 }
 
 }  // namespace lstm_fused

@@ -49,11 +49,6 @@ inline Tensor gather_prev_hidden(const SeqLayout& L, bool packed, const Tensor& 
   return hprev;
 }
 
-inline std::vector<int64_t> with_last(const Tensor& input, int64_t cols) {
-  auto shape = input.sizes().vec();
-  shape.back() = cols;
-  return shape;
-}
 
 // Rows whose sequence ends at step t hand their state to h_n/c_n: in forward order those no longer active at
 // t+1; in reverse every row, at t = 0.
