@@ -19,11 +19,13 @@ TORCH_INC="$("$PY" -c 'import torch.utils.cpp_extension as c; print(" ".join("-I
 echo "-- ptxas report of the step kernels"
 report="$(mktemp)"
 for arch in 80 90; do
+  for cu in "$ROOT"/csrc/cuda/*.cu; do
   "$CUDA_HOME/bin/nvcc" -c -std=c++20 -O3 --expt-relaxed-constexpr -gencode "arch=compute_$arch,code=sm_$arch" \
-    -Xptxas -v $TORCH_INC -I"$ROOT/csrc" "$ROOT/csrc/cuda/lstm_cuda_kernels.cu" -o /dev/null 2>&1 |
+    -Xptxas -v $TORCH_INC -I"$ROOT/csrc" "$cu" -o /dev/null 2>&1 |
     grep -E "Compiling entry|registers|spill" | sed -E "s/'(_Z[^']*)'/\1/" | c++filt |
     sed -E 's/lstm_fused::cuda_step::\(anonymous namespace\)::|lstm_fused::cuda_step::|c10::|\(BwdStepParams<[^)]*\)|\(FwdStepParams<[^)]*\)//g' |
     tee -a "$report"
+  done
 done
 if grep -E "[1-9][0-9]* bytes spill (stores|loads)" "$report"; then
   echo "check_cuda_build: a step kernel spills registers" >&2
@@ -41,7 +43,7 @@ import lstm_fused
 
 assert torch.version.cuda, "expected a CUDA build of torch"
 assert lstm_fused.has_cuda_kernels(), "the extension was built without its CUDA kernels"
-for op in ("lstm_layer_fwd", "lstm_layer_bwd"):
+for op in ("lstm_layer_fwd", "lstm_layer_bwd", "gru_layer_fwd", "gru_layer_bwd"):
     for key in ("CPU", "CUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lstm_fused::{op}", key), (op, key)
 # The CPU kernels of this build run.

@@ -170,3 +170,66 @@ def test_cuda_mixed_devices_error():
     m = lstm_fused.LSTM(3, 4).cuda()
     with pytest.raises(RuntimeError):
         m(torch.randn(5, 2, 3, device="cuda"), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+
+
+@pytest.mark.parametrize("variant", [dict(peephole=True), dict(coupled=True), dict(peephole=True, coupled=True)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_cuda_lstm_variants_match_reference(variant, packed):
+    from lstm_fused import reference
+
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(6, 33, num_layers=2, bidirectional=True, proj_size=5, dtype=torch.float64, **variant)
+    x = torch.randn(11, 9, 6, dtype=torch.float64)
+    lengths = torch.tensor([11, 3, 7, 1, 11, 5, 9, 2, 6])
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+    ref_out, (ref_h, ref_c) = reference.run_lstm(m, inp)
+    m_cuda = m.cuda()
+    inp_cuda = pack_padded_sequence(x.cuda(), lengths, enforce_sorted=False) if packed else x.cuda()
+    out, (h, c) = m_cuda(inp_cuda)
+    d_out, d_ref = (out.data, ref_out.data) if packed else (out, ref_out)
+    for a, b in ((d_out, d_ref), (h, ref_h), (c, ref_c)):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-10)
+    assert torch.autograd.gradcheck(
+        lambda *ps: torch.func.functional_call(m_cuda, dict(zip([n for n, _ in m_cuda.named_parameters()], ps)),
+                                               (inp_cuda,))[1][0],
+        [p.detach().clone().requires_grad_() for p in m_cuda.parameters()])
+
+
+def _cuda_twin_grus(*args, **kwargs):
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(*args, **kwargs)
+    ours = lstm_fused.GRU(*args, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ref.cuda(), ours.cuda()
+
+
+@pytest.mark.parametrize("structure", list(itertools.product([1, 2], [False, True], [False, True])), ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (17, 16, 33), (9, 70, 65)], ids=str)
+def test_cuda_gru_parity(structure, shape):
+    num_layers, bidirectional, batch_first = structure
+    T, B, H = shape
+    ref, ours = _cuda_twin_grus(H + 3, H, num_layers=num_layers, bidirectional=bidirectional,
+                                batch_first=batch_first)
+    x = torch.randn((B, T, H + 3) if batch_first else (T, B, H + 3), device="cuda", requires_grad=True)
+    h0 = torch.randn(num_layers * (2 if bidirectional else 1), B, H, device="cuda", requires_grad=True)
+    res = []
+    for m in (ref, ours):
+        out, h = m(x, h0)
+        res.append([out, h, *torch.autograd.grad(out.square().sum() + h.sum(), [x, h0, *m.parameters()])])
+    for a, b in zip(res[1], res[0]):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_cuda_gru_packed_and_cells():
+    ref, ours = _cuda_twin_grus(4, 7, num_layers=2, bidirectional=True)
+    x = torch.randn(9, 5, 4, device="cuda")
+    packed = pack_padded_sequence(x, torch.tensor([2, 9, 1, 6, 4]), enforce_sorted=False)
+    (o1, h1), (o2, h2) = ref(packed), ours(packed)
+    torch.testing.assert_close(o2.data, o1.data, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h2, h1, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    c_ref = torch.nn.GRUCell(4, 7).cuda()
+    c_ours = lstm_fused.GRUCell(4, 7).cuda()
+    c_ours.load_state_dict(c_ref.state_dict())
+    torch.testing.assert_close(c_ours(x[0]), c_ref(x[0]), rtol=1e-5, atol=1e-6)

@@ -125,3 +125,57 @@ def test_emulated_backward_rejects_missing_workspace():
     with pytest.raises(RuntimeError, match="workspace"):
         bwd_emu(torch.ones_like(out), torch.ones_like(h_n), torch.ones_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
                 w_ph, cpl, out, ws, True, True)
+
+
+# ---- GRU ----------------------------------------------------------------------------------------------------
+gru_fwd_cpu = torch.ops.lstm_fused.gru_layer_fwd.default
+gru_bwd_cpu = torch.ops.lstm_fused.gru_layer_bwd.default
+gru_fwd_emu = torch.ops.lstm_fused._emu_gru_layer_fwd.default
+gru_bwd_emu = torch.ops.lstm_fused._emu_gru_layer_bwd.default
+
+
+def _gru_args(T, B, I, H, packed, dtype, seed, directions, bias=True):
+    x, bs, h0, *_ = _args(T, B, I, H, 0, packed, dtype, seed, directions)
+    g = torch.Generator().manual_seed(seed + 1)
+    k = H ** -0.5
+
+    def t(*s):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * k).to(dtype)
+
+    D = directions
+    return [x, bs, h0, [t(3 * H, I) for _ in range(D)], [t(3 * H, H) for _ in range(D)],
+            [t(3 * H) for _ in range(D)] if bias else None, [t(3 * H) for _ in range(D)] if bias else None]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_emulated_cuda_gru_matches_cpu_kernels(case, packed, directions, bias):
+    T, B, I, H, _ = case
+    args = _gru_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions, directions=directions, bias=bias)
+    ref = gru_fwd_cpu(*args, True)
+    emu = gru_fwd_emu(*args, True)
+    for name, a, b in zip(("output", "h_n", "workspace"), emu, ref):
+        _close(a, b, 1e-12, name)
+    x, bs, h0, w_ih, w_hh, _, _ = args
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:2]]
+    for need_grad_input in (True, False):
+        r = gru_bwd_cpu(*grads, x, bs, h0, w_ih, w_hh, ref[0], ref[2], bias, need_grad_input)
+        e = gru_bwd_emu(*grads, x, bs, h0, w_ih, w_hh, emu[0], emu[2], bias, need_grad_input)
+        for name, a, b in zip(("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"), e, r):
+            _close(a, b, 1e-10, name)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+def test_emulated_cuda_gru_half_types_track_float64(dtype, tol):
+    args64 = _gru_args(6, 5, 12, 20, True, torch.float64, seed=4, directions=2)
+    args = [[t.to(dtype) for t in a] if isinstance(a, list) else
+            (a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a) for a in args64]
+    ref = gru_fwd_cpu(*args64, True)
+    emu = gru_fwd_emu(*args, True)
+    assert emu[2].dtype == torch.float32
+    for a, b in zip(emu[:2], ref[:2]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)

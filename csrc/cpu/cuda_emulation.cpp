@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "../cuda/gru_cuda_driver.h"
 #include "../cuda/lstm_cuda_driver.h"
 
 namespace lstm_fused {
@@ -15,32 +16,64 @@ namespace {
 using at::Tensor;
 using namespace cuda_step;
 
+// Runs one launch's blocks like the GPU: the grid of the widest direction, blocks without rows exiting at
+// once, and per block the load → barrier → accumulate → barrier loop, then the epilogue.
+template <int NG, typename A, typename P, typename Load, typename Epilogue>
+void emulate_launch(const P& p, int64_t gx, int64_t gy, int64_t k_len, const Load& load, const Epilogue& epilogue) {
+  std::vector<A> acc(kThreads * NG);
+  for (int64_t by = 0; by < gy; ++by) {
+    if (!block_has_rows(p, by)) continue;  // the kernel's early exit
+    for (int64_t bx = 0; bx < gx; ++bx) {
+      TileSmem<A, NG> smem;
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t k0 = 0; k0 < k_len; k0 += kKT) {
+        for (int tid = 0; tid < kThreads; ++tid) load(bx, by, tid, k0, smem);
+        // __syncthreads()
+        for (int ty = 0; ty < kBT; ++ty)
+          for (int tx = 0; tx < kJT; ++tx)
+            tile_accumulate(smem, tx, ty, *reinterpret_cast<A(*)[NG]>(&acc[(ty * kJT + tx) * NG]));
+        // __syncthreads()
+      }
+      for (int ty = 0; ty < kBT; ++ty)
+        for (int tx = 0; tx < kJT; ++tx) epilogue(bx, by, tx, ty, *reinterpret_cast<A(*)[NG]>(&acc[(ty * kJT + tx) * NG]));
+    }
+  }
+}
+
 struct EmulationRunner {
+  template <typename T, typename A>
+  void gru_fwd(const DirectionParams<GruFwdStepParams<T, A>>& dp) {
+    int64_t gx, gy;
+    launch_grid(dp, gx, gy);
+    for (int z = 0; z < dp.count; ++z) {
+      const GruFwdStepParams<T, A>& p = dp.dir[z];
+      emulate_launch<3, A>(
+          p, gx, gy, p.H, [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 3>& s) { gru_fwd_load_tiles(p, bx, by, tid, k0, s); },
+          [&](int bx, int by, int tx, int ty, const A(&acc)[3]) { gru_fwd_epilogue(p, bx, by, tx, ty, acc); });
+    }
+  }
+
+  template <typename T, typename A>
+  void gru_bwd(const DirectionParams<GruBwdStepParams<T, A>>& dp) {
+    int64_t gx, gy;
+    launch_grid(dp, gx, gy);
+    for (int z = 0; z < dp.count; ++z) {
+      const GruBwdStepParams<T, A>& p = dp.dir[z];
+      emulate_launch<1, A>(
+          p, gx, gy, 3 * p.H, [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 1>& s) { gru_bwd_load_tiles(p, bx, by, tid, k0, s); },
+          [&](int bx, int by, int tx, int ty, const A(&acc)[1]) { gru_bwd_epilogue(p, bx, by, tx, ty, acc); });
+    }
+  }
+
   template <typename T, typename A>
   void fwd(const DirectionParams<FwdStepParams<T, A>>& dp) {
     int64_t gx, gy;
     launch_grid(dp, gx, gy);  // the GPU's grid: the widest direction
     for (int z = 0; z < dp.count; ++z) {  // blockIdx.z
       const FwdStepParams<T, A>& p = dp.dir[z];
-      std::vector<A> acc(kThreads * 4);
-      for (int64_t by = 0; by < gy; ++by) {
-        if (!block_has_rows(p, by)) continue;  // the kernel's early exit
-        for (int64_t bx = 0; bx < gx; ++bx) {
-          TileSmem<A, 4> smem;
-          std::fill(acc.begin(), acc.end(), A(0));
-          for (int64_t k0 = 0; k0 < p.P; k0 += kKT) {
-            for (int tid = 0; tid < kThreads; ++tid) fwd_load_tiles(p, bx, by, tid, k0, smem);
-            // __syncthreads()
-            for (int ty = 0; ty < kBT; ++ty)
-              for (int tx = 0; tx < kJT; ++tx)
-                tile_accumulate(smem, tx, ty, *reinterpret_cast<A(*)[4]>(&acc[(ty * kJT + tx) * 4]));
-            // __syncthreads()
-          }
-          for (int ty = 0; ty < kBT; ++ty)
-            for (int tx = 0; tx < kJT; ++tx)
-              fwd_epilogue(p, bx, by, tx, ty, *reinterpret_cast<A(*)[4]>(&acc[(ty * kJT + tx) * 4]));
-        }
-      }
+      emulate_launch<4, A>(
+          p, gx, gy, p.P, [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 4>& s) { fwd_load_tiles(p, bx, by, tid, k0, s); },
+          [&](int bx, int by, int tx, int ty, const A(&acc)[4]) { fwd_epilogue(p, bx, by, tx, ty, acc); });
     }
   }
 
@@ -50,23 +83,10 @@ struct EmulationRunner {
     launch_grid(dp, mode, gx, gy);
     for (int z = 0; z < dp.count; ++z) {
       const BwdStepParams<T, A>& p = dp.dir[z];
-      std::vector<A> acc(kThreads);
-      for (int64_t by = 0; by < gy; ++by) {
-        if (!block_has_rows(p, by)) continue;
-        for (int64_t bx = 0; bx < gx; ++bx) {
-          TileSmem<A, 1> smem;
-          std::fill(acc.begin(), acc.end(), A(0));
-          for (int64_t k0 = 0; k0 < bwd_reduction_length(p, mode); k0 += kKT) {
-            for (int tid = 0; tid < kThreads; ++tid) bwd_load_tiles(p, bx, by, tid, k0, smem);
-            for (int ty = 0; ty < kBT; ++ty)
-              for (int tx = 0; tx < kJT; ++tx)
-                tile_accumulate(smem, tx, ty, *reinterpret_cast<A(*)[1]>(&acc[ty * kJT + tx]));
-          }
-          for (int ty = 0; ty < kBT; ++ty)
-            for (int tx = 0; tx < kJT; ++tx)
-              bwd_epilogue(p, mode, bx, by, tx, ty, *reinterpret_cast<A(*)[1]>(&acc[ty * kJT + tx]));
-        }
-      }
+      emulate_launch<1, A>(
+          p, gx, gy, bwd_reduction_length(p, mode),
+          [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 1>& s) { bwd_load_tiles(p, bx, by, tid, k0, s); },
+          [&](int bx, int by, int tx, int ty, const A(&acc)[1]) { bwd_epilogue(p, mode, bx, by, tx, ty, acc); });
     }
   }
 };
@@ -93,9 +113,33 @@ emu_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_
                                 coupled, output, workspace, has_bias, need_grad_input, run);
 }
 
+std::tuple<Tensor, Tensor, Tensor> emu_gru_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes,
+                                               const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
+                                               const std::optional<at::TensorList>& b_ih,
+                                               const std::optional<at::TensorList>& b_hh, bool need_workspace) {
+  EmulationRunner run;
+  return cuda_driver::gru_layer_fwd(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace, run);
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
+emu_gru_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+            const std::optional<Tensor>& batch_sizes, const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
+            const Tensor& output, const Tensor& workspace, bool has_bias, bool need_grad_input) {
+  EmulationRunner run;
+  return cuda_driver::gru_layer_bwd(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace,
+                                    has_bias, need_grad_input, run);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
+  m.def(
+      "_emu_gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor[] w_ih, Tensor[] w_hh, "
+      "Tensor[]? b_ih, Tensor[]? b_hh, bool need_workspace) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_emu_gru_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
+      "Tensor[] w_ih, Tensor[] w_hh, Tensor output, Tensor workspace, bool has_bias, bool need_grad_input) "
+      "-> (Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
   // Same schemas as lstm_layer_fwd / lstm_layer_bwd; CPU tensors; for tests of the CUDA path's logic.
   m.def(
       "_emu_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
@@ -111,6 +155,8 @@ TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
 TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
   m.impl("_emu_layer_fwd", &emu_fwd);
   m.impl("_emu_layer_bwd", &emu_bwd);
+  m.impl("_emu_gru_layer_fwd", &emu_gru_fwd);
+  m.impl("_emu_gru_layer_bwd", &emu_gru_bwd);
 }
 
 }  // namespace lstm_fused

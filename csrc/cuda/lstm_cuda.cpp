@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "gru_cuda_driver.h"
 #include "lstm_cuda_driver.h"
 #include "lstm_cuda_launch.h"
 
@@ -24,6 +25,16 @@ struct GpuRunner {
   template <typename T, typename A>
   void bwd(const cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>& p, int mode) {
     const cudaError_t err = cuda_step::launch_bwd_step<T, A>(p, mode, stream);
+    C10_CUDA_CHECK(err);
+  }
+  template <typename T, typename A>
+  void gru_fwd(const cuda_step::DirectionParams<cuda_step::GruFwdStepParams<T, A>>& p) {
+    const cudaError_t err = cuda_step::launch_gru_fwd_step<T, A>(p, stream);
+    C10_CUDA_CHECK(err);
+  }
+  template <typename T, typename A>
+  void gru_bwd(const cuda_step::DirectionParams<cuda_step::GruBwdStepParams<T, A>>& p) {
+    const cudaError_t err = cuda_step::launch_gru_bwd_step<T, A>(p, stream);
     C10_CUDA_CHECK(err);
   }
 };
@@ -59,11 +70,34 @@ lstm_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Ten
                                 coupled, output, workspace, has_bias, need_grad_input, run);
 }
 
+std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cuda(const Tensor& input, const std::optional<Tensor>& batch_sizes,
+                                                      const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
+                                                      const std::optional<at::TensorList>& b_ih,
+                                                      const std::optional<at::TensorList>& b_hh, bool need_workspace) {
+  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
+  const c10::cuda::CUDAGuard guard(input.device());
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
+  return cuda_driver::gru_layer_fwd(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace, run);
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
+gru_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
+                   const std::optional<Tensor>& batch_sizes, const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
+                   const Tensor& output, const Tensor& workspace, bool has_bias, bool need_grad_input) {
+  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
+  const c10::cuda::CUDAGuard guard(input.device());
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
+  return cuda_driver::gru_layer_bwd(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace,
+                                    has_bias, need_grad_input, run);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lstm_fused, CUDA, m) {
   m.impl("lstm_layer_fwd", &lstm_layer_fwd_cuda);
   m.impl("lstm_layer_bwd", &lstm_layer_bwd_cuda);
+  m.impl("gru_layer_fwd", &gru_layer_fwd_cuda);
+  m.impl("gru_layer_bwd", &gru_layer_bwd_cuda);
 }
 
 }  // namespace lstm_fused

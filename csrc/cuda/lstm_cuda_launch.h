@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "gru_cuda_step.h"
 #include "lstm_cuda_step.h"
 
 namespace lstm_fused {
@@ -15,6 +16,12 @@ cudaError_t launch_fwd_step(const DirectionParams<FwdStepParams<T, A>>& p, cudaS
 
 template <typename T, typename A>
 cudaError_t launch_bwd_step(const DirectionParams<BwdStepParams<T, A>>& p, int mode, cudaStream_t stream);
+
+template <typename T, typename A>
+cudaError_t launch_gru_fwd_step(const DirectionParams<GruFwdStepParams<T, A>>& p, cudaStream_t stream);
+
+template <typename T, typename A>
+cudaError_t launch_gru_bwd_step(const DirectionParams<GruBwdStepParams<T, A>>& p, cudaStream_t stream);
 
 }  // namespace cuda_step
 }  // namespace lstm_fused

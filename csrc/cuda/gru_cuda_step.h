@@ -1,0 +1,163 @@
+// The CUDA GRU step kernels' work as __host__ __device__ phase functions of (block, thread) indices, like
+// lstm_cuda_step.h (same tiling and tile reduction): the GPU runs them in gru_cuda_kernels.cu, the CPU
+// emulation (cpu/cuda_emulation.cpp) thread by thread.
+#pragma once
+
+#include "lstm_cuda_step.h"
+
+namespace lstm_fused {
+namespace cuda_step {
+
+// Forward step t over rows [0, rows).
+template <typename T, typename A>
+struct GruFwdStepParams {
+  int64_t H = 0, rows = 0;
+  int64_t n_prev = 0;          // rows below continue the previous step; the rest start from h0
+  int64_t ld_out = 0;          // row stride of the layer output (D·H)
+  const T* h_prev = nullptr;   // [n_prev, ld_out] output rows of the previous step
+  const T* h0 = nullptr;       // [B, H]
+  const T* xw = nullptr;       // [rows, 3H] x·W_ihᵀ + b_ih of this step
+  const T* w_hh = nullptr;     // [3H, H]
+  const T* b_hh = nullptr;     // [3H] or nullptr
+  A* ws = nullptr;             // [rows, 4H] out: r, z, n, and the recurrent n product (with b_hn)
+  T* h_out = nullptr;          // [rows, ld_out] out: h_t (this direction's columns of the output)
+};
+
+// Backward step t: dh_t = gout + dGh_later·W_hh + z_later ⊙ dh_later (or grad_h_n where t is the row's last
+// step), then the cell backward.
+template <typename T, typename A>
+struct GruBwdStepParams {
+  int64_t H = 0, rows = 0;
+  int64_t n_later = 0;          // rows below got gradients from the step after t
+  int64_t n_prev = 0;           // rows below continue the previous step (forward order); the rest started from h0
+  int64_t ld_out = 0;           // row stride of output / gout (D·H)
+  const A* dgh_later = nullptr;  // [n_later, 3H] recurrent-side pre-activation gradients of the step after t
+  const A* ws_later = nullptr;   // [n_later, 4H] that step's gates (for z)
+  const A* dh_later = nullptr;   // [n_later, H] that step's total gradient of h
+  const T* w_hh_t = nullptr;     // [H, 3H] W_hhᵀ
+  const T* gout = nullptr;       // [rows, ld_out]
+  const T* grad_hn = nullptr;    // [B, H]
+  const A* ws = nullptr;         // [rows, 4H] this step's gates
+  const T* h_prev = nullptr;     // [n_prev, ld_out] output rows of the previous step
+  const T* h0 = nullptr;         // [B, H]
+  A* dh = nullptr;               // [rows, H] out: total gradient of h_t
+  A* dgx = nullptr;              // [rows, 3H] out
+  A* dgh = nullptr;              // [rows, 3H] out
+};
+
+template <typename T, typename A>
+LF_HOST_DEVICE void gru_fwd_load_tiles(const GruFwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
+                                       TileSmem<A, 3>& s) {
+  for (int e = tid; e < kBT * kKT; e += kThreads) {
+    const int bb = e / kKT, kk = e % kKT;
+    const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
+    A v = A(0);
+    if (b < p.rows && k < p.H) v = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + k] : p.h0[b * p.H + k]);
+    s.a[bb][kk] = v;
+  }
+  for (int e = tid; e < 3 * kJT * kKT; e += kThreads) {
+    const int rr = e / kKT, kk = e % kKT;
+    const int g = rr / kJT, jj = rr % kJT;
+    const int64_t j = int64_t(bx) * kJT + jj, k = k0 + kk;
+    A v = A(0);
+    if (j < p.H && k < p.H) v = to_acc<T, A>(p.w_hh[(g * p.H + j) * p.H + k]);
+    s.w[rr][kk] = v;
+  }
+}
+
+template <typename T, typename A>
+LF_HOST_DEVICE void gru_fwd_epilogue(const GruFwdStepParams<T, A>& p, int bx, int by, int tx, int ty,
+                                     const A (&acc)[3]) {
+  const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
+  if (b >= p.rows || j >= p.H) return;
+  const int64_t H = p.H;
+  const T* xw = p.xw + b * 3 * H;
+  const GruGates<A> x{to_acc<T, A>(xw[j]), to_acc<T, A>(xw[H + j]), to_acc<T, A>(xw[2 * H + j])};
+  GruGates<A> hh{acc[0], acc[1], acc[2]};
+  if (p.b_hh) {
+    hh.r += to_acc<T, A>(p.b_hh[j]);
+    hh.z += to_acc<T, A>(p.b_hh[H + j]);
+    hh.n += to_acc<T, A>(p.b_hh[2 * H + j]);
+  }
+  const A h_prev = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + j] : p.h0[b * H + j]);
+  GruGates<A> act;
+  A h;
+  gru_cell_forward(x, hh, h_prev, act, h);
+  A* w = p.ws + b * 4 * H;
+  w[j] = act.r;
+  w[H + j] = act.z;
+  w[2 * H + j] = act.n;
+  w[3 * H + j] = hh.n;
+  p.h_out[b * p.ld_out + j] = static_cast<T>(h);
+}
+
+// Stages dGh_later[rows, k0:k0+kKT] and W_hhᵀ[units of this block, k0:k0+kKT] (k over 3H).
+template <typename T, typename A>
+LF_HOST_DEVICE void gru_bwd_load_tiles(const GruBwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
+                                       TileSmem<A, 1>& s) {
+  const int64_t G = 3 * p.H;
+  for (int e = tid; e < kBT * kKT; e += kThreads) {
+    const int bb = e / kKT, kk = e % kKT;
+    const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
+    A v = A(0);
+    if (b < p.rows && b < p.n_later && k < G) v = p.dgh_later[b * G + k];
+    s.a[bb][kk] = v;
+  }
+  for (int e = tid; e < kJT * kKT; e += kThreads) {
+    const int jj = e / kKT, kk = e % kKT;
+    const int64_t j = int64_t(bx) * kJT + jj, k = k0 + kk;
+    A v = A(0);
+    if (j < p.H && k < G) v = to_acc<T, A>(p.w_hh_t[j * G + k]);
+    s.w[jj][kk] = v;
+  }
+}
+
+template <typename T, typename A>
+LF_HOST_DEVICE void gru_bwd_epilogue(const GruBwdStepParams<T, A>& p, int bx, int by, int tx, int ty,
+                                     const A (&acc)[1]) {
+  const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
+  if (b >= p.rows || j >= p.H) return;
+  const int64_t H = p.H;
+  const A rec = b < p.n_later ? acc[0] + p.ws_later[b * 4 * H + H + j] * p.dh_later[b * H + j]
+                              : to_acc<T, A>(p.grad_hn[b * H + j]);
+  const A dh = rec + to_acc<T, A>(p.gout[b * p.ld_out + j]);
+  p.dh[b * H + j] = dh;
+  const A* w = p.ws + b * 4 * H;
+  const GruGates<A> act{w[j], w[H + j], w[2 * H + j]};
+  const A h_prev = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + j] : p.h0[b * H + j]);
+  GruGates<A> dx, dhh;
+  A direct;
+  gru_cell_backward(act, w[3 * H + j], h_prev, dh, dx, dhh, direct);
+  A* gx = p.dgx + b * 3 * H;
+  A* gh = p.dgh + b * 3 * H;
+  gx[j] = dx.r;
+  gx[H + j] = dx.z;
+  gx[2 * H + j] = dx.n;
+  gh[j] = dhh.r;
+  gh[H + j] = dhh.z;
+  gh[2 * H + j] = dhh.n;
+}
+
+template <typename T, typename A>
+inline void launch_grid(const DirectionParams<GruFwdStepParams<T, A>>& dp, int64_t& gx, int64_t& gy) {
+  gx = gy = 0;
+  for (int d = 0; d < dp.count; ++d) {
+    int64_t x, y;
+    fwd_grid(dp.dir[d].H, dp.dir[d].rows, x, y);
+    gx = x > gx ? x : gx;
+    gy = y > gy ? y : gy;
+  }
+}
+template <typename T, typename A>
+inline void launch_grid(const DirectionParams<GruBwdStepParams<T, A>>& dp, int64_t& gx, int64_t& gy) {
+  gx = gy = 0;
+  for (int d = 0; d < dp.count; ++d) {
+    int64_t x, y;
+    fwd_grid(dp.dir[d].H, dp.dir[d].rows, x, y);
+    gx = x > gx ? x : gx;
+    gy = y > gy ? y : gy;
+  }
+}
+
+}  // namespace cuda_step
+}  // namespace lstm_fused
