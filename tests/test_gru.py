@@ -222,3 +222,15 @@ def test_convert_gru_modules():
     lstm_fused.convert(model)
     assert isinstance(model[0], lstm_fused.GRU) and isinstance(model[1][0], lstm_fused.GRUCell)
     assert all(a is b for a, b in zip(model.parameters(), params))
+
+
+def test_gru_cell_gradcheck_and_compile():
+    torch.manual_seed(0)
+    cell = lstm_fused.GRUCell(3, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in cell.named_parameters()]
+    assert torch.autograd.gradcheck(
+        lambda x, h, *p: torch.func.functional_call(cell, dict(zip(names, p)), (x, h)), [x, h, *cell.parameters()])
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(cell, fullgraph=True)(x, h), cell(x, h))
