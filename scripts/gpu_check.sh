@@ -37,7 +37,5 @@ for tool in memcheck racecheck; do
 done
 
 echo "== benchmark"
-for dtype in float32 bfloat16; do
-  (cd /tmp && timeout 120 "$PY" "$ROOT/benchmarks/bench_lstm.py" --device cuda --dtype "$dtype" --min-time 0.2 \
-    --out "$OUT") 2>/dev/null | tee "$OUT/bench_$dtype.md"
-done
+(cd /tmp && timeout 200 "$PY" "$ROOT/benchmarks/suite.py" --device cuda --dtype float32,bfloat16 --min-time 0.2 \
+  --out "$OUT") 2>/dev/null | tee "$OUT/bench.md"

@@ -1,0 +1,305 @@
+"""The lstm_fused benchmark suite: lstm_fused against its baselines on the present device.
+
+Baselines, all measured in the same process on the same inputs (interleaved, rotated, medians):
+  nn        nn.LSTM / nn.GRU (oneDNN or PyTorch's CPU kernels on the CPU, cuDNN on CUDA)
+  loop      the plain-PyTorch loop of lstm_fused.reference (the only option for peephole/coupled LSTMs)
+  loop+c    that loop under torch.compile (full grid only: it unrolls T steps and compiles slowly)
+Speedup = baseline time / lstm_fused time (> 1: lstm_fused is faster). Modes: inference (eval, no grad) and
+training (forward + backward). Results: a table on stdout, and JSON, CSV, markdown and PNG plots (when
+matplotlib is installed) under --out.
+"""
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstm_fused
+from lstm_fused import reference
+
+
+def case(kind, T, B, H, I=None, layers=1, bidir=False, packed=False):
+    return dict(kind=kind, T=T, B=B, I=I or H, H=H, layers=layers, bidir=bidir, packed=packed)
+
+
+def cpu_grid(quick):
+    if quick:
+        return [case("lstm", 100, 1, 64), case("lstm", 100, 16, 256), case("lstm", 100, 64, 256),
+                case("lstm", 100, 16, 256, packed=True), case("gru", 100, 16, 256),
+                case("lstm-peephole", 100, 16, 128), case("lstm-coupled", 100, 16, 128)]
+    grid = [case("lstm", T, B, H) for T in (100,) for B in (1, 16, 64) for H in (64, 256, 512)]
+    grid += [case("lstm", 200, 16, 256), case("lstm", 100, 16, 256, layers=2, bidir=True)]
+    grid += [case("lstm", 100, B, 256, packed=True) for B in (16, 64)]
+    grid += [case("gru", 100, B, H) for B in (1, 16, 64) for H in (64, 256)]
+    grid += [case(k, 100, B, H) for k in ("lstm-peephole", "lstm-coupled") for B in (1, 16) for H in (64, 256)]
+    return grid
+
+
+def gpu_grid(quick):
+    grid = [case("lstm", 512, B, H) for B in (1, 16, 64) for H in (256, 1024)]
+    grid += [case("lstm", 512, 256, 1024), case("lstm", 512, 16, 512, layers=2, bidir=True),
+             case("lstm", 512, 16, 512, packed=True), case("gru", 512, 16, 512),
+             case("lstm-peephole", 512, 16, 512), case("lstm-coupled", 512, 16, 512)]
+    return grid[:6] if quick else grid
+
+
+def flops_forward(c):
+    d = 2 if c["bidir"] else 1
+    gates = 3 if c["kind"] in ("gru", "lstm-coupled") else 4
+    total = 0
+    for layer in range(c["layers"]):
+        inp = c["I"] if layer == 0 else d * c["H"]
+        total += d * 2 * gates * c["T"] * c["B"] * c["H"] * (inp + c["H"])
+    return total
+
+
+def make_models(c, device, dtype):
+    kind = c["kind"]
+    kw = dict(num_layers=c["layers"], bidirectional=c["bidir"], device=device, dtype=dtype)
+    torch.manual_seed(0)
+    if kind == "gru":
+        ours = lstm_fused.GRU(c["I"], c["H"], **kw)
+        ref = nn.GRU(c["I"], c["H"], **kw)
+        ref.load_state_dict(ours.state_dict())
+        loop = lambda x: reference.run_gru(ours, x)  # noqa: E731
+        baselines = {"nn": ref, "loop": loop}
+    else:
+        variant = {"lstm-peephole": dict(peephole=True), "lstm-coupled": dict(coupled=True)}.get(kind, {})
+        ours = lstm_fused.LSTM(c["I"], c["H"], **kw, **variant)
+        loop = lambda x: reference.run_lstm(ours, x)  # noqa: E731
+        baselines = {"loop": loop}
+        if not variant:
+            ref = nn.LSTM(c["I"], c["H"], **kw)
+            ref.load_state_dict(ours.state_dict())
+            baselines = {"nn": ref, "loop": loop}
+    return ours, baselines
+
+
+class Timer:
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+def bench_case(c, mode, device, dtype, min_time, timer, with_compiled_loop):
+    ours, baselines = make_models(c, device, dtype)
+    if with_compiled_loop:
+        baselines["loop+c"] = torch.compile(baselines["loop"])
+    training = mode == "training"
+    for m in [ours, *baselines.values()]:
+        if isinstance(m, nn.Module):
+            m.train(training)
+    gen = torch.Generator().manual_seed(1)
+    T, B = c["T"], c["B"]
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=gen)
+    lengths[0] = T
+    inputs = [torch.randn(T, B, c["I"], generator=gen).to(device=device, dtype=dtype).requires_grad_(training)
+              for _ in range(3)]
+
+    def step(model, x):
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if c["packed"] else x
+        if training:
+            out, state = model(inp)
+            data = out.data if c["packed"] else out
+            h = state if isinstance(state, torch.Tensor) else state[0]
+            (data.float().sum() + h.float().sum()).backward()
+        else:
+            with torch.no_grad():
+                model(inp)
+
+    models = {"lstm_fused": ours, **baselines}
+    for m in models.values():  # warm-up (plan creation, compilation)
+        for x in inputs[:2]:
+            step(m, x)
+    times = {k: [] for k in models}
+    peak = {}
+    spent, reps = 0.0, 0
+    names = list(models)
+    while (spent < min_time or reps < 3) and reps < 200:
+        x = inputs[reps % len(inputs)]
+        for name in (names if reps % 2 == 0 else names[::-1]):
+            if timer.cuda:
+                torch.cuda.reset_peak_memory_stats()
+            dt = timer(lambda: step(models[name], x))
+            if timer.cuda:
+                peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
+            times[name].append(dt)
+            spent += dt
+        reps += 1
+    med = {k: statistics.median(v) for k, v in times.items()}
+    fl = flops_forward(c) * (3 if training else 1)
+    row = dict(c, mode=mode, dtype=str(dtype).replace("torch.", ""), reps=reps,
+               fused_ms=med["lstm_fused"] * 1e3, fused_tflops=fl / med["lstm_fused"] / 1e12,
+               fused_peak_mb=peak.get("lstm_fused", 0) / 2**20 if peak else None)
+    for k in baselines:
+        row[f"{k}_ms"] = med[k] * 1e3
+        row[f"speedup_vs_{k}"] = med[k] / med["lstm_fused"]
+        if peak:
+            row[f"{k}_peak_mb"] = peak[k] / 2**20
+    return row
+
+
+def geomean(xs):
+    xs = [x for x in xs if x]
+    return float(torch.tensor(xs, dtype=torch.float64).log().mean().exp()) if xs else float("nan")
+
+
+def shape_of(r):
+    s = f"{r['kind']} T{r['T']} B{r['B']} H{r['H']}"
+    if r["layers"] > 1 or r["bidir"]:
+        s += f" L{r['layers']}{' bi' if r['bidir'] else ''}"
+    return s + (" packed" if r["packed"] else "")
+
+
+def fmt(v, spec, suffix=""):
+    return format(v, spec) + suffix if isinstance(v, (int, float)) else "–"
+
+
+def table(rows):
+    lines = ["| case | mode | lstm_fused ms | nn ms | loop ms | vs nn | vs loop | vs loop+compile | TFLOP/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {shape_of(r)} | {r['mode']} | {r['fused_ms']:.3f} | {fmt(r.get('nn_ms'), '.3f')} | "
+            f"{fmt(r.get('loop_ms'), '.3f')} | {fmt(r.get('speedup_vs_nn'), '.2f', 'x')} | "
+            f"{fmt(r.get('speedup_vs_loop'), '.2f', 'x')} | {fmt(r.get('speedup_vs_loop+c'), '.2f', 'x')} | "
+            f"{r['fused_tflops']:.3f} |")
+    return "\n".join(lines)
+
+
+def plots(rows, out_dir, stamp):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plots)")
+        return []
+    paths = []
+    lstm = [r for r in rows if r["kind"] == "lstm" and not r["packed"] and r["layers"] == 1 and "speedup_vs_nn" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, mode in zip(axes, ("inference", "training")):
+        for H in sorted({r["H"] for r in lstm}):
+            pts = sorted((r["B"], r["speedup_vs_nn"]) for r in lstm if r["mode"] == mode and r["H"] == H)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"H={H}")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("speedup vs nn.LSTM")
+        ax.set_title(f"LSTM {mode} ({rows[0]['dtype']})")
+        ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"speedup_vs_batch_{stamp}.png")
+    fig.savefig(path, dpi=110)
+    paths.append(path)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in ("inference", "training"):
+        for B in sorted({r["B"] for r in lstm}):
+            pts = sorted((r["H"], r["speedup_vs_nn"]) for r in lstm if r["mode"] == mode and r["B"] == B)
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if mode == "training" else "s", label=f"{mode} B={B}")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xlabel("hidden size")
+    ax.set_ylabel("speedup vs nn.LSTM")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, f"speedup_vs_hidden_{stamp}.png")
+    fig.savefig(path, dpi=110)
+    paths.append(path)
+    return paths
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a small grid (about a minute on 2 CPU cores)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, help="float32 (default), float64, bfloat16, float16; comma-separated")
+    ap.add_argument("--modes", default="inference,training")
+    ap.add_argument("--kinds", default=None, help="subset of lstm,gru,lstm-peephole,lstm-coupled")
+    ap.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per case and model")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not lstm_fused.has_cuda_kernels():
+        sys.exit("suite: this lstm_fused build has no CUDA kernels; rebuild with CUDA (see README) or pass --device cpu")
+    dtypes = (args.dtype or ("float32,bfloat16" if device.type == "cuda" and not args.quick else "float32")).split(",")
+    grid = gpu_grid(args.quick) if device.type == "cuda" else cpu_grid(args.quick)
+    if args.kinds:
+        grid = [c for c in grid if c["kind"] in args.kinds.split(",")]
+    min_time = args.min_time if args.min_time is not None else (0.2 if args.quick else 0.6)
+    modes = args.modes.split(",")
+    timer = Timer(device)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "lstm_fused": lstm_fused.__version__,
+    }
+    print(f"# lstm_fused benchmark on {device.type} ({meta['device']}, {meta['threads']} threads), torch {torch.__version__}")
+    os.makedirs(args.out, exist_ok=True)
+    rows = []
+    total = len(grid) * len(modes) * len(dtypes)
+    start = time.time()
+    for dt_name in dtypes:
+        dtype = getattr(torch, dt_name)
+        for c in grid:
+            for mode in modes:
+                compiled_loop = not args.quick and c["T"] <= 100 and c["B"] == 16 and c["layers"] == 1 and not c["packed"]
+                rows.append(bench_case(c, mode, device, dtype, min_time, timer, compiled_loop))
+                done = len(rows)
+                eta = (time.time() - start) / done * (total - done)
+                bar = "#" * (30 * done // total)
+                print(f"\r[{bar:<30}] {done}/{total} {shape_of(c)} {mode} {dt_name}  eta {eta:4.0f}s",
+                      end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    md = table(rows)
+    print(md)
+    summary = {}
+    for dt_name in dtypes:
+        for mode in modes:
+            sel = [r for r in rows if r["mode"] == mode and r["dtype"] == dt_name]
+            for base in ("nn", "loop"):
+                for kind in sorted({r["kind"] for r in sel}):
+                    g = geomean(r.get(f"speedup_vs_{base}") for r in sel if r["kind"] == kind)
+                    if g == g:
+                        summary[f"{dt_name} {mode} {kind} vs {base}"] = g
+    for k, v in summary.items():
+        print(f"geometric mean speedup, {k}: {v:.2f}x")
+    stamp = f"{device.type}{'_quick' if args.quick else ''}"
+    with open(os.path.join(args.out, f"results_{stamp}.json"), "w") as f:
+        json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
+    keys = sorted({k for r in rows for k in r})
+    with open(os.path.join(args.out, f"results_{stamp}.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(args.out, f"results_{stamp}.md"), "w") as f:
+        f.write(f"lstm_fused benchmark, {meta['date']}, {device.type} ({meta['device']}), torch {meta['torch']}\n\n")
+        f.write(md + "\n\n" + "\n".join(f"- {k}: {v:.2f}x" for k, v in summary.items()) + "\n")
+    paths = plots(rows, args.out, stamp)
+    print(f"results written to {args.out} (json, csv, md{', png' if paths else ''})")
+
+
+if __name__ == "__main__":
+    main()
