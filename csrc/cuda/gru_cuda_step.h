@@ -45,24 +45,16 @@ struct GruBwdStepParams {
   A* dgh = nullptr;              // [rows, 3H] out
 };
 
+// Stages h_{t-1}[rows, k0:k0+kKT] and W_hh rows r, z, n of this block's units (slot g: row g·H + j).
 template <typename T, typename A>
 LF_HOST_DEVICE void gru_fwd_load_tiles(const GruFwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
                                        TileSmem<A, 3>& s) {
-  for (int e = tid; e < kBT * kKT; e += kThreads) {
-    const int bb = e / kKT, kk = e % kKT;
-    const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
-    A v = A(0);
-    if (b < p.rows && k < p.H) v = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + k] : p.h0[b * p.H + k]);
-    s.a[bb][kk] = v;
-  }
-  for (int e = tid; e < 3 * kJT * kKT; e += kThreads) {
-    const int rr = e / kKT, kk = e % kKT;
-    const int g = rr / kJT, jj = rr % kJT;
-    const int64_t j = int64_t(bx) * kJT + jj, k = k0 + kk;
-    A v = A(0);
-    if (j < p.H && k < p.H) v = to_acc<T, A>(p.w_hh[(g * p.H + j) * p.H + k]);
-    s.w[rr][kk] = v;
-  }
+  load_tiles(
+      bx, by, tid, k0, p.H, p.rows, p.H, 3,
+      [&](int64_t b, int64_t k) {
+        return to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + k] : p.h0[b * p.H + k]);
+      },
+      [&](int g, int64_t j, int64_t k) { return to_acc<T, A>(p.w_hh[(g * p.H + j) * p.H + k]); }, s);
 }
 
 template <typename T, typename A>
@@ -96,20 +88,10 @@ template <typename T, typename A>
 LF_HOST_DEVICE void gru_bwd_load_tiles(const GruBwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
                                        TileSmem<A, 1>& s) {
   const int64_t G = 3 * p.H;
-  for (int e = tid; e < kBT * kKT; e += kThreads) {
-    const int bb = e / kKT, kk = e % kKT;
-    const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
-    A v = A(0);
-    if (b < p.rows && b < p.n_later && k < G) v = p.dgh_later[b * G + k];
-    s.a[bb][kk] = v;
-  }
-  for (int e = tid; e < kJT * kKT; e += kThreads) {
-    const int jj = e / kKT, kk = e % kKT;
-    const int64_t j = int64_t(bx) * kJT + jj, k = k0 + kk;
-    A v = A(0);
-    if (j < p.H && k < G) v = to_acc<T, A>(p.w_hh_t[j * G + k]);
-    s.w[jj][kk] = v;
-  }
+  load_tiles(
+      bx, by, tid, k0, G, p.rows < p.n_later ? p.rows : p.n_later, p.H, 1,
+      [&](int64_t b, int64_t k) { return p.dgh_later[b * G + k]; },
+      [&](int, int64_t j, int64_t k) { return to_acc<T, A>(p.w_hh_t[j * G + k]); }, s);
 }
 
 template <typename T, typename A>

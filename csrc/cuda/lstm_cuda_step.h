@@ -87,28 +87,38 @@ LF_HOST_DEVICE double to_acc<double, double>(double v) {
   return v;
 }
 
-// ---- forward ------------------------------------------------------------------------------------------
-// Stages h_{t-1}[rows of this block, k0:k0+kKT] and W_hh[4 gates × units of this block, k0:k0+kKT].
-template <typename T, typename A>
-LF_HOST_DEVICE void fwd_load_tiles(const FwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
-                                   TileSmem<A, 4>& s) {
+// Stages one k-tile of a block's reduction into shared memory: rows [by·kBT, +kBT) × [k0, k0+kKT) of the
+// left operand (a_at(b, k), rows below a_rows) and, for each of the ng used gate slots, the W rows of this
+// block's kJT outputs (w_at(slot, n, k), outputs below n_out) over the same k range. Everything out of range
+// is zero, so partial tiles at any size reduce correctly.
+template <typename A, int NG, typename ARow, typename WRow>
+LF_HOST_DEVICE void load_tiles(int bx, int by, int tid, int64_t k0, int64_t K, int64_t a_rows, int64_t n_out, int ng,
+                               const ARow& a_at, const WRow& w_at, TileSmem<A, NG>& s) {
   for (int e = tid; e < kBT * kKT; e += kThreads) {
     const int bb = e / kKT, kk = e % kKT;
     const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
-    A v = A(0);
-    if (b < p.rows && k < p.P) v = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + k] : p.h0[b * p.P + k]);
-    s.a[bb][kk] = v;
+    s.a[bb][kk] = (b < a_rows && k < K) ? a_at(b, k) : A(0);
   }
-  // Gate slot g holds W_hh rows g·H + j (i,f,g,o; or i,g,o when coupled, the fourth slot zero).
-  const int ngates = p.coupled ? 3 : 4;
-  for (int e = tid; e < 4 * kJT * kKT; e += kThreads) {
+  for (int e = tid; e < NG * kJT * kKT; e += kThreads) {
     const int rr = e / kKT, kk = e % kKT;
     const int g = rr / kJT, jj = rr % kJT;
-    const int64_t j = int64_t(bx) * kJT + jj, k = k0 + kk;
-    A v = A(0);
-    if (g < ngates && j < p.H && k < p.P) v = to_acc<T, A>(p.w_hh[(g * p.H + j) * p.P + k]);
-    s.w[rr][kk] = v;
+    const int64_t n = int64_t(bx) * kJT + jj, k = k0 + kk;
+    s.w[rr][kk] = (g < ng && n < n_out && k < K) ? w_at(g, n, k) : A(0);
   }
+}
+
+// ---- forward ------------------------------------------------------------------------------------------
+// Stages h_{t-1}[rows of this block, k0:k0+kKT] and W_hh[gate slots × units of this block, k0:k0+kKT]: slot g
+// holds W_hh rows g·H + j (i, f, g, o; or i, g, o when coupled, the fourth slot zero).
+template <typename T, typename A>
+LF_HOST_DEVICE void fwd_load_tiles(const FwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
+                                   TileSmem<A, 4>& s) {
+  load_tiles(
+      bx, by, tid, k0, p.P, p.rows, p.H, p.coupled ? 3 : 4,
+      [&](int64_t b, int64_t k) {
+        return to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + k] : p.h0[b * p.P + k]);
+      },
+      [&](int g, int64_t j, int64_t k) { return to_acc<T, A>(p.w_hh[(g * p.H + j) * p.P + k]); }, s);
 }
 
 template <typename A, int NG>
@@ -169,26 +179,16 @@ LF_HOST_DEVICE void fwd_epilogue(const FwdStepParams<T, A>& p, int bx, int by, i
 }
 
 // ---- backward -----------------------------------------------------------------------------------------
-// Stages dG_later[rows of this block, k0:k0+kKT] and W_hhᵀ[outputs of this block, k0:k0+kKT] (k runs over G).
+// Stages dG_later[rows of this block, k0:k0+kKT] and W_hhᵀ[outputs of this block, k0:k0+kKT] (k runs over G;
+// outputs are units for kFused, with P == H, or the P outputs for kReduceOnly).
 template <typename T, typename A>
 LF_HOST_DEVICE void bwd_load_tiles(const BwdStepParams<T, A>& p, int bx, int by, int tid, int64_t k0,
                                    TileSmem<A, 1>& s) {
   const int64_t G = (p.coupled ? 3 : 4) * p.H;
-  const int64_t n_out = p.P;  // kFused has P == H
-  for (int e = tid; e < kBT * kKT; e += kThreads) {
-    const int bb = e / kKT, kk = e % kKT;
-    const int64_t b = int64_t(by) * kBT + bb, k = k0 + kk;
-    A v = A(0);
-    if (b < p.rows && b < p.n_later && k < G) v = p.dg_later[b * G + k];
-    s.a[bb][kk] = v;
-  }
-  for (int e = tid; e < kJT * kKT; e += kThreads) {
-    const int jj = e / kKT, kk = e % kKT;
-    const int64_t n = int64_t(bx) * kJT + jj, k = k0 + kk;
-    A v = A(0);
-    if (n < n_out && k < G) v = to_acc<T, A>(p.w_hh_t[n * G + k]);
-    s.w[jj][kk] = v;
-  }
+  load_tiles(
+      bx, by, tid, k0, G, p.rows < p.n_later ? p.rows : p.n_later, p.P, 1,
+      [&](int64_t b, int64_t k) { return p.dg_later[b * G + k]; },
+      [&](int, int64_t n, int64_t k) { return to_acc<T, A>(p.w_hh_t[n * G + k]); }, s);
 }
 
 // Gradient reaching h_t[b, n] from outside the cell: this step's output gradient plus the recurrent one
