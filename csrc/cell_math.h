@@ -72,7 +72,8 @@ __device__ __forceinline__ float lf_tanh(float x) { return ::tanhf(x); }
 LF_HOST_DEVICE double lf_exp(double x) { return ::exp(x); }
 LF_HOST_DEVICE double lf_tanh(double x) { return ::tanh(x); }
 
-// exp(-x) overflows to inf for very negative x, giving exactly 0: no NaN at either tail.
+// No NaN at either tail: for very negative x, exp(-x) is inf (device, double) or clamped near 1.6e38 (host
+// float), giving 0 or ~6e-39.
 template <typename acc_t>
 LF_HOST_DEVICE acc_t lf_sigmoid(acc_t x) {
   return acc_t(1) / (acc_t(1) + lf_exp(-x));

@@ -1,6 +1,6 @@
 // Argument checks and sequence layout shared by the backend bindings (torch-side; kernels never see it).
-// Errors use the exception types nn.LSTM raises for the same mistake: RuntimeError for shapes,
-// TypeError for unsupported dtypes, ValueError for malformed batch_sizes.
+// Errors use the exception types nn.LSTM raises for the same mistake: RuntimeError for shapes and malformed
+// batch_sizes, TypeError for unsupported dtypes.
 #pragma once
 
 #include <optional>
@@ -173,7 +173,7 @@ inline SeqLayoutHolder make_layout(const at::Tensor& input, const std::optional<
   SeqLayoutHolder h;
   if (batch_sizes) {
     const at::Tensor& bs = *batch_sizes;
-    TORCH_CHECK_VALUE(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(),
+    TORCH_CHECK(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(),
                       "lstm_fused: batch_sizes must be a 1-D int64 CPU tensor (as in PackedSequence)");
     const at::Tensor bsc = bs.contiguous();
     h.batch_sizes.assign(bsc.data_ptr<int64_t>(), bsc.data_ptr<int64_t>() + bsc.numel());
@@ -181,13 +181,13 @@ inline SeqLayoutHolder make_layout(const at::Tensor& input, const std::optional<
     h.batch_sizes.assign(input.size(0), B);
   }
   const int64_t T = static_cast<int64_t>(h.batch_sizes.size());
-  TORCH_CHECK_VALUE(T > 0, "lstm_fused: the input sequence is empty (0 time steps)");
+  TORCH_CHECK(T > 0, "lstm_fused: the input sequence is empty (0 time steps)");
   h.offsets.resize(T);
   int64_t n = 0;
   for (int64_t t = 0; t < T; ++t) {
     const int64_t b = h.batch_sizes[t];
     if (batch_sizes) {
-      TORCH_CHECK_VALUE(b > 0 && b <= (t == 0 ? B : h.batch_sizes[t - 1]),
+      TORCH_CHECK(b > 0 && b <= (t == 0 ? B : h.batch_sizes[t - 1]),
                         "lstm_fused: batch_sizes must be positive and non-increasing, with batch_sizes[0] == "
                         "h0.size(0) (",
                         B, "); got ", b, " at step ", t);
@@ -196,9 +196,9 @@ inline SeqLayoutHolder make_layout(const at::Tensor& input, const std::optional<
     n += b;
   }
   if (batch_sizes) {
-    TORCH_CHECK_VALUE(h.batch_sizes[0] == B, "lstm_fused: batch_sizes[0] (", h.batch_sizes[0],
+    TORCH_CHECK(h.batch_sizes[0] == B, "lstm_fused: batch_sizes[0] (", h.batch_sizes[0],
                       ") must equal the batch of h0 (", B, ")");
-    TORCH_CHECK_VALUE(n == input.size(0), "lstm_fused: batch_sizes sum to ", n, " but the packed input has ",
+    TORCH_CHECK(n == input.size(0), "lstm_fused: batch_sizes sum to ", n, " but the packed input has ",
                       input.size(0), " rows");
   }
   h.N = n;

@@ -22,12 +22,20 @@ __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert"]
 _HAS_CUDA_KERNELS = ops.has_kernel("CUDA")
 
 
+def _result_and_compute_dtype(x: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    result = x.dtype
+    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+        result = torch.get_autocast_dtype(x.device.type)
+    compute = torch.float32 if x.device.type == "cpu" and result in (torch.float16, torch.bfloat16) else result
+    return result, compute
+
+
 def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
     return tensor.index_select(dim, permutation)
 
 
 def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
-    # Same checks, order, messages and exception types as nn.RNNBase.__init__.
+    # nn.RNNBase.__init__'s checks, in its order, with its messages and exception types.
     if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
         raise ValueError(
             "dropout should be a number in range [0, 1] representing the probability of an element being zeroed"
@@ -50,12 +58,8 @@ def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, drop
         raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
     if hidden_size <= 0:
         raise ValueError("hidden_size must be greater than zero")
-    if not isinstance(num_layers, int):
-        raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
     if num_layers <= 0:
         raise ValueError("num_layers must be greater than zero")
-    if not isinstance(proj_size, int):
-        raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
     if proj_size < 0:
         raise ValueError("proj_size should be a positive integer or zero to disable projections")
     if proj_size >= hidden_size:
@@ -156,6 +160,12 @@ class _FusedRNNBase(nn.Module):
 
     # -- argument checks (nn.LSTM's messages and exception types) -------------------------------------------
     def _check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
+        for p in self._flat_weights:
+            if p.device != input.device:
+                raise RuntimeError(
+                    f"Input and parameter tensors are not at the same device, found input tensor at {input.device} "
+                    f"and parameter tensor at {p.device}"
+                )
         weight_dtype = self.weight_ih_l0.dtype
         if input.dtype != weight_dtype and not torch._C._is_any_autocast_enabled():
             # nn.LSTM checks dtypes in Python only for padded input (ValueError); for a PackedSequence the
@@ -172,12 +182,11 @@ class _FusedRNNBase(nn.Module):
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
 
-    def _compute_dtype(self, x: Tensor) -> torch.dtype:
-        # The CPU kernels run float32/float64; half types compute in float32 (like the fp32 accumulate of the
-        # GPU path) and cast back at the end.
-        if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-            return torch.float32
-        return x.dtype
+    def _dtypes(self, x: Tensor) -> tuple[torch.dtype, torch.dtype]:
+        """(dtype of the results, dtype the kernels compute in). Under autocast the results take the autocast
+        dtype, as nn.LSTM's do. The CPU kernels run float32/float64: half types compute in float32 (like the
+        fp32 accumulate of the GPU path) and are cast back at the end."""
+        return _result_and_compute_dtype(x)
 
     def _layer_weights(self, layer: int, dtype: torch.dtype) -> dict:
         """Per-parameter lists over the layer's directions: {"weight_ih": [fwd, rev], ..., "weight_ph": None}."""
@@ -247,7 +256,7 @@ class LSTM(_FusedRNNBase):
             if hx[1].size() != expected_c:
                 raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(hx[1].size())}")
         for t in hx:
-            if t.dtype != self.weight_ih_l0.dtype:
+            if t.dtype != self.weight_ih_l0.dtype and not torch._C._is_any_autocast_enabled():
                 raise RuntimeError(f"Expected hidden dtype {self.weight_ih_l0.dtype}, got {t.dtype}")
             if t.device != self.weight_ih_l0.device:
                 raise RuntimeError(
@@ -326,7 +335,7 @@ class LSTM(_FusedRNNBase):
     def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: tuple[Tensor, Tensor]):
         self._check_device(x)
         h0_all, c0_all = hx
-        compute_dtype = self._compute_dtype(x)
+        result_dtype, compute_dtype = self._dtypes(x)
         num_directions = 2 if self.bidirectional else 1
         h_out, c_out = [], []
         for layer in range(self.num_layers):
@@ -341,8 +350,7 @@ class LSTM(_FusedRNNBase):
             c_out.append(c_n)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        dtype = h0_all.dtype
-        return x.to(dtype), torch.cat(h_out).to(dtype), torch.cat(c_out).to(dtype)
+        return x.to(result_dtype), torch.cat(h_out).to(result_dtype), torch.cat(c_out).to(result_dtype)
 
 
 class GRU(_FusedRNNBase):
@@ -381,7 +389,7 @@ class GRU(_FusedRNNBase):
                 torch._check(g == w)
         elif hx.size() != expected:
             raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
-        if hx.dtype != self.weight_ih_l0.dtype:
+        if hx.dtype != self.weight_ih_l0.dtype and not torch._C._is_any_autocast_enabled():
             raise RuntimeError(f"Expected hidden dtype {self.weight_ih_l0.dtype}, got {hx.dtype}")
         if hx.device != self.weight_ih_l0.device:
             raise RuntimeError(
@@ -448,7 +456,7 @@ class GRU(_FusedRNNBase):
 
     def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor):
         self._check_device(x)
-        compute_dtype = self._compute_dtype(x)
+        result_dtype, compute_dtype = self._dtypes(x)
         num_directions = 2 if self.bidirectional else 1
         h_out = []
         for layer in range(self.num_layers):
@@ -460,7 +468,7 @@ class GRU(_FusedRNNBase):
             h_out.append(h_n)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        return x.to(hx.dtype), torch.cat(h_out).to(hx.dtype)
+        return x.to(result_dtype), torch.cat(h_out).to(result_dtype)
 
 
 class _FusedCellBase(nn.Module):
@@ -494,25 +502,29 @@ class _FusedCellBase(nn.Module):
             s += ", bias={bias}"
         return s.format(**self.__dict__)
 
-    def _check_step(self, input: Tensor, states) -> torch.dtype:
-        """nn's cell checks (RuntimeError, as _VF raises) on the batched input and states; returns the dtype
-        the kernels compute in."""
+    def _check_step(self, input: Tensor, states) -> tuple[torch.dtype, torch.dtype]:
+        """nn's cell checks (RuntimeError, as _VF raises) on the batched input and states; returns the dtypes
+        of the results and of the computation."""
         if input.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        if self.weight_ih.device != input.device:
+            raise RuntimeError(
+                f"Input and parameter tensors are not at the same device, found input tensor at {input.device} "
+                f"and parameter tensor at {self.weight_ih.device}"
+            )
+        autocast = torch._C._is_any_autocast_enabled()
         for idx, value in enumerate(states):
             if value.shape != (input.size(0), self.hidden_size):
                 raise RuntimeError(
                     f"hx[{idx}] has inconsistent shape: got {list(value.shape)}, expected "
                     f"{[input.size(0), self.hidden_size]}"
                 )
-            if value.dtype != input.dtype or self.weight_ih.dtype != input.dtype:
+            if (value.dtype != input.dtype or self.weight_ih.dtype != input.dtype) and not autocast:
                 raise RuntimeError(
                     f"{type(self).__name__}: expected input, hidden state and weights of one dtype, got input "
                     f"{input.dtype}, hidden {value.dtype}, weights {self.weight_ih.dtype}"
                 )
-        if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16):
-            return torch.float32
-        return input.dtype
+        return _result_and_compute_dtype(input)
 
     def _step_weights(self, dtype: torch.dtype):
         w = [p.to(dtype) if p is not None else None for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
@@ -544,12 +556,12 @@ class LSTMCell(_FusedCellBase):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        compute_dtype = self._check_step(input, hx)
+        result_dtype, compute_dtype = self._check_step(input, hx)
         w_ih, w_hh, b_ih, b_hh = self._step_weights(compute_dtype)
         # One time step of the fused layer op: [1, B, I] in, h and c of that step out.
         _, h_n, c_n = ops.lstm_layer(input.unsqueeze(0).to(compute_dtype), None, hx[0].unsqueeze(0).to(compute_dtype),
                                      hx[1].unsqueeze(0).to(compute_dtype), w_ih, w_hh, b_ih, b_hh, None)
-        h, c = h_n[0].to(input.dtype), c_n[0].to(input.dtype)
+        h, c = h_n[0].to(result_dtype), c_n[0].to(result_dtype)
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
@@ -573,16 +585,21 @@ class GRUCell(_FusedCellBase):
             hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
         elif not is_batched:
             hx = hx.unsqueeze(0)
-        compute_dtype = self._check_step(input, (hx,))
+        result_dtype, compute_dtype = self._check_step(input, (hx,))
         w_ih, w_hh, b_ih, b_hh = self._step_weights(compute_dtype)
         _, h_n = ops.gru_layer(input.unsqueeze(0).to(compute_dtype), None, hx.unsqueeze(0).to(compute_dtype), w_ih,
                                w_hh, b_ih, b_hh)
-        h = h_n[0].to(input.dtype)
+        h = h_n[0].to(result_dtype)
         return h if is_batched else h.squeeze(0)
 
 
 def _fused_equivalent(module: nn.Module) -> Optional[nn.Module]:
     """The lstm_fused module replacing `module` (same weights, device, dtype, train/eval), or None."""
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        # Parametrized weights (weight_norm, ...) are computed properties, not parameters to carry over.
+        warnings.warn(f"lstm_fused.convert: leaving {type(module).__name__} with parametrized weights unconverted",
+                      stacklevel=3)
+        return None
     if isinstance(module, nn.LSTM):
         new = LSTM(module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
                    batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional,
@@ -608,7 +625,9 @@ def convert(module: nn.Module) -> nn.Module:
     """Replaces every nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell inside `module` (recursively, through
     containers) with its lstm_fused equivalent, carrying the parameters themselves (so device, dtype,
     requires_grad, optimizer state and weight tying stay as they were) and the train/eval mode. Returns the
-    model; a bare recurrent module passed in is returned converted."""
+    model; a bare recurrent module passed in is returned converted. Hooks registered on a replaced module are
+    not carried over; modules with parametrized weights (torch.nn.utils.parametrize) are left as they are,
+    with a warning."""
     replaced = _fused_equivalent(module)
     if replaced is not None:
         return replaced

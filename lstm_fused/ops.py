@@ -46,9 +46,19 @@ def lstm_layer(
     return out, h_n, c_n
 
 
+def _check_same_device(input, *groups):
+    # The real kernels reject mixed devices; so must the fake ones (they also serve a real call that mixes
+    # meta and CPU tensors, where they would otherwise return uninitialised memory).
+    for group in groups:
+        for t in group if isinstance(group, (list, tuple)) else [group]:
+            if t is not None:
+                torch._check(t.device == input.device, lambda: "lstm_fused: all tensors must be on one device")
+
+
 @torch.library.register_fake("lstm_fused::lstm_layer_fwd")
 def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
+    _check_same_device(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
     directions = len(w_ih)
     gates = 3 if coupled else 4
     hidden = w_ih[0].shape[0] // gates
@@ -122,6 +132,22 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
 torch.library.register_autograd("lstm_fused::lstm_layer_fwd", _backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "lstm_fused: double backward (gradients of gradients, e.g. a gradient penalty) is not supported; "
+        "use torch.nn.LSTM/GRU for that computation"
+    )
+
+
+def _no_context(ctx, inputs, output):
+    pass
+
+
+# Differentiating a backward op must fail loudly: without a formula autograd would treat its outputs as
+# constants and a gradient penalty would silently be zero.
+torch.library.register_autograd("lstm_fused::lstm_layer_bwd", _no_double_backward, setup_context=_no_context)
+
+
 # ---- GRU --------------------------------------------------------------------------------------------------
 def gru_layer(
     input: Tensor,
@@ -146,6 +172,7 @@ def gru_layer(
 @torch.library.register_fake("lstm_fused::gru_layer_fwd")
 def _gru_layer_fwd_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
+    _check_same_device(input, h0, w_ih, w_hh, b_ih, b_hh)
     directions, hidden = len(w_ih), w_ih[0].shape[0] // 3
     lead = tuple(input.shape[:-1])
     ws_shape = (directions, *lead, 4 * hidden) if need_workspace else (0,)
@@ -197,3 +224,4 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
 
 
 torch.library.register_autograd("lstm_fused::gru_layer_fwd", _gru_backward, setup_context=_gru_setup_context)
+torch.library.register_autograd("lstm_fused::gru_layer_bwd", _no_double_backward, setup_context=_no_context)

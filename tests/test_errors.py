@@ -107,12 +107,12 @@ def _op_args(**over):
 
 
 OP_CASES = {
-    "unsorted_batch_sizes": (dict(input=torch.randn(9, I), batch_sizes=torch.tensor([2, 3, 3, 1])), ValueError),
-    "batch_sizes_wrong_sum": (dict(input=torch.randn(8, I), batch_sizes=torch.tensor([3, 3, 2, 1])), ValueError),
-    "batch_sizes_zero": (dict(input=torch.randn(6, I), batch_sizes=torch.tensor([3, 3, 0])), ValueError),
-    "batch_sizes_not_int64": (dict(input=torch.randn(9, I), batch_sizes=torch.tensor([3., 3., 2., 1.])), ValueError),
-    "batch_sizes_first_not_batch": (dict(input=torch.randn(6, I), batch_sizes=torch.tensor([2, 2, 2])), ValueError),
-    "empty_sequence": (dict(input=torch.randn(0, 3, I)), ValueError),
+    "unsorted_batch_sizes": (dict(input=torch.randn(9, I), batch_sizes=torch.tensor([2, 3, 3, 1])), RuntimeError),
+    "batch_sizes_wrong_sum": (dict(input=torch.randn(8, I), batch_sizes=torch.tensor([3, 3, 2, 1])), RuntimeError),
+    "batch_sizes_zero": (dict(input=torch.randn(6, I), batch_sizes=torch.tensor([3, 3, 0])), RuntimeError),
+    "batch_sizes_not_int64": (dict(input=torch.randn(9, I), batch_sizes=torch.tensor([3., 3., 2., 1.])), RuntimeError),
+    "batch_sizes_first_not_batch": (dict(input=torch.randn(6, I), batch_sizes=torch.tensor([2, 2, 2])), RuntimeError),
+    "empty_sequence": (dict(input=torch.randn(0, 3, I)), RuntimeError),
     "weight_dtype_mismatch": (dict(w_hh=[torch.randn(4 * H, H, dtype=torch.float64)]), RuntimeError),
     "bad_w_ih_shape": (dict(w_ih=[torch.randn(4 * H, I + 1)]), RuntimeError),
     "w_ih_rows_not_4h": (dict(w_ih=[torch.randn(4 * H + 1, I)]), RuntimeError),

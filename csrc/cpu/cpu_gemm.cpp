@@ -81,7 +81,8 @@ constexpr int64_t kMaxBlocks = 16;
 // Determinism: a multi-threaded BLAS may split the k-sum differently with the thread count. Here C is cut
 // into blocks whose boundaries depend only on (m, n, k), each computed by a single-threaded BLAS call over
 // the whole k, and threads only choose which blocks they run: results are bitwise identical across runs
-// and thread counts.
+// and thread counts (with the exported MKL, whose per-call thread count can be pinned; the at::addmm
+// fallback used where it is missing makes no such promise).
 template <typename scalar_t>
 void gemm_rowmajor(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha, const scalar_t* a,
                    int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {

@@ -30,7 +30,10 @@ struct GemmOperand {
   GemmOperand(bool trans_b, int64_t k_, int64_t n_, const scalar_t* b, int64_t ldb)
       : trans(trans_b), k(k_), n(n_), ld(ldb), ptr(b) {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (packed_gemm_available()) {
+      // Panels pad n up to a multiple of 32: for narrow operands (an input of 1 feature, say) that would
+      // multiply the copy, so those stay with BLAS.
+      const int64_t padded = (n_ + kPanelCols - 1) / kPanelCols * kPanelCols;
+      if (packed_gemm_available() && 2 * padded <= 3 * n_) {
         pack_b(trans_b, k_, n_, b, ldb, pack);
         packed = true;
       }
