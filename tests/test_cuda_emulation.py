@@ -179,3 +179,21 @@ def test_emulated_cuda_gru_half_types_track_float64(dtype, tol):
     for a, b in zip(emu[:2], ref[:2]):
         assert a.dtype == dtype
         torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["lstm", "peephole", "coupled", "peephole+coupled"])
+def test_emulated_inference_without_workspace_equals_training_forward(packed, directions, variant):
+    # Inference alternates two step buffers instead of keeping the whole workspace: same bits.
+    args = _args(9, 11, 5, 40, 7, packed, torch.float32, seed=9, directions=directions, peephole=variant[0],
+                 coupled=variant[1])
+    full = fwd_emu(*args, True)
+    lean = fwd_emu(*args, False)
+    assert lean[3].numel() == 0
+    for a, b in zip(lean[:3], full[:3]):
+        assert torch.equal(a, b)
+    gargs = _gru_args(9, 11, 5, 40, packed, torch.float32, seed=9, directions=directions)
+    full = gru_fwd_emu(*gargs, True)
+    lean = gru_fwd_emu(*gargs, False)
+    assert lean[2].numel() == 0 and torch.equal(lean[0], full[0]) and torch.equal(lean[1], full[1])

@@ -25,7 +25,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
   const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
   const auto A_opts = input.options().dtype(acc_type(input.scalar_type()));
   const Tensor x2d = input.reshape({N, s.I});
-  Tensor ws = at::empty({D, N, 4 * H}, A_opts);
+  // Training keeps every step's gates for the backward; inference overwrites one step's worth.
+  Tensor ws = need_workspace ? at::empty({D, N, 4 * H}, A_opts) : at::empty({D, B, 4 * H}, A_opts);
   Tensor out = at::empty({N, D * H}, input.options());
   Tensor h_n = at::empty({D, B, H}, input.options());
   const Tensor h0c = h0.contiguous();
@@ -58,7 +59,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
         p.xw = xw[d].const_data_ptr<T>() + off * G;
         p.w_hh = w_hh_c[d].const_data_ptr<T>();
         p.b_hh = b_hh_c[d].defined() ? b_hh_c[d].const_data_ptr<T>() : nullptr;
-        p.ws = ws.data_ptr<A>() + (d * N + off) * 4 * H;
+        p.ws = ws.data_ptr<A>() + (need_workspace ? d * N + off : d * B) * 4 * H;
         p.h_out = out.data_ptr<T>() + off * D * H + d * H;
       }
       run.template gru_fwd<T, A>(dp);  // one launch: this step of every direction

@@ -82,9 +82,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
   const auto A_opts = input.options().dtype(acc_type(input.scalar_type()));
 
   const Tensor x2d = input.reshape({N, s.I});
-  Tensor ws = at::empty({D, N, LW}, A_opts);
+  const int64_t B = lh[0].batch_sizes[0];
+  // Training keeps every step's gates and c (the backward reads them). Inference only needs the previous
+  // step's c, so it alternates between two step buffers instead of holding [N, G + H] per direction.
+  Tensor ws = need_workspace ? at::empty({D, N, LW}, A_opts) : at::empty({D, 2, B, LW}, A_opts);
+  auto step_rows = [&](int64_t d, int64_t step, int64_t t) -> int64_t {  // element offset of the step's row 0
+    return need_workspace ? (d * N + lh[d].offsets[t]) * LW : (d * 2 + step % 2) * B * LW;
+  };
   Tensor out = at::empty({N, D * P}, T_opts);
-  Tensor h_n = at::empty({D, lh[0].batch_sizes[0], P}, T_opts), c_n = at::empty({D, h_n.size(1), H}, T_opts);
+  Tensor h_n = at::empty({D, B, P}, T_opts), c_n = at::empty({D, B, H}, T_opts);
   const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
   std::vector<Tensor> xw, w_hh_c, r_buf, w_hr_t, w_ph_c;
   for (int64_t d = 0; d < D; ++d) {
@@ -120,11 +126,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
         p.ld_h = s.proj ? H : D * P;
         p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + L.offsets[prev] * D * P + d * P : nullptr;
         p.h0 = h0c.const_data_ptr<T>() + d * h0c.stride(0);
-        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * LW + G : nullptr;
+        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + step_rows(d, step - 1, prev) + G : nullptr;
         p.c0 = c0c.const_data_ptr<T>() + d * c0c.stride(0);
         p.xw = xw[d].const_data_ptr<T>() + off * G;
         p.w_hh = w_hh_c[d].const_data_ptr<T>();
-        p.ws = ws.data_ptr<A>() + (d * N + off) * LW;
+        p.ws = ws.data_ptr<A>() + step_rows(d, step, t);
         p.h_out = s.proj ? r_buf[d].data_ptr<T>() : out.data_ptr<T>() + off * D * P + d * P;
       }
       run.template fwd<T, A>(dp);  // one launch: this step of every direction
@@ -137,7 +143,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
         ending_rows(L, t, e0, e1);
         if (e1 > e0) {
           h_n[d].narrow(0, e0, e1 - e0).copy_(o.narrow(0, e0, e1 - e0));
-          c_n[d].narrow(0, e0, e1 - e0).copy_(ws[d].narrow(0, off + e0, e1 - e0).narrow(1, G, H));
+          const Tensor rows = ws.view({-1, LW}).narrow(0, step_rows(d, step, t) / LW + e0, e1 - e0);
+          c_n[d].narrow(0, e0, e1 - e0).copy_(rows.narrow(1, G, H));
         }
       }
     }
