@@ -120,25 +120,10 @@ LF_HOST_DEVICE void gru_bwd_epilogue(const GruBwdStepParams<T, A>& p, int bx, in
   gh[2 * H + j] = dhh.n;
 }
 
-template <typename T, typename A>
-inline void launch_grid(const DirectionParams<GruFwdStepParams<T, A>>& dp, int64_t& gx, int64_t& gy) {
-  gx = gy = 0;
-  for (int d = 0; d < dp.count; ++d) {
-    int64_t x, y;
-    fwd_grid(dp.dir[d].H, dp.dir[d].rows, x, y);
-    gx = x > gx ? x : gx;
-    gy = y > gy ? y : gy;
-  }
-}
-template <typename T, typename A>
-inline void launch_grid(const DirectionParams<GruBwdStepParams<T, A>>& dp, int64_t& gx, int64_t& gy) {
-  gx = gy = 0;
-  for (int d = 0; d < dp.count; ++d) {
-    int64_t x, y;
-    fwd_grid(dp.dir[d].H, dp.dir[d].rows, x, y);
-    gx = x > gx ? x : gx;
-    gy = y > gy ? y : gy;
-  }
+// Both GRU launches cover units × rows of the widest direction (see widest_grid).
+template <typename P>
+inline void launch_grid(const DirectionParams<P>& dp, int64_t& gx, int64_t& gy) {
+  widest_grid(dp, [](const P& p, int64_t& x, int64_t& y) { fwd_grid(p.H, p.rows, x, y); }, gx, gy);
 }
 
 }  // namespace cuda_step

@@ -267,26 +267,26 @@ inline void bwd_grid(int64_t H, int64_t P, int64_t rows, int mode, int64_t& gx, 
   gy = (rows + kBT - 1) / kBT;
 }
 // The grid of one launch covers every direction (the widest one); blocks beyond a direction's rows exit at
-// once (block-uniform, before any barrier).
-template <typename T, typename A>
-inline void launch_grid(const DirectionParams<FwdStepParams<T, A>>& dp, int64_t& gx, int64_t& gy) {
+// once (block-uniform, before any barrier). `extent(p, gx, gy)` is one direction's grid.
+template <typename P, typename Extent>
+inline void widest_grid(const DirectionParams<P>& dp, const Extent& extent, int64_t& gx, int64_t& gy) {
   gx = gy = 0;
   for (int d = 0; d < dp.count; ++d) {
     int64_t x, y;
-    fwd_grid(dp.dir[d].H, dp.dir[d].rows, x, y);
+    extent(dp.dir[d], x, y);
     gx = x > gx ? x : gx;
     gy = y > gy ? y : gy;
   }
 }
 template <typename T, typename A>
+inline void launch_grid(const DirectionParams<FwdStepParams<T, A>>& dp, int64_t& gx, int64_t& gy) {
+  widest_grid(dp, [](const FwdStepParams<T, A>& p, int64_t& x, int64_t& y) { fwd_grid(p.H, p.rows, x, y); }, gx, gy);
+}
+template <typename T, typename A>
 inline void launch_grid(const DirectionParams<BwdStepParams<T, A>>& dp, int mode, int64_t& gx, int64_t& gy) {
-  gx = gy = 0;
-  for (int d = 0; d < dp.count; ++d) {
-    int64_t x, y;
-    bwd_grid(dp.dir[d].H, dp.dir[d].P, dp.dir[d].rows, mode, x, y);
-    gx = x > gx ? x : gx;
-    gy = y > gy ? y : gy;
-  }
+  widest_grid(
+      dp, [mode](const BwdStepParams<T, A>& p, int64_t& x, int64_t& y) { bwd_grid(p.H, p.P, p.rows, mode, x, y); },
+      gx, gy);
 }
 template <typename P>
 LF_HOST_DEVICE bool block_has_rows(const P& p, int64_t by) {
