@@ -100,9 +100,10 @@ class Timer:
         return time.perf_counter() - t0
 
 
-def bench_case(c, mode, device, dtype, min_time, timer, with_compiled_loop):
+def bench_case(c, mode, device, dtype, min_time, timer, with_compiled_loop, wanted=("nn", "loop")):
     ours, baselines = make_models(c, device, dtype)
-    if with_compiled_loop:
+    baselines = {k: v for k, v in baselines.items() if k in wanted}
+    if with_compiled_loop and "loop" in baselines:
         baselines["loop+c"] = torch.compile(baselines["loop"])
     training = mode == "training"
     for m in [ours, *baselines.values()]:
@@ -238,6 +239,7 @@ def main(argv=None):
     ap.add_argument("--modes", default="inference,training")
     ap.add_argument("--kinds", default=None, help="subset of lstm,gru,lstm-peephole,lstm-coupled")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per case and model")
+    ap.add_argument("--baselines", default="nn,loop", help="which baselines to run: nn, loop (loop+c follows loop)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = ap.parse_args(argv)
 
@@ -266,7 +268,8 @@ def main(argv=None):
         for c in grid:
             for mode in modes:
                 compiled_loop = not args.quick and c["T"] <= 100 and c["B"] == 16 and c["layers"] == 1 and not c["packed"]
-                rows.append(bench_case(c, mode, device, dtype, min_time, timer, compiled_loop))
+                rows.append(bench_case(c, mode, device, dtype, min_time, timer, compiled_loop,
+                                       tuple(args.baselines.split(","))))
                 done = len(rows)
                 eta = (time.time() - start) / done * (total - done)
                 bar = "#" * (30 * done // total)
