@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU check, sized for a ~6-minute slot on a lent GPU machine (python3 there holds a CUDA torch):
+# One GPU check, sized for a slot of about 6 minutes on a lent GPU machine (python3 there holds a CUDA torch;
+# each phase has its own timeout, ~9 minutes in the worst case; run it with timeout_s ≈ 560):
 # builds lstm_fused for the present GPU only, runs the CUDA tests, compute-sanitizer (memcheck, racecheck)
 # on a small forward+backward, and the benchmark against nn.LSTM (cuDNN). Logs and results go to $OUT
 # (default ./gpu_out).
@@ -18,25 +19,28 @@ PY="${PYTHON:-python3}"
 ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
 
 echo "== build for sm_$ARCH" | tee "$OUT/build.log"
-export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+if [ -z "${CUDA_HOME:-}" ]; then
+  if command -v nvcc >/dev/null; then CUDA_HOME="$(dirname "$(dirname "$(command -v nvcc)")")"; else CUDA_HOME=/usr/local/cuda; fi
+fi
+export CUDA_HOME
 TORCH_CUDA_ARCH_LIST="$ARCH" FORCE_CUDA=1 MAX_JOBS=16 LSTM_FUSED_PTXAS_VERBOSE=1 \
-  timeout 240 "$PY" -m pip install -v --no-build-isolation --no-deps --no-index "$ROOT" >> "$OUT/build.log" 2>&1
+  timeout 200 "$PY" -m pip install -v --no-build-isolation --no-deps --no-index "$ROOT" >> "$OUT/build.log" 2>&1
 rc=$?; echo "build rc=$rc" | tee -a "$OUT/build.log"
 grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
 [ $rc -eq 0 ] || exit $rc
 
 echo "== CUDA tests"
-(cd /tmp && timeout 180 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib -x \
+(cd /tmp && timeout 150 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib -x \
   "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_cuda_emulation.py" 2>&1) | tee "$OUT/tests.log" | tail -15
 
 echo "== compute-sanitizer"
 for tool in memcheck racecheck; do
-  (cd /tmp && timeout 120 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" "$ROOT/scripts/sanitizer_case.py") \
+  (cd /tmp && timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" "$ROOT/scripts/sanitizer_case.py") \
     > "$OUT/sanitizer_$tool.log" 2>&1
   echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
 done
 
 echo "== benchmark"
 # Against cuDNN only (the Python loop baseline at T=512 would take minutes of the lease).
-(cd /tmp && timeout 200 "$PY" "$ROOT/benchmarks/suite.py" --device cuda --dtype float32,bfloat16 --min-time 0.2 \
-  --baselines nn --out "$OUT") 2>/dev/null | tee "$OUT/bench.md"
+(cd /tmp && timeout 100 "$PY" "$ROOT/benchmarks/suite.py" --device cuda --quick --dtype float32,bfloat16 \
+  --min-time 0.1 --baselines nn --out "$OUT") 2>/dev/null | tee "$OUT/bench.md"
