@@ -1,5 +1,5 @@
 // The sequence loop of the CUDA path, on tensors: checks, buffers, the cuBLAS GEMMs (through ATen, on the
-// current stream) and one step launch per time step through a Runner. lstm_cuda.cpp instantiates it with the
+// current stream) and one step launch per time step through a Runner. cuda_ops.cpp instantiates it with the
 // GPU launchers; cpu/cuda_emulation.cpp with a CPU emulation of the same kernels, so everything here but the
 // launches themselves is exercised by the CPU test suite.
 //

@@ -1,5 +1,5 @@
-// CUDA binding of the fused LSTM layer ops: device guard, current stream, and the sequence loop of
-// lstm_cuda_driver.h with the step kernels of lstm_cuda_kernels.cu. No private streams, no host syncs.
+// CUDA binding of the fused LSTM and GRU layer ops: device guard, current stream, and the sequence loops of
+// lstm_cuda_driver.h / gru_cuda_driver.h with their step kernels. No private streams, no host syncs.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
