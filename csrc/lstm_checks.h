@@ -206,4 +206,13 @@ inline SeqLayoutHolder make_layout(const at::Tensor& input, const std::optional<
   return h;
 }
 
+// The row layout of each direction of a layer (direction 1 runs in reverse).
+inline std::vector<SeqLayoutHolder> direction_layouts(const at::Tensor& input,
+                                                      const std::optional<at::Tensor>& batch_sizes, int64_t B,
+                                                      int64_t directions) {
+  std::vector<SeqLayoutHolder> layouts;
+  for (int64_t d = 0; d < directions; ++d) layouts.push_back(make_layout(input, batch_sizes, B, d == 1));
+  return layouts;
+}
+
 }  // namespace lstm_fused

@@ -112,10 +112,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cpu(const Tensor& input, const 
   Tensor ws = need_workspace ? at::empty(ws_shape, input.options()) : at::empty({0}, input.options());
   Tensor h_n = h0.contiguous().clone();
   const Tensor x = input.contiguous();
+  const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = dirs[d];
-    const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(1), d == 1);
-    const SeqLayout L = lh.view();
+    const SeqLayout L = layouts[d].view();
     const Tensor zeros = at::zeros({3 * H}, input.options());
     const Tensor bi = w.b_ih ? w.b_ih->contiguous() : zeros, bh = w.b_hh ? w.b_hh->contiguous() : zeros;
     const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
@@ -153,9 +153,9 @@ gru_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tenso
   Tensor d_input = need_grad_input ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
   Tensor dgx = at::empty({N, G}, opts), dgh = at::empty({N, G}, opts), hprev = at::empty({N, H}, opts);
   std::vector<Tensor> d_w_ih, d_w_hh, d_b_ih, d_b_hh;
+  const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
   for (int64_t d = 0; d < D; ++d) {
-    const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(1), d == 1);
-    const SeqLayout L = lh.view();
+    const SeqLayout L = layouts[d].view();
     const Tensor w_ih_c = dirs[d].w_ih.contiguous(), w_hh_c = dirs[d].w_hh.contiguous();
     d_w_ih.push_back(at::empty({G, s.I}, opts));
     d_w_hh.push_back(at::empty({G, H}, opts));

@@ -183,10 +183,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(
   Tensor h_n = h0.contiguous().clone();
   Tensor c_n = c0.contiguous().clone();
   const Tensor x = input.contiguous();
+  const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = dirs[d];
-    const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(1), d == 1);
-    const SeqLayout L = lh.view();
+    const SeqLayout L = layouts[d].view();
     const Tensor bias = w.b_ih ? (*w.b_ih + *w.b_hh).contiguous() : at::zeros({G}, input.options());
     const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
@@ -242,12 +242,12 @@ LayerGrads lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
   Tensor dh_total = s.proj ? at::empty({N, P}, opts) : Tensor();
   Tensor r_all = s.proj ? at::empty({N, H}, opts) : Tensor();
   std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph;
+  const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = dirs[d];
     const Tensor w_ph_c = s.peephole ? w.w_ph->contiguous() : Tensor();
     if (s.peephole) d_w_ph.push_back(at::empty(w_ph_c.sizes(), opts));
-    const SeqLayoutHolder lh = make_layout(input, batch_sizes, h0.size(1), d == 1);
-    const SeqLayout L = lh.view();
+    const SeqLayout L = layouts[d].view();
     const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
     Tensor dr_buf = s.proj ? at::empty({L.B, H}, opts) : Tensor();

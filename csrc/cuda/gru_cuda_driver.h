@@ -19,8 +19,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
   const LayerSizes s = check_gru_directions(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, dirs);
   check_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size());
-  std::vector<SeqLayoutHolder> lh;
-  for (int64_t d = 0; d < D; ++d) lh.push_back(make_layout(input, batch_sizes, h0.size(1), d == 1));
+  const std::vector<SeqLayoutHolder> lh = direction_layouts(input, batch_sizes, h0.size(1), D);
   const int64_t H = s.H, G = 3 * H, N = lh[0].N, B = h0.size(1);
   const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
   const auto A_opts = input.options().dtype(acc_type(input.scalar_type()));
@@ -40,7 +39,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_fused_gru_fwd", [&] {
     using T = scalar_t;
-    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    using A = cuda_step::acc_t<T>;
     for (int64_t step = 0; step < n_steps; ++step) {
       cuda_step::DirectionParams<cuda_step::GruFwdStepParams<T, A>> dp;
       dp.count = static_cast<int>(D);
@@ -86,8 +85,7 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
   const LayerSizes s = check_gru_directions(input, batch_sizes, h0, w_ih, w_hh, std::nullopt, std::nullopt, dirs);
   check_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size());
-  std::vector<SeqLayoutHolder> lh;
-  for (int64_t d = 0; d < D; ++d) lh.push_back(make_layout(input, batch_sizes, h0.size(1), d == 1));
+  const std::vector<SeqLayoutHolder> lh = direction_layouts(input, batch_sizes, h0.size(1), D);
   const int64_t H = s.H, G = 3 * H, N = lh[0].N, B = h0.size(1);
   const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
   const auto Tt = input.scalar_type(), At = acc_type(Tt);
@@ -108,7 +106,7 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
   for (int64_t d = 0; d < D; ++d) w_hh_t.push_back(dirs[d].w_hh.t().contiguous());  // [H, 3H]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Tt, "lstm_fused_gru_bwd", [&] {
     using T = scalar_t;
-    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    using A = cuda_step::acc_t<T>;
     for (int64_t step = n_steps - 1; step >= 0; --step) {
       cuda_step::DirectionParams<cuda_step::GruBwdStepParams<T, A>> dp;
       dp.count = static_cast<int>(D);

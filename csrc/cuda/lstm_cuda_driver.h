@@ -74,8 +74,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
   const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, dirs);
   check_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size());
-  std::vector<SeqLayoutHolder> lh;
-  for (int64_t d = 0; d < D; ++d) lh.push_back(make_layout(input, batch_sizes, h0.size(1), d == 1));
+  const std::vector<SeqLayoutHolder> lh = direction_layouts(input, batch_sizes, h0.size(1), D);
   const int64_t H = s.H, P = s.P, G = s.G(), LW = G + H, N = lh[0].N;
   const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
   const auto T_opts = input.options();
@@ -105,7 +104,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_fused_cuda_fwd", [&] {
     using T = scalar_t;
-    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    using A = cuda_step::acc_t<T>;
     for (int64_t step = 0; step < n_steps; ++step) {
       cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>> dp;
       dp.count = static_cast<int>(D);
@@ -168,8 +167,7 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
                                         w_ph, coupled, dirs);
   check_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size());
-  std::vector<SeqLayoutHolder> lh;
-  for (int64_t d = 0; d < D; ++d) lh.push_back(make_layout(input, batch_sizes, h0.size(1), d == 1));
+  const std::vector<SeqLayoutHolder> lh = direction_layouts(input, batch_sizes, h0.size(1), D);
   const int64_t H = s.H, P = s.P, G = s.G(), LW = G + H, N = lh[0].N;
   const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
   const int64_t B = h0.size(1);
@@ -204,7 +202,7 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Tt, "lstm_fused_cuda_bwd", [&] {
     using T = scalar_t;
-    using A = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    using A = cuda_step::acc_t<T>;
     for (int64_t step = n_steps - 1; step >= 0; --step) {
       cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>> dp;
       dp.count = static_cast<int>(D);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../cell_math.h"
 #include "../lstm_params.h"
@@ -76,6 +77,10 @@ struct TileSmem {
   A a[kBT][kKT];
   A w[NG * kJT][kKT + 1];  // +1: a warp reads 32 different rows at one k without bank conflicts
 };
+
+// Accumulate type of a storage type: double for double, float for float and the half types.
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // Storage to accumulate type; half types go through float (their only conversion on host and device).
 template <typename T, typename A>
