@@ -4,6 +4,8 @@ Baselines, all measured in the same process on the same inputs (interleaved, rot
   nn        nn.LSTM / nn.GRU (oneDNN or PyTorch's CPU kernels on the CPU, cuDNN on CUDA)
   loop      the plain-PyTorch loop of lstm_fused.reference (the only option for peephole/coupled LSTMs)
   loop+c    that loop under torch.compile (full grid only: it unrolls T steps and compiles slowly)
+  step      (CUDA) lstm_fused itself with its per-step kernels (LSTM_FUSED_CUDA_ALGO=step): what the persistent
+            kernel, which auto picks where it can run, gains over them
 Speedup = baseline time / lstm_fused time (> 1: lstm_fused is faster). Modes: inference (eval, no grad) and
 training (forward + backward). Results: a table on stdout, and JSON, CSV, markdown and PNG plots (when
 matplotlib is installed) under --out.
@@ -61,6 +63,24 @@ def flops_forward(c):
     return total
 
 
+class WithAlgo:
+    """lstm_fused under a fixed LSTM_FUSED_CUDA_ALGO (read by the ops on every call)."""
+
+    def __init__(self, model, algo):
+        self.model, self.algo = model, algo
+
+    def __call__(self, x):
+        saved = os.environ.get("LSTM_FUSED_CUDA_ALGO")
+        os.environ["LSTM_FUSED_CUDA_ALGO"] = self.algo
+        try:
+            return self.model(x)
+        finally:
+            if saved is None:
+                del os.environ["LSTM_FUSED_CUDA_ALGO"]
+            else:
+                os.environ["LSTM_FUSED_CUDA_ALGO"] = saved
+
+
 def make_models(c, device, dtype):
     kind = c["kind"]
     kw = dict(num_layers=c["layers"], bidirectional=c["bidir"], device=device, dtype=dtype)
@@ -80,6 +100,8 @@ def make_models(c, device, dtype):
             ref = nn.LSTM(c["I"], c["H"], **kw)
             ref.load_state_dict(ours.state_dict())
             baselines = {"nn": ref, "loop": loop}
+    if device.type == "cuda" and kind != "gru":
+        baselines["step"] = WithAlgo(ours, "step")
     return ours, baselines
 
 
@@ -149,7 +171,8 @@ def bench_case(c, mode, device, dtype, min_time, timer, with_compiled_loop, want
     med = {k: statistics.median(v) for k, v in times.items()}
     fl = flops_forward(c) * (3 if training else 1)
     row = dict(c, mode=mode, dtype=str(dtype).replace("torch.", ""), reps=reps,
-               fused_ms=med["lstm_fused"] * 1e3, fused_tflops=fl / med["lstm_fused"] / 1e12,
+               fused_ms=med["lstm_fused"] * 1e3,
+               fused_us_per_step=med["lstm_fused"] * 1e6 / (c["T"] * c["layers"]), fused_tflops=fl / med["lstm_fused"] / 1e12,
                fused_peak_mb=peak.get("lstm_fused", 0) / 2**20 if peak else None)
     for k in baselines:
         row[f"{k}_ms"] = med[k] * 1e3
@@ -176,13 +199,15 @@ def fmt(v, spec, suffix=""):
 
 
 def table(rows):
-    lines = ["| case | mode | lstm_fused ms | nn ms | loop ms | vs nn | vs loop | vs loop+compile | TFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | mode | lstm_fused ms | µs/step | nn ms | loop ms | vs nn | vs loop | vs loop+compile | "
+             "vs own step kernels | TFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {shape_of(r)} | {r['mode']} | {r['fused_ms']:.3f} | {fmt(r.get('nn_ms'), '.3f')} | "
+            f"| {shape_of(r)} | {r['mode']} | {r['fused_ms']:.3f} | {r['fused_us_per_step']:.1f} | "
+            f"{fmt(r.get('nn_ms'), '.3f')} | "
             f"{fmt(r.get('loop_ms'), '.3f')} | {fmt(r.get('speedup_vs_nn'), '.2f', 'x')} | "
             f"{fmt(r.get('speedup_vs_loop'), '.2f', 'x')} | {fmt(r.get('speedup_vs_loop+c'), '.2f', 'x')} | "
+            f"{fmt(r.get('speedup_vs_step'), '.2f', 'x')} | "
             f"{r['fused_tflops']:.3f} |")
     return "\n".join(lines)
 
@@ -239,14 +264,14 @@ def main(argv=None):
     ap.add_argument("--modes", default="inference,training")
     ap.add_argument("--kinds", default=None, help="subset of lstm,gru,lstm-peephole,lstm-coupled")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per case and model")
-    ap.add_argument("--baselines", default="nn,loop", help="which baselines to run: nn, loop (loop+c follows loop)")
+    ap.add_argument("--baselines", default="nn,loop,step", help="which baselines to run: nn, loop (loop+c follows loop), step (CUDA)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     if device.type == "cuda" and not lstm_fused.has_cuda_kernels():
         sys.exit("suite: this lstm_fused build has no CUDA kernels; rebuild with CUDA (see README) or pass --device cpu")
-    dtypes = (args.dtype or ("float32,bfloat16" if device.type == "cuda" and not args.quick else "float32")).split(",")
+    dtypes = (args.dtype or ("float32,bfloat16,float16" if device.type == "cuda" and not args.quick else "float32")).split(",")
     grid = gpu_grid(args.quick) if device.type == "cuda" else cpu_grid(args.quick)
     if args.kinds:
         grid = [c for c in grid if c["kind"] in args.kinds.split(",")]
@@ -282,7 +307,7 @@ def main(argv=None):
     for dt_name in dtypes:
         for mode in modes:
             sel = [r for r in rows if r["mode"] == mode and r["dtype"] == dt_name]
-            for base in ("nn", "loop"):
+            for base in ("nn", "loop", "step"):
                 for kind in sorted({r["kind"] for r in sel}):
                     g = geomean(r.get(f"speedup_vs_{base}") for r in sel if r["kind"] == kind)
                     if g == g:

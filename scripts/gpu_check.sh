@@ -2,7 +2,7 @@
 # One GPU check, sized for a slot of about 6 minutes on a lent GPU machine (python3 there holds a CUDA torch;
 # each phase has its own timeout, ~9 minutes in the worst case; run it with timeout_s ≈ 560):
 # builds lstm_fused for the present GPU only, runs the CUDA tests, compute-sanitizer (memcheck, racecheck)
-# on a small forward+backward, and the benchmark against nn.LSTM (cuDNN). Logs and results go to $OUT
+# (and synccheck) on a small forward+backward through both the per-step and the persistent kernels, and the benchmark against nn.LSTM (cuDNN). Logs and results go to $OUT
 # (default ./gpu_out).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,16 +31,17 @@ grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
 
 echo "== CUDA tests"
 (cd /tmp && timeout 150 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib -x \
-  "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_cuda_emulation.py" 2>&1) | tee "$OUT/tests.log" | tail -15
+  "$ROOT/tests/test_cuda_persistent.py" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_persistent_emulation.py" \
+  "$ROOT/tests/test_cuda_emulation.py" 2>&1) | tee "$OUT/tests.log" | tail -15
 
 echo "== compute-sanitizer"
-for tool in memcheck racecheck; do
-  (cd /tmp && timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" "$ROOT/scripts/sanitizer_case.py") \
+for tool in memcheck racecheck synccheck; do
+  (cd /tmp && timeout 70 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" "$ROOT/scripts/sanitizer_case.py") \
     > "$OUT/sanitizer_$tool.log" 2>&1
   echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
 done
 
 echo "== benchmark"
-# Against cuDNN only (the Python loop baseline at T=512 would take minutes of the lease).
+# Against cuDNN and our own per-step kernels (the Python loop baseline at T=512 would take minutes of the lease).
 (cd /tmp && timeout 100 "$PY" "$ROOT/benchmarks/suite.py" --device cuda --quick --dtype float32,bfloat16 \
-  --min-time 0.1 --baselines nn --out "$OUT") 2>/dev/null | tee "$OUT/bench.md"
+  --min-time 0.1 --baselines nn,step --out "$OUT") 2>/dev/null | tee "$OUT/bench.md"

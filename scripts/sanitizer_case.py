@@ -1,18 +1,27 @@
-"""A small forward+backward over every CUDA kernel variant, for compute-sanitizer (memcheck, racecheck)."""
+"""A small forward+backward over every CUDA kernel variant, for compute-sanitizer (memcheck, racecheck,
+synccheck): per-step kernels (LSTM_FUSED_CUDA_ALGO=step) and the persistent kernel (auto picks it for these
+small batches without projection)."""
+import os
+
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
 
 torch.manual_seed(0)
-for dtype in (torch.float32, torch.bfloat16):
-    for proj in (0, 3):
-        m = lstm_fused.LSTM(5, 37, num_layers=2, bidirectional=True, proj_size=proj).cuda().to(dtype)
-        x = torch.randn(6, 9, 5, device="cuda", dtype=dtype, requires_grad=True)
-        out, (h, c) = m(x)
-        (out.float().sum() + h.float().sum() + c.float().sum()).backward()
-        packed = pack_padded_sequence(x, torch.tensor([6, 1, 4, 6, 2, 3, 5, 6, 1]), enforce_sorted=False)
-        out, (h, c) = m(packed)
-        (out.data.float().sum() + h.float().sum()).backward()
+for algo in ("step", "auto"):
+    os.environ["LSTM_FUSED_CUDA_ALGO"] = algo
+    for dtype in (torch.float32, torch.bfloat16):
+        for proj, variant in ((0, {}), (3, {}), (0, dict(peephole=True, coupled=True))):
+            m = lstm_fused.LSTM(5, 37, num_layers=2, bidirectional=True, proj_size=proj, **variant).cuda().to(dtype)
+            x = torch.randn(6, 9, 5, device="cuda", dtype=dtype, requires_grad=True)
+            out, (h, c) = m(x)
+            (out.float().sum() + h.float().sum() + c.float().sum()).backward()
+            packed = pack_padded_sequence(x, torch.tensor([6, 1, 4, 6, 2, 3, 5, 6, 1]), enforce_sorted=False)
+            out, (h, c) = m(packed)
+            (out.data.float().sum() + h.float().sum()).backward()
+    g = lstm_fused.GRU(5, 37, bidirectional=True).cuda()
+    out, h = g(torch.randn(6, 9, 5, device="cuda"))
+    (out.sum() + h.sum()).backward()
 torch.cuda.synchronize()
 print("sanitizer case done")

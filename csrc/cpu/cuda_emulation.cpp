@@ -2,6 +2,8 @@
 // _emu_layer_bwd run the CUDA driver (lstm_cuda_driver.h: buffers, GEMMs, step loop) on CPU tensors and execute
 // each step kernel's phase functions (lstm_cuda_step.h) block by block, thread by thread, with the barriers
 // in between — the same index math, tiling and bounds the GPU runs.
+#include <array>
+#include <cstdlib>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -40,7 +42,78 @@ void emulate_launch(const P& p, int64_t gx, int64_t gy, int64_t k_len, const Loa
   }
 }
 
+// The emulated device of the persistent kernel: LSTM_FUSED_EMU_SMS multiprocessors (default 132, an H200) with
+// LSTM_FUSED_EMU_SMEM bytes of shared memory per block (default 232448), so tests can force odd tilings.
+persistent::DeviceLimits emulated_device() {
+  auto env = [](const char* name, int64_t dflt) {
+    const char* v = std::getenv(name);
+    return v && *v ? std::atoll(v) : dflt;
+  };
+  return {env("LSTM_FUSED_EMU_SMS", 132), env("LSTM_FUSED_EMU_SMEM", 232448)};
+}
+
+// Runs one persistent launch like the GPU: every block's shared memory lives for the whole launch (filled with
+// NaNs first, so a read of anything not staged shows in the results, with a guard zone after it); per step each
+// block runs its rounds of stage → barrier → accumulate → barrier ..., partials → barrier → reduce/epilogue →
+// barrier, and the next step starts only when every block has finished this one (the grid barrier).
+template <typename R, typename T, typename A>
+void emulate_persistent(const std::vector<DirectionParams<typename R::Step>>& steps, const persistent::Plan& pl) {
+  using namespace persistent;
+  constexpr int NG = R::NG;
+  constexpr size_t kGuard = 256;
+  const int count = steps[0].count;
+  const int64_t blocks = count * pl.nb;
+  std::vector<std::vector<unsigned char>> mem(blocks, std::vector<unsigned char>(pl.smem + kGuard, 0xFF));
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const Smem<T, A> s = carve<T, A>(pl, mem[blk].data());
+    for (int tid = 0; tid < persistent::kThreads; ++tid)
+      load_resident<R>(pl, steps[0].dir[blk / pl.nb], blk % pl.nb, tid, s);
+  }
+  std::vector<std::array<std::array<A, NG>, kRows>> acc(persistent::kThreads);
+  auto acc_of = [&](int tid) -> A(&)[kRows][NG] { return *reinterpret_cast<A(*)[kRows][NG]>(acc[tid].data()); };
+  for (const auto& dp : steps) {
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const typename R::Step& p = dp.dir[blk / pl.nb];
+      const int64_t bx = blk % pl.nb;
+      const Smem<T, A> s = carve<T, A>(pl, mem[blk].data());
+      const StepTiling st = step_tiling(pl.kj, p.rows);
+      for (int64_t r0 = 0; r0 < st.items; r0 += st.groups) {
+        for (auto& a : acc)
+          for (auto& row : a) row.fill(A(0));
+        for (int64_t k0 = 0; k0 < R::K(p); k0 += pl.kc) {
+          for (int tid = 0; tid < persistent::kThreads; ++tid) stage_left<R>(pl, p, k0, tid, s);
+          for (int tid = 0; tid < persistent::kThreads; ++tid) accumulate<R>(pl, p, st, r0, k0, tid, s, acc_of(tid));
+        }
+        for (int tid = 0; tid < persistent::kThreads; ++tid) store_partials<NG>(tid, s, acc_of(tid));
+        for (int tid = 0; tid < persistent::kThreads; ++tid) reduce_epilogue<R>(pl, p, st, r0, bx, tid, s);
+      }
+    }
+  }
+  for (const auto& m : mem)
+    for (size_t i = pl.smem; i < m.size(); ++i)
+      TORCH_CHECK(m[i] == 0xFF, "lstm_fused emulation: the persistent kernel wrote past its shared memory");
+}
+
 struct EmulationRunner {
+  template <typename T, typename A>
+  bool fwd_sequence(const std::vector<DirectionParams<FwdStepParams<T, A>>>& steps, int64_t B) {
+    const FwdStepParams<T, A>& p = steps[0].dir[0];
+    const auto plan = persistent::make_plan(4, p.H, p.P, B, steps[0].count, sizeof(T), sizeof(A), emulated_device());
+    if (!cuda_driver::want_persistent(plan, B)) return false;
+    emulate_persistent<persistent::FwdRecurrence<T, A>, T, A>(steps, plan);
+    return true;
+  }
+
+  template <typename T, typename A>
+  bool bwd_sequence(const std::vector<DirectionParams<BwdStepParams<T, A>>>& steps, int64_t B) {
+    const BwdStepParams<T, A>& p = steps[0].dir[0];
+    const int64_t G = (p.coupled ? 3 : 4) * p.H;
+    const auto plan = persistent::make_plan(1, p.H, G, B, steps[0].count, sizeof(T), sizeof(A), emulated_device());
+    if (!cuda_driver::want_persistent(plan, B)) return false;
+    emulate_persistent<persistent::BwdRecurrence<T, A>, T, A>(steps, plan);
+    return true;
+  }
+
   template <typename T, typename A>
   void gru_fwd(const DirectionParams<GruFwdStepParams<T, A>>& dp) {
     int64_t gx, gy;
@@ -130,9 +203,19 @@ emu_gru_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& inp
                                     has_bias, need_grad_input, run);
 }
 
+// The persistent kernel's plan for a layer on a device, for tests: [ok, blocks per direction, units per block,
+// k chunk, shared-memory bytes].
+std::vector<int64_t> persistent_plan(int64_t ng, int64_t H, int64_t K, int64_t B, int64_t D, int64_t elem_w,
+                                     int64_t elem_a, int64_t sms, int64_t smem) {
+  const auto p = persistent::make_plan(static_cast<int>(ng), H, K, B, D, elem_w, elem_a, {sms, smem});
+  return {p.ok, p.nb, p.kj, p.kc, static_cast<int64_t>(p.smem)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
+  m.def("_persistent_plan(int ng, int H, int K, int B, int D, int elem_w, int elem_a, int sms, int smem) -> int[]",
+        &persistent_plan);
   m.def(
       "_emu_gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[]? b_ih, Tensor[]? b_hh, bool need_workspace) -> (Tensor, Tensor, Tensor)");

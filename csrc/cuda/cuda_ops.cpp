@@ -1,6 +1,10 @@
 // CUDA binding of the fused LSTM and GRU layer ops: device guard, current stream, and the sequence loops of
 // lstm_cuda_driver.h / gru_cuda_driver.h with their step kernels. No private streams, no host syncs.
+#include <cstring>
+#include <vector>
+
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -9,14 +13,69 @@
 #include "gru_cuda_driver.h"
 #include "lstm_cuda_driver.h"
 #include "lstm_cuda_launch.h"
+#include "lstm_persistent_launch.h"
 
 namespace lstm_fused {
 namespace {
 
 using at::Tensor;
 
+// The step parameters of a whole sequence, copied to the device for the persistent kernel (pinned staging,
+// asynchronous on the current stream; the caching allocators keep both buffers alive until the copy and the
+// kernel are done with them).
+template <typename Step>
+Tensor upload_steps(const std::vector<cuda_step::DirectionParams<Step>>& steps, at::Device device) {
+  const int64_t bytes = static_cast<int64_t>(steps.size() * sizeof(steps[0]));
+  Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), steps.data(), bytes);
+  return host.to(device, /*non_blocking=*/true);
+}
+
 struct GpuRunner {
   cudaStream_t stream;
+  at::Device device;
+
+  persistent::DeviceLimits limits() const {
+    const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
+    return {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin)};
+  }
+  // A stream being captured into a CUDA graph takes the per-step kernels: the persistent launch reads step
+  // parameters uploaded from a host buffer that a replay would not refresh.
+  bool capturing() const {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+    return st != cudaStreamCaptureStatusNone;
+  }
+
+  template <typename Step, typename Fits, typename Launch>
+  bool sequence(const std::vector<cuda_step::DirectionParams<Step>>& steps, const persistent::Plan& plan, int64_t B,
+                const Fits& fits_fn, const Launch& launch_fn) {
+    if (!cuda_driver::want_persistent(plan, B) || capturing()) return false;
+    bool fits = false;
+    C10_CUDA_CHECK(fits_fn(plan, steps[0].count, fits));
+    if (!fits && !cuda_driver::want_persistent(plan, B, false)) return false;
+    const Tensor dev_steps = upload_steps(steps, device);
+    persistent::Args<Step> args;
+    args.steps = reinterpret_cast<const cuda_step::DirectionParams<Step>*>(dev_steps.const_data_ptr());
+    args.n_steps = static_cast<int64_t>(steps.size());
+    args.count = steps[0].count;
+    args.plan = plan;
+    C10_CUDA_CHECK(launch_fn(args, stream));
+    return true;
+  }
+  template <typename T, typename A>
+  bool fwd_sequence(const std::vector<cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>>& steps, int64_t B) {
+    const auto& p = steps[0].dir[0];
+    const auto plan = persistent::make_plan(4, p.H, p.P, B, steps[0].count, sizeof(T), sizeof(A), limits());
+    return sequence(steps, plan, B, persistent::fwd_fits<T, A>, persistent::launch_fwd<T, A>);
+  }
+  template <typename T, typename A>
+  bool bwd_sequence(const std::vector<cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>>& steps, int64_t B) {
+    const auto& p = steps[0].dir[0];
+    const int64_t G = (p.coupled ? 3 : 4) * p.H;
+    const auto plan = persistent::make_plan(1, p.H, G, B, steps[0].count, sizeof(T), sizeof(A), limits());
+    return sequence(steps, plan, B, persistent::bwd_fits<T, A>, persistent::launch_bwd<T, A>);
+  }
   template <typename T, typename A>
   void fwd(const cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>& p) {
     const cudaError_t err = cuda_step::launch_fwd_step<T, A>(p, stream);
@@ -53,7 +112,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cuda(
     const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
   check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
   const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
   return cuda_driver::layer_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace, run);
 }
 
@@ -65,7 +124,7 @@ lstm_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Ten
                     const Tensor& workspace, bool has_bias, bool need_grad_input) {
   check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
   const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
   return cuda_driver::layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph,
                                 coupled, output, workspace, has_bias, need_grad_input, run);
 }
@@ -76,7 +135,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cuda(const Tensor& input, const
                                                       const std::optional<at::TensorList>& b_hh, bool need_workspace) {
   check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
   const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
   return cuda_driver::gru_layer_fwd(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace, run);
 }
 
@@ -86,7 +145,7 @@ gru_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Tens
                    const Tensor& output, const Tensor& workspace, bool has_bias, bool need_grad_input) {
   check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
   const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream()};
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
   return cuda_driver::gru_layer_bwd(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace,
                                     has_bias, need_grad_input, run);
 }

@@ -3,11 +3,14 @@
 // GPU launchers; cpu/cuda_emulation.cpp with a CPU emulation of the same kernels, so everything here but the
 // launches themselves is exercised by the CPU test suite.
 //
-// Runner: template <T, A> void fwd(const FwdStepParams<T, A>&); template <T, A> void bwd(const BwdStepParams<T,
-// A>&, int mode).
+// Runner: template <T, A> void fwd(const DirectionParams<FwdStepParams<T, A>>&) and bwd(..., int mode) launch
+// one step; fwd_sequence / bwd_sequence(const std::vector<DirectionParams<...>>& steps, int64_t B) run the
+// whole sequence in one persistent launch and return true, or return false to get the per-step launches.
 #pragma once
 
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -16,11 +19,44 @@
 
 #include "../lstm_checks.h"
 #include "lstm_cuda_step.h"
+#include "lstm_persistent.h"
 
 namespace lstm_fused {
 namespace cuda_driver {
 
 using at::Tensor;
+
+// Which recurrent kernel runs: LSTM_FUSED_CUDA_ALGO=auto (default), step (one launch per time step) or
+// persistent (one cooperative launch; an error where it cannot run). Read on every call, so tests can switch.
+enum class Algo { kAuto, kStep, kPersistent };
+inline Algo algo_from_env() {
+  const char* v = std::getenv("LSTM_FUSED_CUDA_ALGO");
+  if (v == nullptr || *v == '\0' || std::string(v) == "auto") return Algo::kAuto;
+  if (std::string(v) == "step") return Algo::kStep;
+  TORCH_CHECK(std::string(v) == "persistent", "lstm_fused: LSTM_FUSED_CUDA_ALGO must be auto, step or persistent, got '",
+              v, "'");
+  return Algo::kPersistent;
+}
+
+// Batches up to this size take the persistent kernel automatically: per step it stages the whole batch's
+// h_{t-1} in every block, which stops paying off against the per-step kernel's wider grid at large batch.
+constexpr int64_t kPersistentMaxBatch = 64;
+
+// Whether a sequence with this plan runs persistently. `fits`: the device can co-schedule the grid.
+inline bool want_persistent(const persistent::Plan& plan, int64_t B, bool fits = true) {
+  const Algo a = algo_from_env();
+  if (a == Algo::kStep) return false;
+  const bool ok = plan.ok && fits;
+  TORCH_CHECK(ok || a != Algo::kPersistent, "lstm_fused: LSTM_FUSED_CUDA_ALGO=persistent, but the persistent kernel "
+              "cannot run this layer: ", plan.ok ? "the grid cannot be co-resident" : plan.why);
+  return ok && (a == Algo::kPersistent || B <= kPersistentMaxBatch);
+}
+
+// Projection layers always take the per-step kernels (a GEMM sits between one step's cell and the next).
+inline void check_persistent_possible(bool proj) {
+  TORCH_CHECK(!proj || algo_from_env() != Algo::kPersistent, "lstm_fused: LSTM_FUSED_CUDA_ALGO=persistent, but the "
+              "persistent kernel does not support proj_size");
+}
 
 inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -105,8 +141,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_fused_cuda_fwd", [&] {
     using T = scalar_t;
     using A = cuda_step::acc_t<T>;
+    std::vector<cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>> steps(n_steps);
     for (int64_t step = 0; step < n_steps; ++step) {
-      cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>> dp;
+      auto& dp = steps[step];
       dp.count = static_cast<int>(D);
       for (int64_t d = 0; d < D; ++d) {
         const SeqLayout L = lh[d].view();
@@ -131,20 +168,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
         p.w_hh = w_hh_c[d].const_data_ptr<T>();
         p.ws = ws.data_ptr<A>() + step_rows(d, step, t);
         p.h_out = s.proj ? r_buf[d].data_ptr<T>() : out.data_ptr<T>() + off * D * P + d * P;
+        ending_rows(L, t, p.end_lo, p.end_hi);
+        p.c_n = c_n.data_ptr<T>() + d * B * H;
+        p.h_n = s.proj ? nullptr : h_n.data_ptr<T>() + d * B * P;
       }
-      run.template fwd<T, A>(dp);  // one launch: this step of every direction
+    }
+    // The whole sequence in one persistent launch where the runner can (no projection: it needs a GEMM
+    // between the cell and the next step); else one launch per step.
+    check_persistent_possible(s.proj);
+    if (!s.proj && run.template fwd_sequence<T, A>(steps, B)) return;
+    for (int64_t step = 0; step < n_steps; ++step) {
+      run.template fwd<T, A>(steps[step]);  // one launch: this step of every direction
+      if (!s.proj) continue;
       for (int64_t d = 0; d < D; ++d) {
         const SeqLayout L = lh[d].view();
         const int64_t t = L.time_at(step), off = L.offsets[t], bs = L.batch_sizes[t];
         Tensor o = out.narrow(0, off, bs).narrow(1, d * P, P);
-        if (s.proj) at::mm_out(o, r_buf[d].narrow(0, 0, bs), w_hr_t[d]);
+        at::mm_out(o, r_buf[d].narrow(0, 0, bs), w_hr_t[d]);
         int64_t e0, e1;
         ending_rows(L, t, e0, e1);
-        if (e1 > e0) {
-          h_n[d].narrow(0, e0, e1 - e0).copy_(o.narrow(0, e0, e1 - e0));
-          const Tensor rows = ws.view({-1, LW}).narrow(0, step_rows(d, step, t) / LW + e0, e1 - e0);
-          c_n[d].narrow(0, e0, e1 - e0).copy_(rows.narrow(1, G, H));
-        }
+        if (e1 > e0) h_n[d].narrow(0, e0, e1 - e0).copy_(o.narrow(0, e0, e1 - e0));
       }
     }
   });
@@ -203,8 +246,11 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Tt, "lstm_fused_cuda_bwd", [&] {
     using T = scalar_t;
     using A = cuda_step::acc_t<T>;
-    for (int64_t step = n_steps - 1; step >= 0; --step) {
-      cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>> dp;
+    // steps[i]: the i-th step the backward processes (forward processing order reversed).
+    std::vector<cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>> steps(n_steps);
+    for (int64_t i = 0; i < n_steps; ++i) {
+      const int64_t step = n_steps - 1 - i;
+      auto& dp = steps[i];
       dp.count = static_cast<int>(D);
       for (int64_t d = 0; d < D; ++d) {
         const SeqLayout L = lh[d].view();
@@ -239,18 +285,23 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
           p.r_out = r_all.data_ptr<A>() + (d * N + off) * H;
         }
       }
-      if (!s.proj) {
-        run.template bwd<T, A>(dp, cuda_step::kFused);
-      } else {
-        run.template bwd<T, A>(dp, cuda_step::kReduceOnly);
-        for (int64_t d = 0; d < D; ++d) {
-          const SeqLayout L = lh[d].view();
-          const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
-          Tensor dr_rows = dr[d].narrow(0, 0, bs);
-          at::mm_out(dr_rows, dh_tot[d].narrow(0, L.offsets[t], bs), w_hr_a[d]);
-        }
-        run.template bwd<T, A>(dp, cuda_step::kPointwiseOnly);
+    }
+    check_persistent_possible(s.proj);
+    if (!s.proj) {
+      if (run.template bwd_sequence<T, A>(steps, B)) return;
+      for (const auto& dp : steps) run.template bwd<T, A>(dp, cuda_step::kFused);
+      return;
+    }
+    for (int64_t i = 0; i < n_steps; ++i) {
+      const int64_t step = n_steps - 1 - i;
+      run.template bwd<T, A>(steps[i], cuda_step::kReduceOnly);
+      for (int64_t d = 0; d < D; ++d) {
+        const SeqLayout L = lh[d].view();
+        const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
+        Tensor dr_rows = dr[d].narrow(0, 0, bs);
+        at::mm_out(dr_rows, dh_tot[d].narrow(0, L.offsets[t], bs), w_hr_a[d]);
       }
+      run.template bwd<T, A>(steps[i], cuda_step::kPointwiseOnly);
     }
   });
 

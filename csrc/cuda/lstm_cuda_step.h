@@ -41,6 +41,11 @@ struct FwdStepParams {
   const T* peep = nullptr;    // [3 or 2, H] peephole weights, or nullptr
   A* ws = nullptr;            // [rows, ld_ws] out: activated gates (G) then c_t (H)
   T* h_out = nullptr;         // [rows, ld_h] out: h_t, or o·tanh(c_t) as the projection's input
+  // Rows [end_lo, end_hi) end their sequence at this step: their c_t goes to c_n, and h_t to h_n when there is
+  // no projection (with one, the driver copies the projected rows).
+  int64_t end_lo = 0, end_hi = 0;
+  T* h_n = nullptr;           // [B, P] or nullptr
+  T* c_n = nullptr;           // [B, H]
 };
 
 // Backward step t. Modes: kFused (no projection): dh_t = gout + dG_later·W_hh for this block's units, then the
@@ -168,6 +173,10 @@ LF_HOST_DEVICE void fwd_cell(const FwdStepParams<T, A>& p, int64_t b, int64_t j,
   w[C::o(H) + j] = act.o;
   w[G + j] = c;
   p.h_out[b * p.ld_h + j] = static_cast<T>(h);
+  if (b >= p.end_lo && b < p.end_hi) {
+    p.c_n[b * H + j] = static_cast<T>(c);
+    if (p.h_n) p.h_n[b * p.P + j] = static_cast<T>(h);
+  }
 }
 
 template <typename T, typename A>

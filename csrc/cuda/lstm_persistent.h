@@ -1,0 +1,269 @@
+// The persistent LSTM kernel's work, as __host__ __device__ functions of (block, thread) indices: the GPU runs
+// them in lstm_persistent_kernels.cu (one cooperative launch for the whole sequence), the CPU test harness in
+// cpu/cuda_emulation.cpp (block by block, thread by thread, with every block- and grid-wide barrier kept).
+//
+// Each block owns kj hidden units of one direction and keeps their recurrent weights resident in shared
+// memory for all T steps: forward, W_hh's rows of those units' gates [NG·kj, P]; backward, W_hh's columns of
+// those units [kj, G]. Per step a block stages the left operand every block needs (h_{t-1}, or dG of the step
+// after t) from global memory (L2: other blocks wrote it), reduces it against the resident slice with the
+// k range split across lanes, sums the lanes' partials through shared memory in a fixed order, and applies
+// the cell math (cell_math.h via the step kernels' epilogues) to its units. A grid-wide barrier then
+// publishes its h_t (or dG_t) to the other blocks. The cell state and its gradient never leave the block's
+// units, so only the left operand crosses blocks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "lstm_cuda_step.h"
+
+namespace lstm_fused {
+namespace persistent {
+
+using cuda_step::acc_t;
+using cuda_step::BwdStepParams;
+using cuda_step::DirectionParams;
+using cuda_step::FwdStepParams;
+using cuda_step::to_acc;
+
+constexpr int kThreads = 256;
+constexpr int kRows = 4;       // batch rows per work item: a thread keeps kRows × NG accumulators
+constexpr int kMaxSplit = 32;  // lanes sharing one work item's reduction (a power of two)
+
+// ---- plan (host) --------------------------------------------------------------------------------------
+// What the device offers a cooperative launch.
+struct DeviceLimits {
+  int64_t sms = 0;        // multiprocessors
+  int64_t smem = 0;       // opt-in shared memory per block, bytes
+};
+
+// Blocks, units per block and shared-memory layout of one persistent launch. Shapes are in elements.
+struct Plan {
+  bool ok = false;
+  const char* why = "";   // when !ok: what does not fit
+  int64_t nb = 0;         // blocks per direction (grid = D·nb, one per SM)
+  int64_t kj = 0;         // hidden units per block
+  int64_t K = 0;          // reduction length: P forward, G backward
+  int64_t ldw = 0;        // row stride of the resident slice
+  int64_t kc = 0;         // k chunk of the staged left operand
+  int64_t ldl = 0;        // row stride of the staged left operand
+  int64_t rows_pad = 0;   // staged rows: B rounded up to kRows
+  size_t w_bytes = 0, left_bytes = 0, red_bytes = 0, smem = 0;
+};
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+
+// NG accumulators per (row, unit): 4 (or 3 used, coupled) forward, 1 backward. elem_w: bytes of the storage
+// type (the resident weights); elem_a: bytes of the accumulate type (staged operand, partials).
+inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, size_t elem_w, size_t elem_a,
+                      const DeviceLimits& dev) {
+  Plan p;
+  const int64_t per_dir = dev.sms / D;
+  if (per_dir < 1) {
+    p.why = "fewer multiprocessors than directions";
+    return p;
+  }
+  p.kj = (H + per_dir - 1) / per_dir;
+  p.nb = (H + p.kj - 1) / p.kj;
+  p.K = K;
+  p.ldw = round_up(K, 4) + 4;  // shifts consecutive slice rows across banks
+  p.rows_pad = round_up(B, kRows);
+  p.w_bytes = align16(size_t(ng_slots * p.kj * p.ldw) * elem_w);
+  p.red_bytes = align16(size_t(kThreads) * kRows * ng_slots * elem_a);
+  const int64_t budget = dev.smem - int64_t(p.w_bytes + p.red_bytes);
+  // The largest k chunk (a multiple of 32, at most K rounded up) whose staged rows fit beside the slice.
+  const int64_t per_k = p.rows_pad * int64_t(elem_a);
+  int64_t kc = budget > 0 ? budget / per_k : 0;
+  kc = kc - 4 < round_up(K, 32) ? (kc - 4) / 32 * 32 : round_up(K, 32);
+  if (kc < 32) {
+    p.why = "the recurrent weights and one staged k chunk do not fit in shared memory";
+    return p;
+  }
+  p.kc = kc;
+  p.ldl = kc + 4;
+  p.left_bytes = align16(size_t(p.rows_pad * p.ldl) * elem_a);
+  p.smem = p.w_bytes + p.left_bytes + p.red_bytes;
+  p.ok = int64_t(p.smem) <= dev.smem;
+  if (!p.ok) p.why = "shared memory";
+  return p;
+}
+
+// How a step's work spreads over a block: items of (unit, kRows rows), each reduced by `split` lanes; when
+// there are more items than thread groups the block takes them in rounds. Block-uniform: it depends on the
+// step's row count only.
+struct StepTiling {
+  int64_t items = 0, split = 1, groups = kThreads;
+};
+LF_HOST_DEVICE StepTiling step_tiling(int64_t kj, int64_t rows) {
+  StepTiling s;
+  s.items = kj * ((rows + kRows - 1) / kRows);
+  s.split = kMaxSplit;
+  while (s.split > 1 && s.items * s.split > kThreads) s.split /= 2;
+  s.groups = kThreads / s.split;
+  return s;
+}
+
+// ---- the recurrences ------------------------------------------------------------------------------------
+// Loads of data other blocks wrote during this launch: on the GPU through L2 only (ld.global.cg), since a
+// block's L1 may hold a line of them fetched before the writer's grid barrier.
+template <typename T>
+LF_HOST_DEVICE T load_fresh(const T* p) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(T) == 2) {  // c10::Half / c10::BFloat16: load the bits
+    return T(__ldcg(reinterpret_cast<const unsigned short*>(p)), T::from_bits());
+  } else {
+    return __ldcg(p);
+  }
+#else
+  return *p;
+#endif
+}
+
+// Forward: out[b, slot·kj + jl] = Σ_k h_{t-1}[b, k] · W_hh[slot·H + j0 + jl, k], then the LSTM cell.
+template <typename T, typename A>
+struct FwdRecurrence {
+  using Step = FwdStepParams<T, A>;
+  static constexpr int NG = 4;
+  LF_HOST_DEVICE static int64_t units(const Step& p) { return p.H; }
+  LF_HOST_DEVICE static int64_t K(const Step& p) { return p.P; }
+  LF_HOST_DEVICE static int slots(const Step& p) { return p.coupled ? 3 : 4; }
+  LF_HOST_DEVICE static T weight(const Step& p, int slot, int64_t j, int64_t k) {
+    return p.w_hh[(slot * p.H + j) * p.P + k];
+  }
+  LF_HOST_DEVICE static int64_t left_rows(const Step& p) { return p.rows; }
+  LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) {
+    return b < p.n_prev ? to_acc<T, A>(load_fresh(p.h_prev + b * p.ld_out + k)) : to_acc<T, A>(p.h0[b * p.P + k]);
+  }
+  LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
+    if (p.peep) {
+      if (p.coupled) cuda_step::fwd_cell<T, A, true, true>(p, b, j, acc);
+      else cuda_step::fwd_cell<T, A, true, false>(p, b, j, acc);
+    } else {
+      if (p.coupled) cuda_step::fwd_cell<T, A, false, true>(p, b, j, acc);
+      else cuda_step::fwd_cell<T, A, false, false>(p, b, j, acc);
+    }
+  }
+};
+
+// Backward (no projection, so P == H): dh[b, j] = gout + Σ_k dG_later[b, k] · W_hh[k, j], then the cell
+// backward. Rows without a later step take grad_h_n (bwd_dh), so their staged rows are zero.
+template <typename T, typename A>
+struct BwdRecurrence {
+  using Step = BwdStepParams<T, A>;
+  static constexpr int NG = 1;
+  LF_HOST_DEVICE static int64_t units(const Step& p) { return p.H; }
+  LF_HOST_DEVICE static int64_t K(const Step& p) { return (p.coupled ? 3 : 4) * p.H; }
+  LF_HOST_DEVICE static int slots(const Step&) { return 1; }
+  LF_HOST_DEVICE static T weight(const Step& p, int, int64_t j, int64_t k) { return p.w_hh_t[j * K(p) + k]; }
+  LF_HOST_DEVICE static int64_t left_rows(const Step& p) { return p.rows < p.n_later ? p.rows : p.n_later; }
+  LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) { return load_fresh(p.dg_later + b * K(p) + k); }
+  LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
+    cuda_step::bwd_cell(p, b, j, cuda_step::bwd_dh(p, b, j, acc[0]), false);
+  }
+};
+
+// ---- one launch -----------------------------------------------------------------------------------------
+template <typename Step>
+struct Args {
+  const DirectionParams<Step>* steps = nullptr;  // [n_steps] each step's params, in processing order
+  int64_t n_steps = 0;
+  int count = 1;                                 // directions: blocks [d·nb, (d+1)·nb) serve direction d
+  Plan plan;
+};
+
+// A block's shared memory, carved from one dynamic allocation.
+template <typename T, typename A>
+struct Smem {
+  T* w;     // [NG·kj, ldw] resident slice: row slot·kj + jl = the weights of unit j0 + jl's gate slot
+  A* left;  // [rows_pad, ldl] staged left operand, k in [k0, k0 + kc)
+  A* red;   // [kThreads, kRows, NG] each thread's partial sums
+};
+template <typename T, typename A>
+LF_HOST_DEVICE Smem<T, A> carve(const Plan& pl, unsigned char* base) {
+  return {reinterpret_cast<T*>(base), reinterpret_cast<A*>(base + pl.w_bytes),
+          reinterpret_cast<A*>(base + pl.w_bytes + pl.left_bytes)};
+}
+
+// Phase 0, once per launch: this block's slice of the weights (zero for slots or units that do not exist).
+template <typename R, typename T, typename A>
+LF_HOST_DEVICE void load_resident(const Plan& pl, const typename R::Step& p, int64_t bx, int tid,
+                                  const Smem<T, A>& s) {
+  // 32-bit index math: everything indexed here fits in shared memory.
+  const int rows = R::NG * static_cast<int>(pl.kj), K = static_cast<int>(R::K(p)), kj = static_cast<int>(pl.kj);
+  const int64_t j0 = bx * pl.kj;
+  for (int e = tid; e < rows * K; e += kThreads) {
+    const int r = e / K, k = e % K, slot = r / kj;
+    const int64_t j = j0 + r % kj;
+    s.w[r * pl.ldw + k] = (slot < R::slots(p) && j < R::units(p)) ? R::weight(p, slot, j, k) : T(0.0f);
+  }
+}
+
+// Phase 1: the left operand's rows [0, rows_pad(rows)) × [k0, k0 + kc), zero outside its rows and K.
+template <typename R, typename T, typename A>
+LF_HOST_DEVICE void stage_left(const Plan& pl, const typename R::Step& p, int64_t k0, int tid, const Smem<T, A>& s) {
+  const int rows = static_cast<int>((p.rows + kRows - 1) / kRows * kRows), kc = static_cast<int>(pl.kc);
+  const int64_t n = R::left_rows(p), K = R::K(p);
+  for (int e = tid; e < rows * kc; e += kThreads) {
+    const int b = e / kc, kk = e % kc;
+    const int64_t k = k0 + kk;
+    s.left[b * pl.ldl + kk] = (b < n && k < K) ? R::left(p, b, k) : A(0);
+  }
+}
+
+// Which item and lane a thread is in round r0 of a step.
+struct Lane {
+  int64_t item;
+  int64_t part;
+  bool active;
+};
+LF_HOST_DEVICE Lane lane_of(const StepTiling& st, int64_t r0, int tid) {
+  const int64_t item = r0 + tid / st.split;
+  return {item, tid % st.split, item < st.items};
+}
+
+// Phase 2: this lane's share (k ≡ part mod split) of its item's products over the staged chunk.
+template <typename R, typename T, typename A>
+LF_HOST_DEVICE void accumulate(const Plan& pl, const typename R::Step& p, const StepTiling& st, int64_t r0,
+                               int64_t k0, int tid, const Smem<T, A>& s, A (&acc)[kRows][R::NG]) {
+  const Lane ln = lane_of(st, r0, tid);
+  if (!ln.active) return;
+  const int64_t jl = ln.item % pl.kj, row0 = (ln.item / pl.kj) * kRows;
+  const int k_end = static_cast<int>((k0 + pl.kc < R::K(p) ? k0 + pl.kc : R::K(p)) - k0);
+  for (int kk = static_cast<int>(ln.part); kk < k_end; kk += static_cast<int>(st.split)) {
+    A w[R::NG];
+    for (int g = 0; g < R::NG; ++g) w[g] = to_acc<T, A>(s.w[(g * pl.kj + jl) * pl.ldw + k0 + kk]);
+    for (int r = 0; r < kRows; ++r) {
+      const A h = s.left[(row0 + r) * pl.ldl + kk];
+      for (int g = 0; g < R::NG; ++g) acc[r][g] += h * w[g];
+    }
+  }
+}
+
+// Phase 3: park the partial sums for the reduction.
+template <int NG, typename T, typename A>
+LF_HOST_DEVICE void store_partials(int tid, const Smem<T, A>& s, const A (&acc)[kRows][NG]) {
+  for (int r = 0; r < kRows; ++r)
+    for (int g = 0; g < NG; ++g) s.red[(int64_t(tid) * kRows + r) * NG + g] = acc[r][g];
+}
+
+// Phase 4: one thread per (item, row) of the round sums its item's `split` partials in lane order and runs the
+// cell on unit j0 + jl, row b.
+template <typename R, typename T, typename A>
+LF_HOST_DEVICE void reduce_epilogue(const Plan& pl, const typename R::Step& p, const StepTiling& st, int64_t r0,
+                                    int64_t bx, int tid, const Smem<T, A>& s) {
+  const int64_t in_round = (st.items - r0 < st.groups ? st.items - r0 : st.groups) * kRows;
+  for (int64_t e = tid; e < in_round; e += kThreads) {
+    const int64_t il = e / kRows, r = e % kRows, item = r0 + il;
+    const int64_t j = bx * pl.kj + item % pl.kj, b = (item / pl.kj) * kRows + r;
+    if (b >= p.rows || j >= R::units(p)) continue;
+    A sum[R::NG];
+    for (int g = 0; g < R::NG; ++g) sum[g] = A(0);
+    for (int64_t l = 0; l < st.split; ++l)
+      for (int g = 0; g < R::NG; ++g) sum[g] += s.red[((il * st.split + l) * kRows + r) * R::NG + g];
+    R::epilogue(p, b, j, sum);
+  }
+}
+
+}  // namespace persistent
+}  // namespace lstm_fused

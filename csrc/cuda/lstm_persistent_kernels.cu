@@ -1,0 +1,109 @@
+// The persistent LSTM kernels: the phase functions of lstm_persistent.h between block barriers, a grid-wide
+// barrier (cooperative groups) between time steps. Lean headers only.
+#include <cooperative_groups.h>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "lstm_persistent_launch.h"
+
+namespace lstm_fused {
+namespace persistent {
+namespace {
+
+namespace cg = cooperative_groups;
+
+// One block per multiprocessor (the resident slice takes most of its shared memory); blocks
+// [d·nb, (d+1)·nb) serve direction d.
+template <typename R, typename T, typename A>
+__global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<typename R::Step> a) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const Plan& pl = a.plan;
+  const int tid = threadIdx.x;
+  const int d = static_cast<int>(blockIdx.x / pl.nb);
+  const int64_t bx = blockIdx.x % pl.nb;
+  const Smem<T, A> s = carve<T, A>(pl, smem_raw);
+  load_resident<R>(pl, a.steps[0].dir[d], bx, tid, s);
+  __syncthreads();
+  cg::grid_group grid = cg::this_grid();
+  for (int64_t step = 0; step < a.n_steps; ++step) {
+    const typename R::Step& p = a.steps[step].dir[d];  // read-only for the whole launch
+    const StepTiling st = step_tiling(pl.kj, p.rows);
+    for (int64_t r0 = 0; r0 < st.items; r0 += st.groups) {
+      A acc[kRows][R::NG];
+      for (int r = 0; r < kRows; ++r)
+        for (int g = 0; g < R::NG; ++g) acc[r][g] = A(0);
+      for (int64_t k0 = 0; k0 < R::K(p); k0 += pl.kc) {
+        stage_left<R>(pl, p, k0, tid, s);
+        __syncthreads();
+        accumulate<R>(pl, p, st, r0, k0, tid, s, acc);
+        __syncthreads();
+      }
+      store_partials<R::NG>(tid, s, acc);
+      __syncthreads();
+      reduce_epilogue<R>(pl, p, st, r0, bx, tid, s);
+      __syncthreads();
+    }
+    grid.sync();  // publishes this step's h_t (dG_t) to every block
+  }
+}
+
+template <typename R, typename T, typename A>
+cudaError_t fits_impl(const Plan& plan, int count, bool& fits) {
+  fits = false;
+  auto kernel = persistent_kernel<R, T, A>;
+  int dev = 0, sms = 0, coop = 0, per_sm = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem));
+  if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.smem);
+  if (e != cudaSuccess) return e;
+  fits = coop != 0 && int64_t(per_sm) * sms >= count * plan.nb;
+  return cudaSuccess;
+}
+
+template <typename R, typename T, typename A>
+cudaError_t launch_impl(const Args<typename R::Step>& a, cudaStream_t stream) {
+  auto kernel = persistent_kernel<R, T, A>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(a.plan.smem));
+  if (e != cudaSuccess) return e;
+  void* params[] = {const_cast<Args<typename R::Step>*>(&a)};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(a.count * a.plan.nb),
+                                     dim3(kThreads), params, a.plan.smem, stream);
+}
+
+}  // namespace
+
+template <typename T, typename A>
+cudaError_t fwd_fits(const Plan& plan, int count, bool& fits) {
+  return fits_impl<FwdRecurrence<T, A>, T, A>(plan, count, fits);
+}
+template <typename T, typename A>
+cudaError_t bwd_fits(const Plan& plan, int count, bool& fits) {
+  return fits_impl<BwdRecurrence<T, A>, T, A>(plan, count, fits);
+}
+template <typename T, typename A>
+cudaError_t launch_fwd(const Args<FwdStepParams<T, A>>& args, cudaStream_t stream) {
+  return launch_impl<FwdRecurrence<T, A>, T, A>(args, stream);
+}
+template <typename T, typename A>
+cudaError_t launch_bwd(const Args<BwdStepParams<T, A>>& args, cudaStream_t stream) {
+  return launch_impl<BwdRecurrence<T, A>, T, A>(args, stream);
+}
+
+#define LF_INSTANTIATE(T, A)                                                                   \
+  template cudaError_t fwd_fits<T, A>(const Plan&, int, bool&);                                \
+  template cudaError_t bwd_fits<T, A>(const Plan&, int, bool&);                                \
+  template cudaError_t launch_fwd<T, A>(const Args<FwdStepParams<T, A>>&, cudaStream_t);       \
+  template cudaError_t launch_bwd<T, A>(const Args<BwdStepParams<T, A>>&, cudaStream_t);
+
+LF_INSTANTIATE(float, float)
+LF_INSTANTIATE(double, double)
+LF_INSTANTIATE(c10::Half, float)
+LF_INSTANTIATE(c10::BFloat16, float)
+
+}  // namespace persistent
+}  // namespace lstm_fused

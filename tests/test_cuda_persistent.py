@@ -1,0 +1,138 @@
+"""The persistent CUDA kernel (one cooperative launch per layer and sequence) on a GPU, forced with
+LSTM_FUSED_CUDA_ALGO=persistent and compared with nn.LSTM (cuDNN), with float64 references and with the per-step
+kernels. Skipped without a GPU; its logic is covered on the CPU by test_persistent_emulation.py."""
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstm_fused
+from helpers import compare_modules, twin_lstms
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and lstm_fused.has_cuda_kernels()), reason="needs a GPU and a CUDA build"
+)
+
+
+@pytest.fixture(autouse=True)
+def _setup(monkeypatch):
+    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "persistent")
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (17, 16, 33), (50, 3, 128), (9, 70, 65), (20, 8, 1024)],
+                         ids=str)
+@pytest.mark.parametrize("structure", list(itertools.product([1, 2], [False, True], [False, True])), ids=str)
+def test_persistent_parity_with_cudnn(structure, shape):
+    num_layers, bidirectional, batch_first = structure
+    T, B, H = shape
+    ref, ours = twin_lstms(H + 3, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first)
+    ref, ours = ref.cuda(), ours.cuda()
+    D = 2 if bidirectional else 1
+    x = torch.randn((B, T, H + 3) if batch_first else (T, B, H + 3), device="cuda", requires_grad=True)
+    h0 = torch.randn(num_layers * D, B, H, device="cuda", requires_grad=True)
+    c0 = torch.randn(num_layers * D, B, H, device="cuda", requires_grad=True)
+    compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_persistent_packed(bidirectional):
+    ref, ours = twin_lstms(4, 37, num_layers=2, bidirectional=bidirectional)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = torch.randn(9, 5, 4, device="cuda", requires_grad=True)
+    packed = pack_padded_sequence(x, torch.tensor([2, 9, 1, 6, 4]), enforce_sorted=False)
+    compare_modules(ref, ours, packed, None, [x], torch.float32)
+
+
+@pytest.mark.parametrize("variant", [dict(peephole=True), dict(coupled=True), dict(peephole=True, coupled=True)])
+def test_persistent_variants_gradcheck_float64(variant):
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(3, 6, num_layers=2, bidirectional=True, dtype=torch.float64, **variant).cuda()
+    names = [n for n, _ in m.named_parameters()]
+    x = torch.randn(5, 3, 3, dtype=torch.float64, device="cuda", requires_grad=True)
+    packed_lengths = torch.tensor([5, 2, 4])
+
+    def f(x, *ps):
+        out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)),
+                                                 (pack_padded_sequence(x, packed_lengths, enforce_sorted=False),))
+        return out.data, h, c
+
+    assert torch.autograd.gradcheck(f, [x, *[p.detach().clone().requires_grad_() for p in m.parameters()]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_persistent_half_types_error_vs_float64(dtype):
+    ref, ours = twin_lstms(64, 256, num_layers=2)
+    ref64 = lstm_fused.LSTM(64, 256, num_layers=2, dtype=torch.float64)
+    ref64.load_state_dict(ref.state_dict())
+    x = torch.randn(60, 8, 64)
+    exp, (eh, ec) = ref64(x.double())
+    ref_h, ours_h = ref.cuda().to(dtype), ours.cuda().to(dtype)
+    xr = x.cuda().to(dtype)
+    got_ref, (rh, rc) = ref_h(xr)
+    got, (oh, oc) = ours_h(xr)
+    for a, r, e in ((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)):
+        err_ours = (a.double().cpu() - e).abs().max().item()
+        err_ref = (r.double().cpu() - e).abs().max().item()
+        assert err_ours <= 4 * err_ref + 1e-3, (err_ours, err_ref)
+
+
+def test_persistent_equals_step_kernels_and_is_deterministic(monkeypatch):
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(32, 512, num_layers=2, bidirectional=True).cuda()
+    x = torch.randn(40, 16, 32, device="cuda")
+
+    def run():
+        m.zero_grad()
+        xg = x.clone().requires_grad_()
+        out, (h, c) = m(xg)
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        return [out, h, c, xg.grad] + [p.grad.clone() for p in m.parameters()]
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "step")
+    for a, b in zip(first, run()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+def test_persistent_on_a_side_stream_and_inference():
+    _, ours = twin_lstms(5, 40, bidirectional=True)
+    ours = ours.cuda()
+    x = torch.randn(6, 3, 5, device="cuda")
+    with torch.no_grad():
+        expected = ours(x)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        got = ours(x)
+    torch.cuda.current_stream().wait_stream(s)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1][0], expected[1][0])
+    train = ours(x)  # the training forward keeps the workspace; same numbers
+    assert torch.equal(train[0], expected[0]) and torch.equal(train[1][1], expected[1][1])
+
+
+def test_auto_takes_step_kernels_under_graph_capture(monkeypatch):
+    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "auto")
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(8, 16).cuda()
+    static_x = torch.randn(12, 4, 8, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        m(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(g):
+        static_out, _ = m(static_x)
+    static_x.copy_(torch.randn(12, 4, 8, device="cuda"))
+    g.replay()
+    with torch.no_grad():
+        out, _ = m(static_x)
+    torch.testing.assert_close(static_out, out, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,168 @@
+"""The persistent CUDA kernel's logic, run on the CPU: the CUDA driver with the persistent launch emulated block by
+block and thread by thread, every block's shared memory kept for the whole launch and a grid barrier between steps
+(cpu/cuda_emulation.cpp). LSTM_FUSED_EMU_SMS / LSTM_FUSED_EMU_SMEM shape the emulated device, so the tests reach
+several units per block, more work items than threads (rounds), a reduction split in k chunks, and one block per
+unit. Compared with the CPU kernels and with the per-step CUDA kernels (LSTM_FUSED_CUDA_ALGO=step)."""
+import pytest
+import torch
+
+from test_cuda_emulation import VARIANTS, _args, _close, bwd_cpu, bwd_emu, fwd_cpu, fwd_emu
+
+plan = torch.ops.lstm_fused._persistent_plan.default
+
+CASES = [  # T, B, I, H (no projection: projection layers always take the per-step kernels)
+    (1, 1, 1, 1),
+    (3, 2, 5, 7),
+    (5, 9, 33, 33),
+    (4, 17, 3, 40),
+    (7, 10, 4, 9),
+    (3, 70, 4, 65),
+]
+DEVICES = {  # name: (multiprocessors, shared memory per block)
+    "h200": (132, 232448),
+    "5sm": (5, 232448),
+    "1sm": (1, 232448),
+    "small-smem": (3, 60000),
+}
+
+
+def _device(monkeypatch, name, algo="persistent"):
+    sms, smem = DEVICES[name]
+    monkeypatch.setenv("LSTM_FUSED_EMU_SMS", str(sms))
+    monkeypatch.setenv("LSTM_FUSED_EMU_SMEM", str(smem))
+    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", algo)
+
+
+def _plans(case, directions, coupled, device, elem=8):
+    T, B, I, H = case
+    G = (3 if coupled else 4) * H
+    sms, smem = DEVICES[device]
+    return plan(4, H, H, B, directions, elem, elem, sms, smem), plan(1, H, G, B, directions, elem, elem, sms, smem)
+
+
+def test_emulated_devices_reach_every_tiling():
+    # The device shapes are only worth testing if, over the grid below, the kernel meets every tiling it must
+    # handle with both passes runnable: one unit per block, several, more work items than threads (rounds),
+    # forward and backward reductions staged in k chunks, two directions.
+    seen = set()
+    for device in DEVICES:
+        for case in CASES:
+            for directions in (1, 2):
+                for coupled in (False, True):
+                    f, b = _plans(case, directions, coupled, device)
+                    if not (f[0] and b[0]):
+                        continue
+                    H, B = case[3], case[1]
+                    G = (3 if coupled else 4) * H
+                    seen.add("one unit" if f[2] == 1 else "several units")
+                    seen |= {"rounds"} if f[2] * ((B + 3) // 4) > 256 else set()
+                    seen |= {"forward chunks"} if f[3] < H else set()
+                    seen |= {"backward chunks"} if b[3] < G else set()
+                    seen.add(f"{directions} directions")
+    assert seen == {"one unit", "several units", "rounds", "forward chunks", "backward chunks", "1 directions",
+                    "2 directions"}
+    assert plan(4, 300, 300, 2, 1, 8, 8, *DEVICES["small-smem"])[0] == 0  # the weights alone do not fit
+    assert plan(4, 8, 8, 4, 2, 4, 4, 1, 232448)[0] == 0  # one multiprocessor cannot serve two directions
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["lstm", "peephole", "coupled", "peephole+coupled"])
+def test_persistent_matches_cpu_kernels(monkeypatch, device, case, packed, directions, variant):
+    T, B, I, H = case
+    fits = all(p[0] for p in _plans(case, directions, variant[1], device))
+    _device(monkeypatch, device)
+    dtype = torch.float64
+    args = _args(T, B, I, H, 0, packed, dtype, seed=hash((case, packed, directions)) % 1000, directions=directions,
+                 peephole=variant[0], coupled=variant[1])
+    if not fits:
+        with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
+            fwd_emu(*args, True)
+        return
+    ref = fwd_cpu(*args, True)
+    emu = fwd_emu(*args, True)
+    for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
+        _close(a, b, 1e-12, name)
+    lean = fwd_emu(*args, False)  # inference: two alternating step buffers, h_n/c_n written by the kernel
+    for name, a, b in zip(("output", "h_n", "c_n"), lean, ref):
+        _close(a, b, 1e-12, "inference " + name)
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled = args
+    g = torch.Generator().manual_seed(5)
+    grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in ref[:3]]
+    common = (x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled)
+    r = bwd_cpu(*grads, *common, ref[0], ref[3], True, True)
+    e = bwd_emu(*grads, *common, emu[0], emu[3], True, True)
+    names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
+    for name, a, b in zip(names, e, r):
+        _close(a, b, 1e-10, name)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_persistent_half_types_track_float64(monkeypatch, dtype, tol, packed):
+    # Half types stay half in the resident slice and the outputs; staging, sums and cells are float32.
+    _device(monkeypatch, "5sm")
+    args64 = _args(6, 5, 12, 20, 0, packed, torch.float64, seed=3, directions=2, peephole=True)
+
+    def cast(a):
+        if isinstance(a, list):
+            return [cast(x) for x in a]
+        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+    args = [cast(a) for a in args64]
+    ref = fwd_cpu(*args64, True)
+    emu = fwd_emu(*args, True)
+    for a, b in zip(emu[:3], ref[:3]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
+    grads = [t.to(dtype) for t in grads64]
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6, w_ph6, _ = args64
+    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, w_ph6, cpl, ref[0], ref[3], True, True)
+    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, emu[0], emu[3], True, True)
+    flat_e = [e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[7]]
+    flat_r = [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[7]]
+    for a, b in zip(flat_e, flat_r):
+        assert a.dtype == dtype
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_persistent_and_step_kernels_agree_in_float32(monkeypatch, packed):
+    args = _args(8, 13, 6, 45, 0, packed, torch.float32, seed=11, directions=2, peephole=True)
+    results = {}
+    for algo in ("step", "persistent"):
+        _device(monkeypatch, "5sm", algo)
+        fwd = fwd_emu(*args, True)
+        grads = [torch.ones_like(t) for t in fwd[:3]]
+        x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+        bwd = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, fwd[0], fwd[3], True, True)
+        results[algo] = (fwd, bwd)
+    _close(list(results["persistent"][0]), list(results["step"][0]), 1e-5, "forward")
+    _close([results["persistent"][1][i] for i in (0, 1, 2, 3, 4, 5, 7)],
+           [results["step"][1][i] for i in (0, 1, 2, 3, 4, 5, 7)], 1e-5, "backward")
+
+
+def test_forcing_persistent_where_it_cannot_run_raises(monkeypatch):
+    _device(monkeypatch, "h200")
+    with pytest.raises(RuntimeError, match="proj_size"):
+        fwd_emu(*_args(3, 2, 4, 8, 5, False, torch.float32, seed=0), True)
+    _device(monkeypatch, "small-smem")
+    with pytest.raises(RuntimeError, match="shared memory"):
+        fwd_emu(*_args(3, 2, 4, 300, 0, False, torch.float32, seed=0), True)
+    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "fastest")
+    with pytest.raises(RuntimeError, match="auto, step or persistent"):
+        fwd_emu(*_args(3, 2, 4, 8, 0, False, torch.float32, seed=0), True)
+
+
+def test_auto_falls_back_where_the_persistent_kernel_cannot_run(monkeypatch):
+    # Auto: projection, too little shared memory or a large batch take the per-step kernels, same results.
+    for device, case, proj in (("h200", (3, 2, 4, 8), 5), ("small-smem", (3, 2, 4, 300), 0), ("h200", (2, 70, 3, 9), 0)):
+        _device(monkeypatch, device, "auto")
+        args = _args(*case, proj, False, torch.float64, seed=1)
+        ref = fwd_cpu(*args, True)
+        _close(list(fwd_emu(*args, True)), list(ref), 1e-12, str(case))
