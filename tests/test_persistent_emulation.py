@@ -166,3 +166,58 @@ def test_auto_falls_back_where_the_persistent_kernel_cannot_run(monkeypatch):
         args = _args(*case, proj, False, torch.float64, seed=1)
         ref = fwd_cpu(*args, True)
         _close(list(fwd_emu(*args, True)), list(ref), 1e-12, str(case))
+
+
+# ---- tensor-core forward (float16 / bfloat16) -----------------------------------------------------------------
+mma_plan = torch.ops.lstm_fused._persistent_mma_plan.default
+MMA_CASES = [  # T, B, I, H: batch 1 (7 padding columns), 9 (two N tiles), 70 (more tiles than warps); H not a
+    (5, 1, 3, 33),  # multiple of the 8-unit tile; P not a multiple of the k step
+    (4, 9, 7, 20),
+    (3, 70, 5, 37),
+]
+
+
+def test_mma_plans_reach_every_tiling():
+    seen = set()
+    for sms in (132, 2):
+        for T, B, I, H in MMA_CASES:
+            for D in (1, 2):
+                ok, nb, kj, mt, _ = mma_plan(H, H, B, D, sms, 232448)
+                assert ok and kj % 8 == 0 and nb * kj >= H and (nb - 1) * kj < H
+                tiles = mt * ((B + 7) // 8)
+                seen.add("several row tiles" if mt > 1 else "one row tile")
+                seen.add("split k" if tiles < 8 else "tiles in rounds" if tiles > 8 else "one tile per warp")
+    assert {"several row tiles", "one row tile", "split k", "tiles in rounds"} <= seen
+    assert mma_plan(1024, 1024, 64, 1, 132, 232448)[:4] == [1, 128, 8, 1]  # H200, batch 64, H 1024: fits
+    assert mma_plan(1024, 1024, 64, 2, 132, 232448)[0] == 0  # bidirectional: the float path's chunks instead
+
+
+def _cast(a, dtype):
+    if isinstance(a, list):
+        return [_cast(x, dtype) for x in a]
+    return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("sms", [132, 2])
+@pytest.mark.parametrize("case", MMA_CASES)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("variant", VARIANTS, ids=["lstm", "peephole", "coupled", "peephole+coupled"])
+def test_mma_forward_tracks_float64_and_the_float_path(monkeypatch, dtype, tol, sms, case, packed, directions,
+                                                       variant):
+    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "persistent")
+    monkeypatch.setenv("LSTM_FUSED_EMU_SMS", str(sms))
+    monkeypatch.setenv("LSTM_FUSED_EMU_SMEM", "232448")
+    args64 = _args(*case, 0, packed, torch.float64, seed=sum(case) + sms, directions=directions,
+                   peephole=variant[0], coupled=variant[1])
+    args = _cast(args64, dtype)
+    ref = fwd_cpu(*args64, False)
+    monkeypatch.setenv("LSTM_FUSED_EMU_MMA", "1")
+    mma = fwd_emu(*args, False)
+    monkeypatch.setenv("LSTM_FUSED_EMU_MMA", "0")
+    flt = fwd_emu(*args, False)
+    for name, a, f, r in zip(("output", "h_n", "c_n"), mma[:3], flt[:3], ref[:3]):
+        assert a.dtype == dtype, name
+        torch.testing.assert_close(a.double(), r, rtol=tol, atol=tol, msg=name)
+        torch.testing.assert_close(a.double(), f.double(), rtol=tol / 2, atol=tol / 2, msg=name)

@@ -11,6 +11,7 @@
 
 #include "../cuda/gru_cuda_driver.h"
 #include "../cuda/lstm_cuda_driver.h"
+#include "../cuda/lstm_persistent_mma.h"
 
 namespace lstm_fused {
 namespace {
@@ -43,13 +44,20 @@ void emulate_launch(const P& p, int64_t gx, int64_t gy, int64_t k_len, const Loa
 }
 
 // The emulated device of the persistent kernel: LSTM_FUSED_EMU_SMS multiprocessors (default 132, an H200) with
-// LSTM_FUSED_EMU_SMEM bytes of shared memory per block (default 232448), so tests can force odd tilings.
+// LSTM_FUSED_EMU_SMEM bytes of shared memory per block (default 232448), with tensor cores unless
+// LSTM_FUSED_EMU_MMA=0, so tests can force odd tilings and either forward path for half types.
 persistent::DeviceLimits emulated_device() {
   auto env = [](const char* name, int64_t dflt) {
     const char* v = std::getenv(name);
     return v && *v ? std::atoll(v) : dflt;
   };
-  return {env("LSTM_FUSED_EMU_SMS", 132), env("LSTM_FUSED_EMU_SMEM", 232448)};
+  return {env("LSTM_FUSED_EMU_SMS", 132), env("LSTM_FUSED_EMU_SMEM", 232448), env("LSTM_FUSED_EMU_MMA", 1) != 0};
+}
+
+void check_guard(const std::vector<std::vector<unsigned char>>& mem, const persistent::Plan& pl) {
+  for (const auto& m : mem)
+    for (size_t i = pl.smem; i < m.size(); ++i)
+      TORCH_CHECK(m[i] == 0xFF, "lstm_fused emulation: the persistent kernel wrote past its shared memory");
 }
 
 // Runs one persistent launch like the GPU: every block's shared memory lives for the whole launch (filled with
@@ -68,6 +76,23 @@ void emulate_persistent(const std::vector<DirectionParams<typename R::Step>>& st
     const Smem<T, A> s = carve<T, A>(pl, mem[blk].data());
     for (int tid = 0; tid < persistent::kThreads; ++tid)
       load_resident<R>(pl, steps[0].dir[blk / pl.nb], blk % pl.nb, tid, s);
+  }
+  if constexpr (kHasMmaPath<R, T>) {
+    if (pl.mma) {
+      for (const auto& dp : steps) {
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+          const typename R::Step& p = dp.dir[blk / pl.nb];
+          const MmaSmem<T> m = carve_mma<T>(pl, mem[blk].data());
+          for (int tid = 0; tid < persistent::kThreads; ++tid) mma_stage_left<R>(pl, p, tid, m);
+          const MmaTiling mt = mma_tiling(pl, p.rows);
+          for (int warp = 0; warp < kWarps; ++warp)
+            for (int64_t u = warp; u < mt.units; u += kWarps) mma_unit(pl, mt, u, m);
+          for (int tid = 0; tid < persistent::kThreads; ++tid) mma_reduce_epilogue<R>(pl, p, mt, blk % pl.nb, tid, m);
+        }
+      }
+      check_guard(mem, pl);
+      return;
+    }
   }
   std::vector<std::array<std::array<A, NG>, kRows>> acc(persistent::kThreads);
   auto acc_of = [&](int tid) -> A(&)[kRows][NG] { return *reinterpret_cast<A(*)[kRows][NG]>(acc[tid].data()); };
@@ -89,16 +114,14 @@ void emulate_persistent(const std::vector<DirectionParams<typename R::Step>>& st
       }
     }
   }
-  for (const auto& m : mem)
-    for (size_t i = pl.smem; i < m.size(); ++i)
-      TORCH_CHECK(m[i] == 0xFF, "lstm_fused emulation: the persistent kernel wrote past its shared memory");
+  check_guard(mem, pl);
 }
 
 struct EmulationRunner {
   template <typename T, typename A>
   bool fwd_sequence(const std::vector<DirectionParams<FwdStepParams<T, A>>>& steps, int64_t B) {
     const FwdStepParams<T, A>& p = steps[0].dir[0];
-    const auto plan = persistent::make_plan(4, p.H, p.P, B, steps[0].count, sizeof(T), sizeof(A), emulated_device());
+    const auto plan = persistent::forward_plan<T, A>(p.H, p.P, B, steps[0].count, emulated_device());
     if (!cuda_driver::want_persistent(plan, B)) return false;
     emulate_persistent<persistent::FwdRecurrence<T, A>, T, A>(steps, plan);
     return true;
@@ -211,11 +234,18 @@ std::vector<int64_t> persistent_plan(int64_t ng, int64_t H, int64_t K, int64_t B
   return {p.ok, p.nb, p.kj, p.kc, static_cast<int64_t>(p.smem)};
 }
 
+// The tensor-core forward plan, for tests: [ok, blocks per direction, units per block, 32-row tiles, bytes].
+std::vector<int64_t> persistent_mma_plan(int64_t H, int64_t K, int64_t B, int64_t D, int64_t sms, int64_t smem) {
+  const auto p = persistent::make_mma_plan(H, K, B, D, {sms, smem, true});
+  return {p.ok, p.nb, p.kj, p.mt, static_cast<int64_t>(p.smem)};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
   m.def("_persistent_plan(int ng, int H, int K, int B, int D, int elem_w, int elem_a, int sms, int smem) -> int[]",
         &persistent_plan);
+  m.def("_persistent_mma_plan(int H, int K, int B, int D, int sms, int smem) -> int[]", &persistent_mma_plan);
   m.def(
       "_emu_gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[]? b_ih, Tensor[]? b_hh, bool need_workspace) -> (Tensor, Tensor, Tensor)");

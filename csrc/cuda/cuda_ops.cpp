@@ -14,6 +14,7 @@
 #include "lstm_cuda_driver.h"
 #include "lstm_cuda_launch.h"
 #include "lstm_persistent_launch.h"
+#include "lstm_persistent_mma.h"
 
 namespace lstm_fused {
 namespace {
@@ -37,7 +38,7 @@ struct GpuRunner {
 
   persistent::DeviceLimits limits() const {
     const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
-    return {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin)};
+    return {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin), prop->major >= 8};
   }
   // A stream being captured into a CUDA graph takes the per-step kernels: the persistent launch reads step
   // parameters uploaded from a host buffer that a replay would not refresh.
@@ -66,7 +67,7 @@ struct GpuRunner {
   template <typename T, typename A>
   bool fwd_sequence(const std::vector<cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>>& steps, int64_t B) {
     const auto& p = steps[0].dir[0];
-    const auto plan = persistent::make_plan(4, p.H, p.P, B, steps[0].count, sizeof(T), sizeof(A), limits());
+    const auto plan = persistent::forward_plan<T, A>(p.H, p.P, B, steps[0].count, limits());
     return sequence(steps, plan, B, persistent::fwd_fits<T, A>, persistent::launch_fwd<T, A>);
   }
   template <typename T, typename A>

@@ -35,6 +35,7 @@ constexpr int kMaxSplit = 32;  // lanes sharing one work item's reduction (a pow
 struct DeviceLimits {
   int64_t sms = 0;        // multiprocessors
   int64_t smem = 0;       // opt-in shared memory per block, bytes
+  bool tensor_cores = false;  // bf16/fp16 MMA (sm_80+)
 };
 
 // Blocks, units per block and shared-memory layout of one persistent launch. Shapes are in elements.
@@ -44,6 +45,9 @@ struct Plan {
   int64_t nb = 0;         // blocks per direction (grid = D·nb, one per SM)
   int64_t kj = 0;         // hidden units per block
   int64_t K = 0;          // reduction length: P forward, G backward
+  int64_t kp = 0;         // K padded with zero weights (to the MMA k step of 16 on the tensor-core path)
+  bool mma = false;       // tensor-core path (lstm_persistent_mma.h): half types, forward, whole K staged
+  int64_t mt = 0;         // tensor-core path: 32-row tiles of the resident slice (4·kj / 32)
   int64_t ldw = 0;        // row stride of the resident slice
   int64_t kc = 0;         // k chunk of the staged left operand
   int64_t ldl = 0;        // row stride of the staged left operand
@@ -52,7 +56,8 @@ struct Plan {
 };
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-inline size_t align16(size_t x) { return (x + 15) / 16 * 16; }
+// Regions start on 128-byte boundaries (tensor-core tile loads need 32).
+inline size_t align_region(size_t x) { return (x + 127) / 128 * 128; }
 
 // NG accumulators per (row, unit): 4 (or 3 used, coupled) forward, 1 backward. elem_w: bytes of the storage
 // type (the resident weights); elem_a: bytes of the accumulate type (staged operand, partials).
@@ -66,11 +71,11 @@ inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, 
   }
   p.kj = (H + per_dir - 1) / per_dir;
   p.nb = (H + p.kj - 1) / p.kj;
-  p.K = K;
+  p.K = p.kp = K;
   p.ldw = round_up(K, 4) + 4;  // shifts consecutive slice rows across banks
   p.rows_pad = round_up(B, kRows);
-  p.w_bytes = align16(size_t(ng_slots * p.kj * p.ldw) * elem_w);
-  p.red_bytes = align16(size_t(kThreads) * kRows * ng_slots * elem_a);
+  p.w_bytes = align_region(size_t(ng_slots * p.kj * p.ldw) * elem_w);
+  p.red_bytes = align_region(size_t(kThreads) * kRows * ng_slots * elem_a);
   const int64_t budget = dev.smem - int64_t(p.w_bytes + p.red_bytes);
   // The largest k chunk (a multiple of 32, at most K rounded up) whose staged rows fit beside the slice.
   const int64_t per_k = p.rows_pad * int64_t(elem_a);
@@ -82,7 +87,7 @@ inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, 
   }
   p.kc = kc;
   p.ldl = kc + 4;
-  p.left_bytes = align16(size_t(p.rows_pad * p.ldl) * elem_a);
+  p.left_bytes = align_region(size_t(p.rows_pad * p.ldl) * elem_a);
   p.smem = p.w_bytes + p.left_bytes + p.red_bytes;
   p.ok = int64_t(p.smem) <= dev.smem;
   if (!p.ok) p.why = "shared memory";
@@ -132,9 +137,10 @@ struct FwdRecurrence {
     return p.w_hh[(slot * p.H + j) * p.P + k];
   }
   LF_HOST_DEVICE static int64_t left_rows(const Step& p) { return p.rows; }
-  LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) {
-    return b < p.n_prev ? to_acc<T, A>(load_fresh(p.h_prev + b * p.ld_out + k)) : to_acc<T, A>(p.h0[b * p.P + k]);
+  LF_HOST_DEVICE static T left_raw(const Step& p, int64_t b, int64_t k) {
+    return b < p.n_prev ? load_fresh(p.h_prev + b * p.ld_out + k) : p.h0[b * p.P + k];
   }
+  LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) { return to_acc<T, A>(left_raw(p, b, k)); }
   LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
     if (p.peep) {
       if (p.coupled) cuda_step::fwd_cell<T, A, true, true>(p, b, j, acc);
@@ -185,17 +191,19 @@ LF_HOST_DEVICE Smem<T, A> carve(const Plan& pl, unsigned char* base) {
           reinterpret_cast<A*>(base + pl.w_bytes + pl.left_bytes)};
 }
 
-// Phase 0, once per launch: this block's slice of the weights (zero for slots or units that do not exist).
+// Phase 0, once per launch: this block's slice of the weights (zero for slots or units that do not exist, and
+// for k in [K, kp)).
 template <typename R, typename T, typename A>
 LF_HOST_DEVICE void load_resident(const Plan& pl, const typename R::Step& p, int64_t bx, int tid,
                                   const Smem<T, A>& s) {
   // 32-bit index math: everything indexed here fits in shared memory.
-  const int rows = R::NG * static_cast<int>(pl.kj), K = static_cast<int>(R::K(p)), kj = static_cast<int>(pl.kj);
+  const int rows = R::NG * static_cast<int>(pl.kj), K = static_cast<int>(R::K(p)), kp = static_cast<int>(pl.kp);
+  const int kj = static_cast<int>(pl.kj);
   const int64_t j0 = bx * pl.kj;
-  for (int e = tid; e < rows * K; e += kThreads) {
-    const int r = e / K, k = e % K, slot = r / kj;
+  for (int e = tid; e < rows * kp; e += kThreads) {
+    const int r = e / kp, k = e % kp, slot = r / kj;
     const int64_t j = j0 + r % kj;
-    s.w[r * pl.ldw + k] = (slot < R::slots(p) && j < R::units(p)) ? R::weight(p, slot, j, k) : T(0.0f);
+    s.w[r * pl.ldw + k] = (slot < R::slots(p) && j < R::units(p) && k < K) ? R::weight(p, slot, j, k) : T(0.0f);
   }
 }
 

@@ -6,6 +6,7 @@
 #include <c10/util/Half.h>
 
 #include "lstm_persistent_launch.h"
+#include "lstm_persistent_mma.h"
 
 namespace lstm_fused {
 namespace persistent {
@@ -17,7 +18,7 @@ namespace cg = cooperative_groups;
 // [d·nb, (d+1)·nb) serve direction d.
 template <typename R, typename T, typename A>
 __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<typename R::Step> a) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   const Plan& pl = a.plan;
   const int tid = threadIdx.x;
   const int d = static_cast<int>(blockIdx.x / pl.nb);
@@ -26,6 +27,24 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<type
   load_resident<R>(pl, a.steps[0].dir[d], bx, tid, s);
   __syncthreads();
   cg::grid_group grid = cg::this_grid();
+  if constexpr (kHasMmaPath<R, T>) {
+    if (pl.mma) {  // grid-uniform
+      const MmaSmem<T> m = carve_mma<T>(pl, smem_raw);
+      const int warp = tid / 32;
+      for (int64_t step = 0; step < a.n_steps; ++step) {
+        const typename R::Step& p = a.steps[step].dir[d];
+        mma_stage_left<R>(pl, p, tid, m);
+        __syncthreads();
+        const MmaTiling mt = mma_tiling(pl, p.rows);
+        for (int64_t u = warp; u < mt.units; u += kWarps) mma_unit(pl, mt, u, m);  // warp-uniform
+        __syncthreads();
+        mma_reduce_epilogue<R>(pl, p, mt, bx, tid, m);
+        __syncthreads();
+        grid.sync();
+      }
+      return;
+    }
+  }
   for (int64_t step = 0; step < a.n_steps; ++step) {
     const typename R::Step& p = a.steps[step].dir[d];  // read-only for the whole launch
     const StepTiling st = step_tiling(pl.kj, p.rows);
