@@ -25,7 +25,7 @@ def _setup(monkeypatch):
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (17, 16, 33), (50, 3, 128), (9, 70, 65), (20, 8, 1024)],
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 5), (17, 16, 33), (50, 3, 128), (9, 70, 65), (20, 8, 768)],
                          ids=str)
 @pytest.mark.parametrize("structure", list(itertools.product([1, 2], [False, True], [False, True])), ids=str)
 def test_persistent_parity_with_cudnn(structure, shape):
@@ -136,3 +136,9 @@ def test_auto_takes_step_kernels_under_graph_capture(monkeypatch):
     with torch.no_grad():
         out, _ = m(static_x)
     torch.testing.assert_close(static_out, out, rtol=1e-5, atol=1e-6)
+
+
+def test_persistent_empty_batch():
+    _, ours = twin_lstms(4, 6)
+    out, (h, c) = ours.cuda()(torch.randn(3, 0, 4, device="cuda"))
+    assert out.shape == (3, 0, 6) and h.shape == (1, 0, 6)

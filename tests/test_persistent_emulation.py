@@ -221,3 +221,16 @@ def test_mma_forward_tracks_float64_and_the_float_path(monkeypatch, dtype, tol, 
         assert a.dtype == dtype, name
         torch.testing.assert_close(a.double(), r, rtol=tol, atol=tol, msg=name)
         torch.testing.assert_close(a.double(), f.double(), rtol=tol / 2, atol=tol / 2, msg=name)
+
+
+@pytest.mark.parametrize("algo", ["auto", "persistent"])
+def test_empty_batch_runs_without_a_launch(monkeypatch, algo):
+    _device(monkeypatch, "h200", algo)
+    args = _args(3, 0, 4, 5, 0, False, torch.float32, seed=0)
+    assert plan(4, 5, 5, 0, 1, 4, 4, *DEVICES["h200"])[0] == 0
+    out = fwd_emu(*args, True)
+    assert out[0].shape == (3, 0, 5) and out[1].shape == (1, 0, 5)
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+    grads = bwd_emu(torch.ones_like(out[0]), torch.ones_like(out[1]), torch.ones_like(out[2]), x, bs, h0, c0, w_ih,
+                    w_hh, w_hr, w_ph, cpl, out[0], out[3], True, True)
+    assert grads[0].shape == x.shape and not grads[4][0].any()

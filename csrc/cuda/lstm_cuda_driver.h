@@ -45,7 +45,7 @@ constexpr int64_t kPersistentMaxBatch = 64;
 // Whether a sequence with this plan runs persistently. `fits`: the device can co-schedule the grid.
 inline bool want_persistent(const persistent::Plan& plan, int64_t B, bool fits = true) {
   const Algo a = algo_from_env();
-  if (a == Algo::kStep) return false;
+  if (a == Algo::kStep || B == 0) return false;  // an empty batch has nothing to launch
   const bool ok = plan.ok && fits;
   TORCH_CHECK(ok || a != Algo::kPersistent, "lstm_fused: LSTM_FUSED_CUDA_ALGO=persistent, but the persistent kernel "
               "cannot run this layer: ", plan.ok ? "the grid cannot be co-resident" : plan.why);

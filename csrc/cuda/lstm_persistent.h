@@ -29,6 +29,7 @@ using cuda_step::to_acc;
 constexpr int kThreads = 256;
 constexpr int kRows = 4;       // batch rows per work item: a thread keeps kRows × NG accumulators
 constexpr int kMaxSplit = 32;  // lanes sharing one work item's reduction (a power of two)
+constexpr int64_t kStaticSmem = 512;  // the kernel's static shared memory (a step's parameters), bytes
 
 // ---- plan (host) --------------------------------------------------------------------------------------
 // What the device offers a cooperative launch.
@@ -65,6 +66,10 @@ inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, 
                       const DeviceLimits& dev) {
   Plan p;
   const int64_t per_dir = dev.sms / D;
+  if (B < 1 || H < 1 || K < 1) {
+    p.why = "an empty batch or layer";
+    return p;
+  }
   if (per_dir < 1) {
     p.why = "fewer multiprocessors than directions";
     return p;
@@ -76,7 +81,7 @@ inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, 
   p.rows_pad = round_up(B, kRows);
   p.w_bytes = align_region(size_t(ng_slots * p.kj * p.ldw) * elem_w);
   p.red_bytes = align_region(size_t(kThreads) * kRows * ng_slots * elem_a);
-  const int64_t budget = dev.smem - int64_t(p.w_bytes + p.red_bytes);
+  const int64_t budget = dev.smem - kStaticSmem - int64_t(p.w_bytes + p.red_bytes);
   // The largest k chunk (a multiple of 32, at most K rounded up) whose staged rows fit beside the slice.
   const int64_t per_k = p.rows_pad * int64_t(elem_a);
   int64_t kc = budget > 0 ? budget / per_k : 0;
@@ -89,7 +94,7 @@ inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, 
   p.ldl = kc + 4;
   p.left_bytes = align_region(size_t(p.rows_pad * p.ldl) * elem_a);
   p.smem = p.w_bytes + p.left_bytes + p.red_bytes;
-  p.ok = int64_t(p.smem) <= dev.smem;
+  p.ok = int64_t(p.smem) + kStaticSmem <= dev.smem;
   if (!p.ok) p.why = "shared memory";
   return p;
 }

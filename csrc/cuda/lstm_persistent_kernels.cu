@@ -2,6 +2,9 @@
 // barrier (cooperative groups) between time steps. Lean headers only.
 #include <cooperative_groups.h>
 
+#include <mutex>
+#include <set>
+
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -14,11 +17,23 @@ namespace {
 
 namespace cg = cooperative_groups;
 
+// This step's parameters, copied into shared memory by the whole block: the phase functions read their fields
+// for every element, and from global memory (unrestricted pointers) each read would be a dependent load.
+template <typename Step>
+__device__ __forceinline__ void fetch_step(const Step* src, Step* dst, int tid) {
+  static_assert(sizeof(Step) % sizeof(unsigned long long) == 0 && sizeof(Step) <= kStaticSmem, "step params");
+  const auto* from = reinterpret_cast<const unsigned long long*>(src);
+  auto* to = reinterpret_cast<unsigned long long*>(dst);
+  for (int i = tid; i < int(sizeof(Step) / sizeof(unsigned long long)); i += kThreads) to[i] = from[i];
+  __syncthreads();
+}
+
 // One block per multiprocessor (the resident slice takes most of its shared memory); blocks
 // [d·nb, (d+1)·nb) serve direction d.
 template <typename R, typename T, typename A>
 __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<typename R::Step> a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ __align__(16) typename R::Step step_p;  // the previous step's users passed a grid barrier first
   const Plan& pl = a.plan;
   const int tid = threadIdx.x;
   const int d = static_cast<int>(blockIdx.x / pl.nb);
@@ -32,7 +47,8 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<type
       const MmaSmem<T> m = carve_mma<T>(pl, smem_raw);
       const int warp = tid / 32;
       for (int64_t step = 0; step < a.n_steps; ++step) {
-        const typename R::Step& p = a.steps[step].dir[d];
+        fetch_step(&a.steps[step].dir[d], &step_p, tid);
+        const typename R::Step& p = step_p;
         mma_stage_left<R>(pl, p, tid, m);
         __syncthreads();
         const MmaTiling mt = mma_tiling(pl, p.rows);
@@ -46,7 +62,8 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<type
     }
   }
   for (int64_t step = 0; step < a.n_steps; ++step) {
-    const typename R::Step& p = a.steps[step].dir[d];  // read-only for the whole launch
+    fetch_step(&a.steps[step].dir[d], &step_p, tid);
+    const typename R::Step& p = step_p;
     const StepTiling st = step_tiling(pl.kj, p.rows);
     for (int64_t r0 = 0; r0 < st.items; r0 += st.groups) {
       A acc[kRows][R::NG];
@@ -67,6 +84,25 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<type
   }
 }
 
+// Lets the kernel use the device's whole opt-in shared memory, once per device (not per call with each layer's
+// size: another host thread could lower it between our set and our launch).
+template <typename R, typename T, typename A>
+cudaError_t allow_full_smem(int dev) {
+  static std::mutex mu;
+  static std::set<int> done;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (done.count(dev)) return cudaSuccess;
+  int optin = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e == cudaSuccess) {
+    // Dynamic bytes on top of the static ones.
+    e = cudaFuncSetAttribute(persistent_kernel<R, T, A>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             optin - static_cast<int>(sizeof(typename R::Step)));
+  }
+  if (e == cudaSuccess) done.insert(dev);
+  return e;
+}
+
 template <typename R, typename T, typename A>
 cudaError_t fits_impl(const Plan& plan, int count, bool& fits) {
   fits = false;
@@ -75,8 +111,7 @@ cudaError_t fits_impl(const Plan& plan, int count, bool& fits) {
   cudaError_t e = cudaGetDevice(&dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (e == cudaSuccess)
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.smem));
+  if (e == cudaSuccess) e = allow_full_smem<R, T, A>(dev);
   if (e == cudaSuccess) e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.smem);
   if (e != cudaSuccess) return e;
   fits = coop != 0 && int64_t(per_sm) * sms >= count * plan.nb;
@@ -86,8 +121,9 @@ cudaError_t fits_impl(const Plan& plan, int count, bool& fits) {
 template <typename R, typename T, typename A>
 cudaError_t launch_impl(const Args<typename R::Step>& a, cudaStream_t stream) {
   auto kernel = persistent_kernel<R, T, A>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(a.plan.smem));
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = allow_full_smem<R, T, A>(dev);
   if (e != cudaSuccess) return e;
   void* params[] = {const_cast<Args<typename R::Step>*>(&a)};
   return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(a.count * a.plan.nb),

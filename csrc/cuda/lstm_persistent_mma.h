@@ -26,8 +26,8 @@ constexpr int kTileM = 32, kTileN = 8, kTileK = 16;
 inline Plan make_mma_plan(int64_t H, int64_t K, int64_t B, int64_t D, const DeviceLimits& dev) {
   Plan p;
   const int64_t per_dir = dev.sms / D;
-  if (per_dir < 1) {
-    p.why = "fewer multiprocessors than directions";
+  if (B < 1 || H < 1 || K < 1 || per_dir < 1) {
+    p.why = per_dir < 1 ? "fewer multiprocessors than directions" : "an empty batch or layer";
     return p;
   }
   p.kj = round_up((H + per_dir - 1) / per_dir, kTileM / 4);  // 4 gate rows per unit fill 32-row tiles
@@ -46,7 +46,7 @@ inline Plan make_mma_plan(int64_t H, int64_t K, int64_t B, int64_t D, const Devi
   const int64_t tiles = p.mt * (p.rows_pad / kTileN);
   p.red_bytes = align_region(size_t(tiles > kWarps ? tiles : kWarps) * kTileM * kTileN * sizeof(float));
   p.smem = p.w_bytes + p.left_bytes + p.red_bytes;
-  p.ok = int64_t(p.smem) <= dev.smem;
+  p.ok = int64_t(p.smem) + kStaticSmem <= dev.smem;
   if (!p.ok) p.why = "shared memory";
   return p;
 }
