@@ -170,10 +170,11 @@ def test_auto_falls_back_where_the_persistent_kernel_cannot_run(monkeypatch):
 
 # ---- tensor-core forward (float16 / bfloat16) -----------------------------------------------------------------
 mma_plan = torch.ops.lstm_fused._persistent_mma_plan.default
-MMA_CASES = [  # T, B, I, H: batch 1 (7 padding columns), 9 (two N tiles), 70 (more tiles than warps); H not a
-    (5, 1, 3, 33),  # multiple of the 8-unit tile; P not a multiple of the k step
+MMA_CASES = [  # T, B, I, H: batch 1 (mostly padding), 9 (two forward N tiles), 70 (more tiles than warps);
+    (5, 1, 3, 33),  # H not a multiple of the 8-unit tile; P not a multiple of the k step
     (4, 9, 7, 20),
     (3, 70, 5, 37),
+    (2, 40, 3, 70),  # backward: several M tiles on 2 SMs and two N tiles
 ]
 
 
@@ -182,14 +183,20 @@ def test_mma_plans_reach_every_tiling():
     for sms in (132, 2):
         for T, B, I, H in MMA_CASES:
             for D in (1, 2):
-                ok, nb, kj, mt, _ = mma_plan(H, H, B, D, sms, 232448)
-                assert ok and kj % 8 == 0 and nb * kj >= H and (nb - 1) * kj < H
-                tiles = mt * ((B + 7) // 8)
-                seen.add("several row tiles" if mt > 1 else "one row tile")
-                seen.add("split k" if tiles < 8 else "tiles in rounds" if tiles > 8 else "one tile per warp")
-    assert {"several row tiles", "one row tile", "split k", "tiles in rounds"} <= seen
-    assert mma_plan(1024, 1024, 64, 1, 132, 232448)[:4] == [1, 128, 8, 1]  # H200, batch 64, H 1024: fits
-    assert mma_plan(1024, 1024, 64, 2, 132, 232448)[0] == 0  # bidirectional: the float path's chunks instead
+                for ng, K, n in ((4, H, 8), (1, 4 * H, 32)):  # forward: 32x8 tiles; backward: 8x32
+                    ok, nb, kj, mt, kc, _ = mma_plan(ng, H, K, B, D, sms, 232448)
+                    assert ok and kj % 8 == 0 and nb * kj >= H and (nb - 1) * kj < H
+                    tiles = mt * ((B + n - 1) // n)
+                    pass_ = "forward" if ng == 4 else "backward"
+                    seen.add(f"{pass_}: {'several M tiles' if mt > 1 else 'one M tile'}")
+                    seen.add(f"{pass_}: " + ("split k" if tiles < 8 else "tiles in rounds" if tiles > 8 else "8 tiles"))
+    assert {f"{p}: {w}" for p in ("forward", "backward") for w in ("several M tiles", "one M tile", "split k",
+                                                                    "tiles in rounds")} <= seen
+    # H200, batch 64, H 1024: the forward stages all of h_{t-1}, the backward dG in k chunks.
+    assert mma_plan(4, 1024, 1024, 64, 1, 132, 232448)[:5] == [1, 128, 8, 1, 1024]
+    ok, nb, kj, mt, kc, _ = mma_plan(1, 1024, 4096, 64, 1, 132, 232448)
+    assert ok and (nb, kj, mt) == (128, 8, 1) and 16 <= kc < 4096 and kc % 16 == 0
+    assert mma_plan(4, 1024, 1024, 64, 2, 132, 232448)[0] == 1  # bidirectional: k chunks too
 
 
 def _cast(a, dtype):
@@ -221,6 +228,79 @@ def test_mma_forward_tracks_float64_and_the_float_path(monkeypatch, dtype, tol, 
         assert a.dtype == dtype, name
         torch.testing.assert_close(a.double(), r, rtol=tol, atol=tol, msg=name)
         torch.testing.assert_close(a.double(), f.double(), rtol=tol / 2, atol=tol / 2, msg=name)
+
+
+MMA_DEVICES = {"h200": (132, 232448), "2sm": (2, 232448)}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("sms,smem", [(8, 14000), (4, 17000)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_mma_k_chunks_track_float64(monkeypatch, dtype, tol, sms, smem, packed):
+    # Devices so small that both passes stage their k range in chunks (one M tile per block, or two).
+    T, B, I, H = 3, 9, 5, 40
+    for ng, K in ((4, H), (1, 4 * H)):
+        ok, _, _, _, kc, _ = mma_plan(ng, H, K, B, 1, sms, smem)
+        assert ok and kc < K
+    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "persistent")
+    monkeypatch.setenv("LSTM_FUSED_EMU_SMS", str(sms))
+    monkeypatch.setenv("LSTM_FUSED_EMU_SMEM", str(smem))
+    args64 = _args(T, B, I, H, 0, packed, torch.float64, seed=7, peephole=True)
+    args = _cast(args64, dtype)
+    ref = fwd_cpu(*args64, True)
+    fwd = fwd_emu(*args, True)
+    for a, r in zip(fwd[:3], ref[:3]):
+        torch.testing.assert_close(a.double(), r, rtol=tol, atol=tol)
+    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
+    grads = [t.to(dtype) for t in grads64]
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6, w_ph6, _ = args64
+    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, w_ph6, cpl, ref[0], ref[3], True, True)
+    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, fwd[0], fwd[3], True, True)
+    for a, b in zip([e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[7]], [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[7]]):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("device", list(MMA_DEVICES))
+@pytest.mark.parametrize("case", MMA_CASES)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("variant", VARIANTS[::3], ids=["lstm", "peephole+coupled"])
+def test_mma_backward_tracks_float64_and_the_float_path(monkeypatch, dtype, tol, device, case, packed, directions,
+                                                        variant):
+    # The same forward (float path) feeds both backwards; dG rounded to the storage type is the MMA's only
+    # extra error.
+    sms, smem = MMA_DEVICES[device]
+    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "persistent")
+    monkeypatch.setenv("LSTM_FUSED_EMU_SMS", str(sms))
+    monkeypatch.setenv("LSTM_FUSED_EMU_SMEM", str(smem))
+    args64 = _args(*case, 0, packed, torch.float64, seed=sum(case) + sms, directions=directions,
+                   peephole=variant[0], coupled=variant[1])
+    args = _cast(args64, dtype)
+    ref = fwd_cpu(*args64, True)
+    monkeypatch.setenv("LSTM_FUSED_EMU_MMA", "0")
+    fwd = fwd_emu(*args, True)
+    g = torch.Generator().manual_seed(2)
+    grads64 = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:3]]
+    grads = [t.to(dtype) for t in grads64]
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6, w_ph6, _ = args64
+    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, w_ph6, cpl, ref[0], ref[3], True, True)
+    flt = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, fwd[0], fwd[3], True, True)
+    monkeypatch.setenv("LSTM_FUSED_EMU_MMA", "1")
+    assert mma_plan(1, case[3], (3 if variant[1] else 4) * case[3], case[1], directions, sms, smem)[0]
+    mma = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, fwd[0], fwd[3], True, True)
+
+    def flat(e):
+        return [e[0], e[1], e[2], *e[3], *e[4], *e[5], *(e[7] or [])]
+
+    for i, (a, f, b) in enumerate(zip(flat(mma), flat(flt), flat(r))):
+        assert a.dtype == dtype
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale, msg=str(i))
+        torch.testing.assert_close(a.double(), f.double(), rtol=tol * 2, atol=tol * 2 * scale, msg=str(i))
 
 
 @pytest.mark.parametrize("algo", ["auto", "persistent"])

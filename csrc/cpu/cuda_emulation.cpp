@@ -79,14 +79,26 @@ void emulate_persistent(const std::vector<DirectionParams<typename R::Step>>& st
   }
   if constexpr (kHasMmaPath<R, T>) {
     if (pl.mma) {
+      const bool once = pl.kc >= pl.kp;
+      std::vector<MmaAcc<NG>> accs(kWarps);
       for (const auto& dp : steps) {
         for (int64_t blk = 0; blk < blocks; ++blk) {
           const typename R::Step& p = dp.dir[blk / pl.nb];
           const MmaSmem<T> m = carve_mma<T>(pl, mem[blk].data());
-          for (int tid = 0; tid < persistent::kThreads; ++tid) mma_stage_left<R>(pl, p, tid, m);
-          const MmaTiling mt = mma_tiling(pl, p.rows);
-          for (int warp = 0; warp < kWarps; ++warp)
-            for (int64_t u = warp; u < mt.units; u += kWarps) mma_unit(pl, mt, u, m);
+          const MmaTiling mt = mma_tiling<NG>(pl, p.rows);
+          if (once)
+            for (int tid = 0; tid < persistent::kThreads; ++tid) mma_stage_left<R>(pl, p, 0, tid, m);
+          for (int64_t r0 = 0; r0 < mt.units; r0 += kWarps) {
+            for (auto& a : accs) mma_zero(a);
+            for (int64_t k0 = 0; k0 < pl.kp; k0 += pl.kc) {
+              if (!once)
+                for (int tid = 0; tid < persistent::kThreads; ++tid) mma_stage_left<R>(pl, p, k0, tid, m);
+              for (int warp = 0; warp < kWarps; ++warp)
+                if (r0 + warp < mt.units) mma_accumulate<NG>(pl, mt, r0 + warp, k0, m, accs[warp]);
+            }
+            for (int warp = 0; warp < kWarps; ++warp)
+              if (r0 + warp < mt.units) mma_store<NG>(r0 + warp, m, accs[warp]);
+          }
           for (int tid = 0; tid < persistent::kThreads; ++tid) mma_reduce_epilogue<R>(pl, p, mt, blk % pl.nb, tid, m);
         }
       }
@@ -121,7 +133,7 @@ struct EmulationRunner {
   template <typename T, typename A>
   bool fwd_sequence(const std::vector<DirectionParams<FwdStepParams<T, A>>>& steps, int64_t B) {
     const FwdStepParams<T, A>& p = steps[0].dir[0];
-    const auto plan = persistent::forward_plan<T, A>(p.H, p.P, B, steps[0].count, emulated_device());
+    const auto plan = persistent::choose_plan<T, A>(4, p.H, p.P, B, steps[0].count, emulated_device());
     if (!cuda_driver::want_persistent(plan, B)) return false;
     emulate_persistent<persistent::FwdRecurrence<T, A>, T, A>(steps, plan);
     return true;
@@ -131,7 +143,7 @@ struct EmulationRunner {
   bool bwd_sequence(const std::vector<DirectionParams<BwdStepParams<T, A>>>& steps, int64_t B) {
     const BwdStepParams<T, A>& p = steps[0].dir[0];
     const int64_t G = (p.coupled ? 3 : 4) * p.H;
-    const auto plan = persistent::make_plan(1, p.H, G, B, steps[0].count, sizeof(T), sizeof(A), emulated_device());
+    const auto plan = persistent::choose_plan<T, A>(1, p.H, G, B, steps[0].count, emulated_device());
     if (!cuda_driver::want_persistent(plan, B)) return false;
     emulate_persistent<persistent::BwdRecurrence<T, A>, T, A>(steps, plan);
     return true;
@@ -234,10 +246,11 @@ std::vector<int64_t> persistent_plan(int64_t ng, int64_t H, int64_t K, int64_t B
   return {p.ok, p.nb, p.kj, p.kc, static_cast<int64_t>(p.smem)};
 }
 
-// The tensor-core forward plan, for tests: [ok, blocks per direction, units per block, 32-row tiles, bytes].
-std::vector<int64_t> persistent_mma_plan(int64_t H, int64_t K, int64_t B, int64_t D, int64_t sms, int64_t smem) {
-  const auto p = persistent::make_mma_plan(H, K, B, D, {sms, smem, true});
-  return {p.ok, p.nb, p.kj, p.mt, static_cast<int64_t>(p.smem)};
+// The tensor-core plan, for tests: [ok, blocks per direction, units per block, M tiles, k chunk, bytes].
+std::vector<int64_t> persistent_mma_plan(int64_t ng, int64_t H, int64_t K, int64_t B, int64_t D, int64_t sms,
+                                         int64_t smem) {
+  const auto p = persistent::make_mma_plan(static_cast<int>(ng), H, K, B, D, {sms, smem, true});
+  return {p.ok, p.nb, p.kj, p.mt, p.kc, static_cast<int64_t>(p.smem)};
 }
 
 }  // namespace
@@ -245,7 +258,7 @@ std::vector<int64_t> persistent_mma_plan(int64_t H, int64_t K, int64_t B, int64_
 TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
   m.def("_persistent_plan(int ng, int H, int K, int B, int D, int elem_w, int elem_a, int sms, int smem) -> int[]",
         &persistent_plan);
-  m.def("_persistent_mma_plan(int H, int K, int B, int D, int sms, int smem) -> int[]", &persistent_mma_plan);
+  m.def("_persistent_mma_plan(int ng, int H, int K, int B, int D, int sms, int smem) -> int[]", &persistent_mma_plan);
   m.def(
       "_emu_gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[]? b_ih, Tensor[]? b_hh, bool need_workspace) -> (Tensor, Tensor, Tensor)");

@@ -67,14 +67,14 @@ struct GpuRunner {
   template <typename T, typename A>
   bool fwd_sequence(const std::vector<cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>>& steps, int64_t B) {
     const auto& p = steps[0].dir[0];
-    const auto plan = persistent::forward_plan<T, A>(p.H, p.P, B, steps[0].count, limits());
+    const auto plan = persistent::choose_plan<T, A>(4, p.H, p.P, B, steps[0].count, limits());
     return sequence(steps, plan, B, persistent::fwd_fits<T, A>, persistent::launch_fwd<T, A>);
   }
   template <typename T, typename A>
   bool bwd_sequence(const std::vector<cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>>& steps, int64_t B) {
     const auto& p = steps[0].dir[0];
     const int64_t G = (p.coupled ? 3 : 4) * p.H;
-    const auto plan = persistent::make_plan(1, p.H, G, B, steps[0].count, sizeof(T), sizeof(A), limits());
+    const auto plan = persistent::choose_plan<T, A>(1, p.H, G, B, steps[0].count, limits());
     return sequence(steps, plan, B, persistent::bwd_fits<T, A>, persistent::launch_bwd<T, A>);
   }
   template <typename T, typename A>

@@ -47,8 +47,8 @@ struct Plan {
   int64_t kj = 0;         // hidden units per block
   int64_t K = 0;          // reduction length: P forward, G backward
   int64_t kp = 0;         // K padded with zero weights (to the MMA k step of 16 on the tensor-core path)
-  bool mma = false;       // tensor-core path (lstm_persistent_mma.h): half types, forward, whole K staged
-  int64_t mt = 0;         // tensor-core path: 32-row tiles of the resident slice (4·kj / 32)
+  bool mma = false;       // tensor-core path (lstm_persistent_mma.h): half types, whole K staged
+  int64_t mt = 0;         // tensor-core path: M tiles of the resident slice (NG·kj / M)
   int64_t ldw = 0;        // row stride of the resident slice
   int64_t kc = 0;         // k chunk of the staged left operand
   int64_t ldl = 0;        // row stride of the staged left operand
@@ -169,6 +169,7 @@ struct BwdRecurrence {
   LF_HOST_DEVICE static T weight(const Step& p, int, int64_t j, int64_t k) { return p.w_hh_t[j * K(p) + k]; }
   LF_HOST_DEVICE static int64_t left_rows(const Step& p) { return p.rows < p.n_later ? p.rows : p.n_later; }
   LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) { return load_fresh(p.dg_later + b * K(p) + k); }
+  LF_HOST_DEVICE static T left_raw(const Step& p, int64_t b, int64_t k) { return static_cast<T>(left(p, b, k)); }
   LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
     cuda_step::bwd_cell(p, b, j, cuda_step::bwd_dh(p, b, j, acc[0]), false);
   }

@@ -46,13 +46,29 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<type
     if (pl.mma) {  // grid-uniform
       const MmaSmem<T> m = carve_mma<T>(pl, smem_raw);
       const int warp = tid / 32;
+      const bool once = pl.kc >= pl.kp;  // the whole k range staged at once: stage it once per step
       for (int64_t step = 0; step < a.n_steps; ++step) {
         fetch_step(&a.steps[step].dir[d], &step_p, tid);
         const typename R::Step& p = step_p;
-        mma_stage_left<R>(pl, p, tid, m);
-        __syncthreads();
-        const MmaTiling mt = mma_tiling(pl, p.rows);
-        for (int64_t u = warp; u < mt.units; u += kWarps) mma_unit(pl, mt, u, m);  // warp-uniform
+        const MmaTiling mt = mma_tiling<R::NG>(pl, p.rows);
+        if (once) {
+          mma_stage_left<R>(pl, p, 0, tid, m);
+          __syncthreads();
+        }
+        for (int64_t r0 = 0; r0 < mt.units; r0 += kWarps) {  // block-uniform; a warp owns one unit per round
+          const int64_t u = r0 + warp;
+          MmaAcc<R::NG> acc;
+          mma_zero(acc);
+          for (int64_t k0 = 0; k0 < pl.kp; k0 += pl.kc) {
+            if (!once) {
+              mma_stage_left<R>(pl, p, k0, tid, m);
+              __syncthreads();
+            }
+            if (u < mt.units) mma_accumulate<R::NG>(pl, mt, u, k0, m, acc);  // warp-uniform
+            if (!once) __syncthreads();
+          }
+          if (u < mt.units) mma_store<R::NG>(u, m, acc);
+        }
         __syncthreads();
         mma_reduce_epilogue<R>(pl, p, mt, bx, tid, m);
         __syncthreads();

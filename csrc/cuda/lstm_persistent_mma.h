@@ -1,9 +1,12 @@
-// Tensor-core variant of the persistent forward step for float16 / bfloat16 (lstm_persistent.h has the plan,
-// the shared memory and the float path). Per step a block computes C = W_slice · h_{t-1}ᵀ with warp-level
-// 32×8×16 MMAs: M = the 4·kj gate rows of its units (W_hh resident in shared memory, one 32-row tile per 8
-// units), N = batch rows padded to 8 (the MMA's narrow side, so a batch of 1 wastes 7 of 8 columns, not 15
-// of 16), K = P padded to 16 with zero weights; float accumulation. With few output tiles the warps split
-// K and their partial tiles are summed in a fixed order, so results do not depend on timing.
+// Tensor-core variant of the persistent steps for float16 / bfloat16 (lstm_persistent.h has the plan, the
+// shared memory and the float path). Per step a block multiplies its resident slice by the staged left
+// operand with warp-level MMAs (K padded to 16 with zero weights, float accumulation):
+//   forward:  C[4·kj gate rows, rows] = W_slice · h_{t-1}ᵀ in 32×8×16 tiles: 4 gate rows × 8 units fill M,
+//             the batch pads only to 8 (a batch of 1 wastes 7 of 8 columns, not 15 of 16);
+//   backward: C[kj units, rows] = W_hhᵀ_slice · dG_laterᵀ in 8×32×16 tiles: 8 units fill M. dG (float in
+//             memory) is rounded to the storage type for the MMA, as the half-precision gradient it is.
+// With few output tiles the warps split K and their partial tiles are summed in a fixed order, so results do
+// not depend on timing.
 //
 // The warp-level work is one function of (plan, unit index): on the GPU it runs nvcuda::wmma on shared memory,
 // on the CPU (emulation) the same tile arithmetic in loops, so tiling, padding and the reduction are tested
@@ -20,49 +23,71 @@ namespace lstm_fused {
 namespace persistent {
 
 constexpr int kWarps = kThreads / 32;
-constexpr int kTileM = 32, kTileN = 8, kTileK = 16;
+constexpr int kTileK = 16;
 
-// The tensor-core plan of a forward launch, or !ok when its slice and the whole staged h_{t-1} (T) do not fit.
-inline Plan make_mma_plan(int64_t H, int64_t K, int64_t B, int64_t D, const DeviceLimits& dev) {
+// MMA tile of a recurrence with NG slice rows per unit: M along the slice rows, N along the batch rows.
+template <int NG>
+struct MmaShape;
+template <>
+struct MmaShape<4> {
+  static constexpr int M = 32, N = 8;
+};
+template <>
+struct MmaShape<1> {
+  static constexpr int M = 8, N = 32;
+};
+
+// The tensor-core plan of a launch (ng = NG: 4 forward, 1 backward), or !ok when its slice and a 16-wide k
+// chunk of the staged left operand (in the storage type) do not fit.
+inline Plan make_mma_plan(int ng, int64_t H, int64_t K, int64_t B, int64_t D, const DeviceLimits& dev) {
+  const int tile_m = ng == 4 ? MmaShape<4>::M : MmaShape<1>::M, tile_n = ng == 4 ? MmaShape<4>::N : MmaShape<1>::N;
   Plan p;
   const int64_t per_dir = dev.sms / D;
   if (B < 1 || H < 1 || K < 1 || per_dir < 1) {
     p.why = per_dir < 1 ? "fewer multiprocessors than directions" : "an empty batch or layer";
     return p;
   }
-  p.kj = round_up((H + per_dir - 1) / per_dir, kTileM / 4);  // 4 gate rows per unit fill 32-row tiles
+  p.kj = round_up((H + per_dir - 1) / per_dir, tile_m / ng);  // whole M tiles of slice rows
   p.nb = (H + p.kj - 1) / p.kj;
   p.mma = true;
-  p.mt = 4 * p.kj / kTileM;
+  p.mt = ng * p.kj / tile_m;
   p.K = K;
   p.kp = round_up(K, kTileK);
   p.ldw = p.kp + 8;  // a multiple of 8 elements (the MMA loads' stride unit), off the 32-bank period
-  p.kc = p.kp;
-  p.ldl = p.kp + 8;
-  p.rows_pad = round_up(B, kTileN);
+  p.rows_pad = round_up(B, tile_n);
   const size_t elem = 2;
-  p.w_bytes = align_region(size_t(4 * p.kj * p.ldw) * elem);
+  p.w_bytes = align_region(size_t(ng * p.kj * p.ldw) * elem);
+  const int64_t tiles = p.mt * (p.rows_pad / tile_n);
+  p.red_bytes = align_region(size_t(tiles > kWarps ? tiles : kWarps) * tile_m * tile_n * sizeof(float));
+  // The widest k chunk (a multiple of 16, at most kp) whose staged rows fit beside the slice and partials.
+  const int64_t budget = dev.smem - kStaticSmem - int64_t(p.w_bytes + p.red_bytes) - 128;
+  const int64_t fit = budget > 0 ? (budget / (p.rows_pad * int64_t(elem)) - 8) / kTileK * kTileK : 0;
+  p.kc = fit < p.kp ? fit : p.kp;
+  if (p.kc < kTileK) {
+    p.why = "the recurrent weights and one staged k chunk do not fit in shared memory";
+    return p;
+  }
+  p.ldl = p.kc + 8;
   p.left_bytes = align_region(size_t(p.rows_pad * p.ldl) * elem);
-  const int64_t tiles = p.mt * (p.rows_pad / kTileN);
-  p.red_bytes = align_region(size_t(tiles > kWarps ? tiles : kWarps) * kTileM * kTileN * sizeof(float));
   p.smem = p.w_bytes + p.left_bytes + p.red_bytes;
   p.ok = int64_t(p.smem) + kStaticSmem <= dev.smem;
   if (!p.ok) p.why = "shared memory";
   return p;
 }
 
-// Whether a recurrence in storage type T has the tensor-core path: the forward in float16 / bfloat16.
+// Whether a recurrence in storage type T has the tensor-core path: float16 / bfloat16.
 template <typename R, typename T>
-constexpr bool kHasMmaPath = sizeof(T) == 2 && R::NG == 4;
+constexpr bool kHasMmaPath = sizeof(T) == 2;
 
-// The forward plan: tensor cores where the device has them (sm_80+) and their layout fits, else the float path.
+// A launch's plan: tensor cores for half types where the device has them (sm_80+) and their layout fits, else
+// the float path. ng: 4 forward (K = P), 1 backward (K = G).
 template <typename T, typename A>
-inline Plan forward_plan(int64_t H, int64_t P, int64_t B, int64_t D, const DeviceLimits& dev) {
+inline Plan choose_plan(int ng, int64_t H, int64_t K, int64_t B, int64_t D, const DeviceLimits& dev) {
   if (sizeof(T) == 2 && dev.tensor_cores) {
-    const Plan p = make_mma_plan(H, P, B, D, dev);
+    const Plan p = make_mma_plan(ng, H, K, B, D, dev);
     if (p.ok) return p;
   }
-  return make_plan(4, H, P, B, D, sizeof(T), sizeof(A), dev);
+  return make_plan(ng, H, K, B, D, sizeof(T), sizeof(A), dev);
 }
 
 // A step's output tiles and how many warps share each one's k range (a power of two; units = tiles · splitk
@@ -70,9 +95,11 @@ inline Plan forward_plan(int64_t H, int64_t P, int64_t B, int64_t D, const Devic
 struct MmaTiling {
   int64_t tiles = 0, splitk = 1, units = 0;
 };
+template <int NG>
 LF_HOST_DEVICE MmaTiling mma_tiling(const Plan& pl, int64_t rows) {
+  constexpr int N = MmaShape<NG>::N;
   MmaTiling m;
-  m.tiles = pl.mt * ((rows + kTileN - 1) / kTileN);
+  m.tiles = pl.mt * ((rows + N - 1) / N);
   m.splitk = kWarps;
   while (m.splitk > 1 && (m.tiles * m.splitk > kWarps || m.splitk > pl.kp / kTileK)) m.splitk /= 2;
   m.units = m.tiles * m.splitk;
@@ -81,9 +108,9 @@ LF_HOST_DEVICE MmaTiling mma_tiling(const Plan& pl, int64_t rows) {
 
 template <typename T>
 struct MmaSmem {
-  T* w;        // [4·kj, ldw] resident slice (as in Smem)
-  T* left;     // [rows_pad, ldl] h_{t-1} in its storage type, all of K
-  float* red;  // [units, 32, 8] each unit's partial C tile
+  T* w;        // [NG·kj, ldw] resident slice (as in Smem)
+  T* left;     // [rows_pad, ldl] h_{t-1} or dG_later in the storage type, all of K
+  float* red;  // [units, M, N] each unit's partial C tile
 };
 template <typename T>
 LF_HOST_DEVICE MmaSmem<T> carve_mma(const Plan& pl, unsigned char* base) {
@@ -91,14 +118,17 @@ LF_HOST_DEVICE MmaSmem<T> carve_mma(const Plan& pl, unsigned char* base) {
           reinterpret_cast<float*>(base + pl.w_bytes + pl.left_bytes)};
 }
 
-// Phase 1: h_{t-1} rows [0, round_up(rows, 8)) × [0, kp), zero outside its rows and K.
+// Phase 1: the left operand's rows [0, round_up(rows, N)) × [k0, k0 + kc), zero outside its rows and K.
 template <typename R, typename T>
-LF_HOST_DEVICE void mma_stage_left(const Plan& pl, const typename R::Step& p, int tid, const MmaSmem<T>& s) {
-  const int rows = static_cast<int>((p.rows + kTileN - 1) / kTileN * kTileN), kp = static_cast<int>(pl.kp);
+LF_HOST_DEVICE void mma_stage_left(const Plan& pl, const typename R::Step& p, int64_t k0, int tid,
+                                   const MmaSmem<T>& s) {
+  constexpr int N = MmaShape<R::NG>::N;
+  const int rows = static_cast<int>((p.rows + N - 1) / N * N), kc = static_cast<int>(pl.kc);
   const int64_t n = R::left_rows(p), K = R::K(p);
-  for (int e = tid; e < rows * kp; e += kThreads) {
-    const int b = e / kp, k = e % kp;
-    s.left[b * pl.ldl + k] = (b < n && k < K) ? R::left_raw(p, b, k) : T(0.0f);
+  for (int e = tid; e < rows * kc; e += kThreads) {
+    const int b = e / kc, kk = e % kc;
+    const int64_t k = k0 + kk;
+    s.left[b * pl.ldl + kk] = (b < n && k < K) ? R::left_raw(p, b, k) : T(0.0f);
   }
 }
 
@@ -115,60 +145,92 @@ struct WmmaType<c10::BFloat16> {
 };
 #endif
 
-// Phase 2, per warp: unit u's partial tile C[32, 8] = Σ over its k steps of A[32, 16] · B[16, 8], where A is
-// rows m0.. of the slice (row-major) and B(k, n) = h[n0 + n, k] (column-major with stride ldl).
-template <typename T>
-LF_HOST_DEVICE void mma_unit(const Plan& pl, const MmaTiling& mt, int64_t u, const MmaSmem<T>& s) {
+// A warp's accumulator tile C[M, N]: a tensor-core fragment on the GPU, the plain tile on the CPU.
+template <int NG>
+struct MmaAcc {
+  static constexpr int M = MmaShape<NG>::M, N = MmaShape<NG>::N;
+#if defined(__CUDA_ARCH__)
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, M, N, kTileK, float> f;
+#else
+  float f[M][N];
+#endif
+};
+
+template <int NG>
+LF_HOST_DEVICE void mma_zero(MmaAcc<NG>& acc) {
+#if defined(__CUDA_ARCH__)
+  nvcuda::wmma::fill_fragment(acc.f, 0.0f);
+#else
+  for (auto& row : acc.f)
+    for (float& v : row) v = 0.0f;
+#endif
+}
+
+// Phase 2, per warp: adds to unit u's tile C[M, N] its share of the k steps of the staged chunk
+// [k0, k0 + kc): A[M, 16] is slice rows m0.. (row-major), B(k, n) = left[n0 + n, k - k0] (column-major, ldl).
+template <int NG, typename T>
+LF_HOST_DEVICE void mma_accumulate(const Plan& pl, const MmaTiling& mt, int64_t u, int64_t k0, const MmaSmem<T>& s,
+                                   MmaAcc<NG>& acc) {
+  constexpr int M = MmaShape<NG>::M, N = MmaShape<NG>::N;
   const int64_t tile = u / mt.splitk, kpart = u % mt.splitk;
-  const int64_t m0 = (tile % pl.mt) * kTileM, n0 = (tile / pl.mt) * kTileN;
+  const int64_t m0 = (tile % pl.mt) * M, n0 = (tile / pl.mt) * N;
   const T* a = s.w + m0 * pl.ldw;
   const T* b = s.left + n0 * pl.ldl;
-  float* c = s.red + u * kTileM * kTileN;
-  const int64_t ksteps = pl.kp / kTileK;
+  const int64_t ks_end = (k0 + pl.kc < pl.kp ? k0 + pl.kc : pl.kp) / kTileK;
+  // The chunk's k steps are dealt to the parts round-robin; every step lands in exactly one part.
+  int64_t ks = k0 / kTileK + kpart;
 #if defined(__CUDA_ARCH__)
 #if __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
   using W = typename WmmaType<T>::type;
-  wmma::fragment<wmma::accumulator, kTileM, kTileN, kTileK, float> acc;
-  wmma::fill_fragment(acc, 0.0f);
-  for (int64_t ks = kpart; ks < ksteps; ks += mt.splitk) {
-    wmma::fragment<wmma::matrix_a, kTileM, kTileN, kTileK, W, wmma::row_major> fa;
-    wmma::fragment<wmma::matrix_b, kTileM, kTileN, kTileK, W, wmma::col_major> fb;
+  for (; ks < ks_end; ks += mt.splitk) {
+    wmma::fragment<wmma::matrix_a, M, N, kTileK, W, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, M, N, kTileK, W, wmma::col_major> fb;
     wmma::load_matrix_sync(fa, reinterpret_cast<const W*>(a + ks * kTileK), static_cast<unsigned>(pl.ldw));
-    wmma::load_matrix_sync(fb, reinterpret_cast<const W*>(b + ks * kTileK), static_cast<unsigned>(pl.ldl));
-    wmma::mma_sync(acc, fa, fb, acc);
+    wmma::load_matrix_sync(fb, reinterpret_cast<const W*>(b + (ks * kTileK - k0)), static_cast<unsigned>(pl.ldl));
+    wmma::mma_sync(acc.f, fa, fb, acc.f);
   }
-  wmma::store_matrix_sync(c, acc, kTileN, wmma::mem_row_major);
 #else
   __trap();  // the host never plans the tensor-core path below sm_80 (see GpuRunner)
 #endif
 #else
-  float acc[kTileM][kTileN] = {};
-  for (int64_t ks = kpart; ks < ksteps; ks += mt.splitk)
-    for (int m = 0; m < kTileM; ++m)
-      for (int n = 0; n < kTileN; ++n)
+  for (; ks < ks_end; ks += mt.splitk)
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n)
         for (int kk = 0; kk < kTileK; ++kk)
-          acc[m][n] += static_cast<float>(a[m * pl.ldw + ks * kTileK + kk]) *
-                       static_cast<float>(b[n * pl.ldl + ks * kTileK + kk]);
-  for (int m = 0; m < kTileM; ++m)
-    for (int n = 0; n < kTileN; ++n) c[m * kTileN + n] = acc[m][n];
+          acc.f[m][n] += static_cast<float>(a[m * pl.ldw + ks * kTileK + kk]) *
+                         static_cast<float>(b[n * pl.ldl + ks * kTileK - k0 + kk]);
 #endif
 }
 
-// Phase 3: one thread per (unit, row) sums its 4 gate rows' partial tiles in k-part order and runs the cell.
+// Phase 3, per warp: park unit u's tile for the reduction.
+template <int NG, typename T>
+LF_HOST_DEVICE void mma_store(int64_t u, const MmaSmem<T>& s, const MmaAcc<NG>& acc) {
+  constexpr int M = MmaShape<NG>::M, N = MmaShape<NG>::N;
+  float* c = s.red + u * M * N;
+#if defined(__CUDA_ARCH__)
+  nvcuda::wmma::store_matrix_sync(c, acc.f, N, nvcuda::wmma::mem_row_major);
+#else
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) c[m * N + n] = acc.f[m][n];
+#endif
+}
+
+// Phase 4: one thread per (unit, row) sums its NG slice rows' partial tiles in k-part order and runs the cell.
 template <typename R, typename T>
 LF_HOST_DEVICE void mma_reduce_epilogue(const Plan& pl, const typename R::Step& p, const MmaTiling& mt, int64_t bx,
                                         int tid, const MmaSmem<T>& s) {
+  constexpr int M = MmaShape<R::NG>::M, N = MmaShape<R::NG>::N;
   const int64_t kj = pl.kj;
   for (int64_t e = tid; e < kj * p.rows; e += kThreads) {
     const int64_t jl = e % kj, b = e / kj, j = bx * kj + jl;
     if (j >= R::units(p)) continue;
     float sum[R::NG];
     for (int g = 0; g < R::NG; ++g) {
-      const int64_t m = g * kj + jl, tile = (b / kTileN) * pl.mt + m / kTileM;
-      const int64_t at = (m % kTileM) * kTileN + b % kTileN;
+      const int64_t m = g * kj + jl, tile = (b / N) * pl.mt + m / M;
+      const int64_t at = (m % M) * N + b % N;
       float acc = 0.0f;
-      for (int64_t kp = 0; kp < mt.splitk; ++kp) acc += s.red[(tile * mt.splitk + kp) * kTileM * kTileN + at];
+      for (int64_t kp = 0; kp < mt.splitk; ++kp) acc += s.red[(tile * mt.splitk + kp) * M * N + at];
       sum[g] = acc;
     }
     R::epilogue(p, b, j, sum);
