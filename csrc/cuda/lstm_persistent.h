@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "lstm_cuda_step.h"
 
@@ -51,7 +52,7 @@ struct Plan {
   int64_t mt = 0;         // tensor-core path: M tiles of the resident slice (NG·kj / M)
   int64_t ldw = 0;        // row stride of the resident slice
   int64_t kc = 0;         // k chunk of the staged left operand
-  int64_t ldl = 0;        // row stride of the staged left operand
+  int64_t ldl = 0;        // stride of the staged left operand (float path: per k, it is stored transposed)
   int64_t rows_pad = 0;   // staged rows: B rounded up to kRows
   size_t w_bytes = 0, left_bytes = 0, red_bytes = 0, smem = 0;
 };
@@ -59,6 +60,21 @@ struct Plan {
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // Regions start on 128-byte boundaries (tensor-core tile loads need 32).
 inline size_t align_region(size_t x) { return (x + 127) / 128 * 128; }
+
+// How a step's work spreads over a block: items of (unit, kRows rows), each reduced by `split` lanes; when
+// there are more items than thread groups the block takes them in rounds. Block-uniform: it depends on the
+// step's row count only.
+struct StepTiling {
+  int64_t items = 0, split = 1, groups = kThreads;
+};
+LF_HOST_DEVICE StepTiling step_tiling(int64_t kj, int64_t rows) {
+  StepTiling s;
+  s.items = kj * ((rows + kRows - 1) / kRows);
+  s.split = kMaxSplit;
+  while (s.split > 1 && s.items * s.split > kThreads) s.split /= 2;
+  s.groups = kThreads / s.split;
+  return s;
+}
 
 // NG accumulators per (row, unit): 4 (or 3 used, coupled) forward, 1 backward. elem_w: bytes of the storage
 // type (the resident weights); elem_a: bytes of the accumulate type (staged operand, partials).
@@ -77,41 +93,31 @@ inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, 
   p.kj = (H + per_dir - 1) / per_dir;
   p.nb = (H + p.kj - 1) / p.kj;
   p.K = p.kp = K;
-  p.ldw = round_up(K, 4) + 4;  // shifts consecutive slice rows across banks
   p.rows_pad = round_up(B, kRows);
+  // Bank-conflict-free strides (they only affect speed). A warp's lanes read the slice at `split` consecutive k
+  // of 32/split units: a row stride ≡ split (mod one bank period of elements) puts them on distinct banks at
+  // the full batch's split. Its h loads are kRows consecutive rows (16 bytes in float) at `split` k; a stride
+  // of an odd number of 16-byte groups spreads them over the banks.
+  const int64_t period = 128 / int64_t(elem_w);
+  p.ldw = round_up(K, period) + step_tiling(p.kj, B).split % period;
+  p.ldl = (p.rows_pad / kRows) % 2 == 1 ? p.rows_pad : p.rows_pad + kRows;
   p.w_bytes = align_region(size_t(ng_slots * p.kj * p.ldw) * elem_w);
   p.red_bytes = align_region(size_t(kThreads) * kRows * ng_slots * elem_a);
   const int64_t budget = dev.smem - kStaticSmem - int64_t(p.w_bytes + p.red_bytes);
   // The largest k chunk (a multiple of 32, at most K rounded up) whose staged rows fit beside the slice.
-  const int64_t per_k = p.rows_pad * int64_t(elem_a);
+  const int64_t per_k = p.ldl * int64_t(elem_a);
   int64_t kc = budget > 0 ? budget / per_k : 0;
-  kc = kc - 4 < round_up(K, 32) ? (kc - 4) / 32 * 32 : round_up(K, 32);
+  kc = kc < round_up(K, 32) ? kc / 32 * 32 : round_up(K, 32);
   if (kc < 32) {
     p.why = "the recurrent weights and one staged k chunk do not fit in shared memory";
     return p;
   }
   p.kc = kc;
-  p.ldl = kc + 4;
-  p.left_bytes = align_region(size_t(p.rows_pad * p.ldl) * elem_a);
+  p.left_bytes = align_region(size_t(p.kc * p.ldl) * elem_a);
   p.smem = p.w_bytes + p.left_bytes + p.red_bytes;
   p.ok = int64_t(p.smem) + kStaticSmem <= dev.smem;
   if (!p.ok) p.why = "shared memory";
   return p;
-}
-
-// How a step's work spreads over a block: items of (unit, kRows rows), each reduced by `split` lanes; when
-// there are more items than thread groups the block takes them in rounds. Block-uniform: it depends on the
-// step's row count only.
-struct StepTiling {
-  int64_t items = 0, split = 1, groups = kThreads;
-};
-LF_HOST_DEVICE StepTiling step_tiling(int64_t kj, int64_t rows) {
-  StepTiling s;
-  s.items = kj * ((rows + kRows - 1) / kRows);
-  s.split = kMaxSplit;
-  while (s.split > 1 && s.items * s.split > kThreads) s.split /= 2;
-  s.groups = kThreads / s.split;
-  return s;
 }
 
 // ---- the recurrences ------------------------------------------------------------------------------------
@@ -188,7 +194,7 @@ struct Args {
 template <typename T, typename A>
 struct Smem {
   T* w;     // [NG·kj, ldw] resident slice: row slot·kj + jl = the weights of unit j0 + jl's gate slot
-  A* left;  // [rows_pad, ldl] staged left operand, k in [k0, k0 + kc)
+  A* left;  // [kc, ldl] staged left operand, transposed: element (b, k) at (k - k0)·ldl + b
   A* red;   // [kThreads, kRows, NG] each thread's partial sums
 };
 template <typename T, typename A>
@@ -221,7 +227,7 @@ LF_HOST_DEVICE void stage_left(const Plan& pl, const typename R::Step& p, int64_
   for (int e = tid; e < rows * kc; e += kThreads) {
     const int b = e / kc, kk = e % kc;
     const int64_t k = k0 + kk;
-    s.left[b * pl.ldl + kk] = (b < n && k < K) ? R::left(p, b, k) : A(0);
+    s.left[kk * pl.ldl + b] = (b < n && k < K) ? R::left(p, b, k) : A(0);
   }
 }
 
@@ -236,6 +242,22 @@ LF_HOST_DEVICE Lane lane_of(const StepTiling& st, int64_t r0, int tid) {
   return {item, tid % st.split, item < st.items};
 }
 
+// kRows consecutive staged rows at one k: one 16-byte shared load in float on the GPU (16-byte aligned: ldl,
+// row0 and the region start are multiples of 4 floats).
+template <typename A>
+LF_HOST_DEVICE void load_rows(const A* p, A (&h)[kRows]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<A, float> && kRows == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    h[0] = v.x, h[1] = v.y, h[2] = v.z, h[3] = v.w;
+  } else {
+    for (int r = 0; r < kRows; ++r) h[r] = p[r];
+  }
+#else
+  for (int r = 0; r < kRows; ++r) h[r] = p[r];
+#endif
+}
+
 // Phase 2: this lane's share (k ≡ part mod split) of its item's products over the staged chunk.
 template <typename R, typename T, typename A>
 LF_HOST_DEVICE void accumulate(const Plan& pl, const typename R::Step& p, const StepTiling& st, int64_t r0,
@@ -247,10 +269,10 @@ LF_HOST_DEVICE void accumulate(const Plan& pl, const typename R::Step& p, const 
   for (int kk = static_cast<int>(ln.part); kk < k_end; kk += static_cast<int>(st.split)) {
     A w[R::NG];
     for (int g = 0; g < R::NG; ++g) w[g] = to_acc<T, A>(s.w[(g * pl.kj + jl) * pl.ldw + k0 + kk]);
-    for (int r = 0; r < kRows; ++r) {
-      const A h = s.left[(row0 + r) * pl.ldl + kk];
-      for (int g = 0; g < R::NG; ++g) acc[r][g] += h * w[g];
-    }
+    A h[kRows];
+    load_rows(s.left + kk * pl.ldl + row0, h);
+    for (int r = 0; r < kRows; ++r)
+      for (int g = 0; g < R::NG; ++g) acc[r][g] += h[r] * w[g];
   }
 }
 
