@@ -100,7 +100,7 @@ def make_models(c, device, dtype):
             ref = nn.LSTM(c["I"], c["H"], **kw)
             ref.load_state_dict(ours.state_dict())
             baselines = {"nn": ref, "loop": loop}
-    if device.type == "cuda" and kind != "gru":
+    if device.type == "cuda":
         baselines["step"] = WithAlgo(ours, "step")
     return ours, baselines
 

@@ -142,3 +142,41 @@ def test_persistent_empty_batch():
     _, ours = twin_lstms(4, 6)
     out, (h, c) = ours.cuda()(torch.randn(3, 0, 4, device="cuda"))
     assert out.shape == (3, 0, 6) and h.shape == (1, 0, 6)
+
+
+@pytest.mark.parametrize("structure", list(itertools.product([1, 2], [False, True])), ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (17, 16, 33), (9, 70, 65), (20, 8, 512)], ids=str)
+def test_persistent_gru_parity_with_cudnn(structure, shape):
+    num_layers, bidirectional = structure
+    T, B, H = shape
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(H + 3, H, num_layers=num_layers, bidirectional=bidirectional).cuda()
+    ours = lstm_fused.GRU(H + 3, H, num_layers=num_layers, bidirectional=bidirectional).cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, H + 3, device="cuda", requires_grad=True)
+    h0 = torch.randn(num_layers * (2 if bidirectional else 1), B, H, device="cuda", requires_grad=True)
+    res = []
+    for m in (ref, ours):
+        out, h = m(x, h0)
+        res.append([out, h, *torch.autograd.grad(out.square().sum() + h.sum(), [x, h0, *m.parameters()])])
+    for a, b in zip(res[1], res[0]):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_persistent_gru_half_types_error_vs_float64(dtype):
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(64, 256).cuda()
+    ours = lstm_fused.GRU(64, 256).cuda()
+    ours.load_state_dict(ref.state_dict())
+    ref64 = lstm_fused.GRU(64, 256, dtype=torch.float64)
+    ref64.load_state_dict(ref.state_dict())
+    x = torch.randn(60, 8, 64)
+    exp, eh = ref64(x.double())
+    got_ref, rh = ref.to(dtype)(x.cuda().to(dtype))
+    got, oh = ours.to(dtype)(x.cuda().to(dtype))
+    for a, r, e in ((got, got_ref, exp), (oh, rh, eh)):
+        err_ours = (a.double().cpu() - e).abs().max().item()
+        err_ref = (r.double().cpu() - e).abs().max().item()
+        assert err_ours <= 4 * err_ref + 1e-3, (err_ours, err_ref)

@@ -314,3 +314,61 @@ def test_empty_batch_runs_without_a_launch(monkeypatch, algo):
     grads = bwd_emu(torch.ones_like(out[0]), torch.ones_like(out[1]), torch.ones_like(out[2]), x, bs, h0, c0, w_ih,
                     w_hh, w_hr, w_ph, cpl, out[0], out[3], True, True)
     assert grads[0].shape == x.shape and not grads[4][0].any()
+
+
+# ---- GRU ----------------------------------------------------------------------------------------------------
+from test_cuda_emulation import _gru_args, gru_bwd_cpu, gru_bwd_emu, gru_fwd_cpu, gru_fwd_emu  # noqa: E402
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_persistent_gru_matches_cpu_kernels(monkeypatch, device, case, packed, directions, bias):
+    T, B, I, H = case
+    sms, smem = DEVICES[device]
+    fits = plan(4, H, H, B, directions, 8, 8, sms, smem)[0] and plan(1, H, 3 * H, B, directions, 8, 8, sms, smem)[0]
+    _device(monkeypatch, device)
+    args = _gru_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions, directions=directions, bias=bias)
+    if not fits:
+        with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
+            gru_fwd_emu(*args, True)
+        return
+    ref = gru_fwd_cpu(*args, True)
+    emu = gru_fwd_emu(*args, True)
+    for name, a, b in zip(("output", "h_n", "workspace"), emu, ref):
+        _close(a, b, 1e-12, name)
+    lean = gru_fwd_emu(*args, False)
+    _close(list(lean[:2]), list(ref[:2]), 1e-12, "inference")
+    x, bs, h0, w_ih, w_hh, _, _ = args
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:2]]
+    r = gru_bwd_cpu(*grads, x, bs, h0, w_ih, w_hh, ref[0], ref[2], bias, True)
+    e = gru_bwd_emu(*grads, x, bs, h0, w_ih, w_hh, emu[0], emu[2], bias, True)
+    for name, a, b in zip(("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"), e, r):
+        _close(a, b, 1e-10, name)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("mma", ["0", "1"])
+@pytest.mark.parametrize("case", MMA_CASES)
+def test_persistent_gru_half_types_track_float64(monkeypatch, dtype, tol, mma, case):
+    _device(monkeypatch, "5sm")
+    monkeypatch.setenv("LSTM_FUSED_EMU_MMA", mma)
+    T, B, I, H = case
+    args64 = _gru_args(T, B, I, H, True, torch.float64, seed=4, directions=2)
+    args = _cast(args64, dtype)
+    ref = gru_fwd_cpu(*args64, True)
+    emu = gru_fwd_emu(*args, True)
+    for a, b in zip(emu[:2], ref[:2]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:2]]
+    x, bs, h0, w_ih, w_hh, _, _ = args
+    x6, _, h06, w_ih6, w_hh6, _, _ = args64
+    r = gru_bwd_cpu(*grads64, x6, bs, h06, w_ih6, w_hh6, ref[0], ref[2], True, True)
+    e = gru_bwd_emu(*[t.to(dtype) for t in grads64], x, bs, h0, w_ih, w_hh, emu[0], emu[2], True, True)
+    for a, b in zip([e[0], e[1], *e[2], *e[3], *e[4], *e[5]], [r[0], r[1], *r[2], *r[3], *r[4], *r[5]]):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)

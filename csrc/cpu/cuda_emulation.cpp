@@ -130,22 +130,14 @@ void emulate_persistent(const std::vector<DirectionParams<typename R::Step>>& st
 }
 
 struct EmulationRunner {
-  template <typename T, typename A>
-  bool fwd_sequence(const std::vector<DirectionParams<FwdStepParams<T, A>>>& steps, int64_t B) {
-    const FwdStepParams<T, A>& p = steps[0].dir[0];
-    const auto plan = persistent::choose_plan<T, A>(4, p.H, p.P, B, steps[0].count, emulated_device());
+  template <typename Step>
+  bool sequence(const std::vector<DirectionParams<Step>>& steps, int64_t B) {
+    using R = typename persistent::RecurrenceOf<Step>::type;
+    const Step& p = steps[0].dir[0];
+    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(R::NG, p.H, R::K(p), B,
+                                                                                 steps[0].count, emulated_device());
     if (!cuda_driver::want_persistent(plan, B)) return false;
-    emulate_persistent<persistent::FwdRecurrence<T, A>, T, A>(steps, plan);
-    return true;
-  }
-
-  template <typename T, typename A>
-  bool bwd_sequence(const std::vector<DirectionParams<BwdStepParams<T, A>>>& steps, int64_t B) {
-    const BwdStepParams<T, A>& p = steps[0].dir[0];
-    const int64_t G = (p.coupled ? 3 : 4) * p.H;
-    const auto plan = persistent::choose_plan<T, A>(1, p.H, G, B, steps[0].count, emulated_device());
-    if (!cuda_driver::want_persistent(plan, B)) return false;
-    emulate_persistent<persistent::BwdRecurrence<T, A>, T, A>(steps, plan);
+    emulate_persistent<R, typename R::Storage, typename R::Acc>(steps, plan);
     return true;
   }
 

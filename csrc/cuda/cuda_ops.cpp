@@ -48,12 +48,16 @@ struct GpuRunner {
     return st != cudaStreamCaptureStatusNone;
   }
 
-  template <typename Step, typename Fits, typename Launch>
-  bool sequence(const std::vector<cuda_step::DirectionParams<Step>>& steps, const persistent::Plan& plan, int64_t B,
-                const Fits& fits_fn, const Launch& launch_fn) {
+  // The whole sequence in one persistent launch (see lstm_cuda_driver.h), or false for the per-step kernels.
+  template <typename Step>
+  bool sequence(const std::vector<cuda_step::DirectionParams<Step>>& steps, int64_t B) {
+    using R = typename persistent::RecurrenceOf<Step>::type;
+    const Step& p = steps[0].dir[0];
+    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(R::NG, p.H, R::K(p), B,
+                                                                                 steps[0].count, limits());
     if (!cuda_driver::want_persistent(plan, B) || capturing()) return false;
     bool fits = false;
-    C10_CUDA_CHECK(fits_fn(plan, steps[0].count, fits));
+    C10_CUDA_CHECK(persistent::fits<Step>(plan, steps[0].count, fits));
     if (!fits && !cuda_driver::want_persistent(plan, B, false)) return false;
     const Tensor dev_steps = upload_steps(steps, device);
     persistent::Args<Step> args;
@@ -61,21 +65,8 @@ struct GpuRunner {
     args.n_steps = static_cast<int64_t>(steps.size());
     args.count = steps[0].count;
     args.plan = plan;
-    C10_CUDA_CHECK(launch_fn(args, stream));
+    C10_CUDA_CHECK(persistent::launch<Step>(args, stream));
     return true;
-  }
-  template <typename T, typename A>
-  bool fwd_sequence(const std::vector<cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>>& steps, int64_t B) {
-    const auto& p = steps[0].dir[0];
-    const auto plan = persistent::choose_plan<T, A>(4, p.H, p.P, B, steps[0].count, limits());
-    return sequence(steps, plan, B, persistent::fwd_fits<T, A>, persistent::launch_fwd<T, A>);
-  }
-  template <typename T, typename A>
-  bool bwd_sequence(const std::vector<cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>>& steps, int64_t B) {
-    const auto& p = steps[0].dir[0];
-    const int64_t G = (p.coupled ? 3 : 4) * p.H;
-    const auto plan = persistent::choose_plan<T, A>(1, p.H, G, B, steps[0].count, limits());
-    return sequence(steps, plan, B, persistent::bwd_fits<T, A>, persistent::launch_bwd<T, A>);
   }
   template <typename T, typename A>
   void fwd(const cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>& p) {

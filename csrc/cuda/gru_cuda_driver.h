@@ -1,6 +1,6 @@
 // The sequence loop of the CUDA GRU path on tensors (like lstm_cuda_driver.h): cuBLAS GEMMs through ATen and
-// one step launch per time step, through a Runner with gru_fwd/gru_bwd (the GPU launchers or the CPU
-// emulation).
+// either one persistent launch for the whole sequence (Runner::sequence) or one step launch per time step
+// (Runner::gru_fwd / gru_bwd), on the GPU or in the CPU emulation.
 #pragma once
 
 #include "gru_cuda_step.h"
@@ -40,8 +40,9 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_fused_gru_fwd", [&] {
     using T = scalar_t;
     using A = cuda_step::acc_t<T>;
+    std::vector<cuda_step::DirectionParams<cuda_step::GruFwdStepParams<T, A>>> steps(n_steps);
     for (int64_t step = 0; step < n_steps; ++step) {
-      cuda_step::DirectionParams<cuda_step::GruFwdStepParams<T, A>> dp;
+      auto& dp = steps[step];
       dp.count = static_cast<int>(D);
       for (int64_t d = 0; d < D; ++d) {
         const SeqLayout L = lh[d].view();
@@ -60,16 +61,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
         p.b_hh = b_hh_c[d].defined() ? b_hh_c[d].const_data_ptr<T>() : nullptr;
         p.ws = ws.data_ptr<A>() + (need_workspace ? d * N + off : d * B) * 4 * H;
         p.h_out = out.data_ptr<T>() + off * D * H + d * H;
-      }
-      run.template gru_fwd<T, A>(dp);  // one launch: this step of every direction
-      for (int64_t d = 0; d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), off = L.offsets[t];
-        int64_t e0, e1;
-        ending_rows(L, t, e0, e1);
-        if (e1 > e0) h_n[d].narrow(0, e0, e1 - e0).copy_(out.narrow(0, off + e0, e1 - e0).narrow(1, d * H, H));
+        ending_rows(L, t, p.end_lo, p.end_hi);
+        p.h_n = h_n.data_ptr<T>() + d * B * H;
       }
     }
+    if (run.sequence(steps, B)) return;  // one persistent launch
+    for (const auto& dp : steps) run.template gru_fwd<T, A>(dp);  // or one launch per step, both directions
   });
   auto ws_shape = with_last(input, 4 * H);
   ws_shape.insert(ws_shape.begin(), D);
@@ -107,8 +104,11 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Tt, "lstm_fused_gru_bwd", [&] {
     using T = scalar_t;
     using A = cuda_step::acc_t<T>;
-    for (int64_t step = n_steps - 1; step >= 0; --step) {
-      cuda_step::DirectionParams<cuda_step::GruBwdStepParams<T, A>> dp;
+    // steps[i]: the i-th step the backward processes (forward processing order reversed).
+    std::vector<cuda_step::DirectionParams<cuda_step::GruBwdStepParams<T, A>>> steps(n_steps);
+    for (int64_t i = 0; i < n_steps; ++i) {
+      const int64_t step = n_steps - 1 - i;
+      auto& dp = steps[i];
       dp.count = static_cast<int>(D);
       for (int64_t d = 0; d < D; ++d) {
         const SeqLayout L = lh[d].view();
@@ -137,8 +137,9 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
         p.dgx = dgx.data_ptr<A>() + (d * N + off) * G;
         p.dgh = dgh.data_ptr<A>() + (d * N + off) * G;
       }
-      run.template gru_bwd<T, A>(dp);
     }
+    if (run.sequence(steps, B)) return;
+    for (const auto& dp : steps) run.template gru_bwd<T, A>(dp);
   });
   // One GEMM or reduction over all steps per direction (a few for h0 with packed input).
   const Tensor x2d = input.reshape({N, s.I});

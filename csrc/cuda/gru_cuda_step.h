@@ -21,6 +21,8 @@ struct GruFwdStepParams {
   const T* b_hh = nullptr;     // [3H] or nullptr
   A* ws = nullptr;             // [rows, 4H] out: r, z, n, and the recurrent n product (with b_hn)
   T* h_out = nullptr;          // [rows, ld_out] out: h_t (this direction's columns of the output)
+  int64_t end_lo = 0, end_hi = 0;  // rows [end_lo, end_hi) end their sequence at this step: h_t goes to h_n
+  T* h_n = nullptr;                // [B, H]
 };
 
 // Backward step t: dh_t = gout + dGh_later·W_hh + z_later ⊙ dh_later (or grad_h_n where t is the row's last
@@ -57,11 +59,9 @@ LF_HOST_DEVICE void gru_fwd_load_tiles(const GruFwdStepParams<T, A>& p, int bx, 
       [&](int g, int64_t j, int64_t k) { return to_acc<T, A>(p.w_hh[(g * p.H + j) * p.H + k]); }, s);
 }
 
-template <typename T, typename A>
-LF_HOST_DEVICE void gru_fwd_epilogue(const GruFwdStepParams<T, A>& p, int bx, int by, int tx, int ty,
-                                     const A (&acc)[3]) {
-  const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
-  if (b >= p.rows || j >= p.H) return;
+// The cell of unit j, row b, from the recurrent products of gates r, z, n (acc[0..2]; acc may hold more).
+template <typename T, typename A, int NA>
+LF_HOST_DEVICE void gru_fwd_cell(const GruFwdStepParams<T, A>& p, int64_t b, int64_t j, const A (&acc)[NA]) {
   const int64_t H = p.H;
   const T* xw = p.xw + b * 3 * H;
   const GruGates<A> x{to_acc<T, A>(xw[j]), to_acc<T, A>(xw[H + j]), to_acc<T, A>(xw[2 * H + j])};
@@ -81,6 +81,15 @@ LF_HOST_DEVICE void gru_fwd_epilogue(const GruFwdStepParams<T, A>& p, int bx, in
   w[2 * H + j] = act.n;
   w[3 * H + j] = hh.n;
   p.h_out[b * p.ld_out + j] = static_cast<T>(h);
+  if (b >= p.end_lo && b < p.end_hi) p.h_n[b * H + j] = static_cast<T>(h);
+}
+
+template <typename T, typename A>
+LF_HOST_DEVICE void gru_fwd_epilogue(const GruFwdStepParams<T, A>& p, int bx, int by, int tx, int ty,
+                                     const A (&acc)[3]) {
+  const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
+  if (b >= p.rows || j >= p.H) return;
+  gru_fwd_cell(p, b, j, acc);
 }
 
 // Stages dGh_later[rows, k0:k0+kKT] and W_hhᵀ[units of this block, k0:k0+kKT] (k over 3H).
@@ -94,13 +103,11 @@ LF_HOST_DEVICE void gru_bwd_load_tiles(const GruBwdStepParams<T, A>& p, int bx, 
       [&](int, int64_t j, int64_t k) { return to_acc<T, A>(p.w_hh_t[j * G + k]); }, s);
 }
 
+// The cell backward of unit j, row b, from the recurrent product dGh_later·W_hh at (b, j).
 template <typename T, typename A>
-LF_HOST_DEVICE void gru_bwd_epilogue(const GruBwdStepParams<T, A>& p, int bx, int by, int tx, int ty,
-                                     const A (&acc)[1]) {
-  const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
-  if (b >= p.rows || j >= p.H) return;
+LF_HOST_DEVICE void gru_bwd_cell(const GruBwdStepParams<T, A>& p, int64_t b, int64_t j, A recurrent) {
   const int64_t H = p.H;
-  const A rec = b < p.n_later ? acc[0] + p.ws_later[b * 4 * H + H + j] * p.dh_later[b * H + j]
+  const A rec = b < p.n_later ? recurrent + p.ws_later[b * 4 * H + H + j] * p.dh_later[b * H + j]
                               : to_acc<T, A>(p.grad_hn[b * H + j]);
   const A dh = rec + to_acc<T, A>(p.gout[b * p.ld_out + j]);
   p.dh[b * H + j] = dh;
@@ -118,6 +125,14 @@ LF_HOST_DEVICE void gru_bwd_epilogue(const GruBwdStepParams<T, A>& p, int bx, in
   gh[j] = dhh.r;
   gh[H + j] = dhh.z;
   gh[2 * H + j] = dhh.n;
+}
+
+template <typename T, typename A>
+LF_HOST_DEVICE void gru_bwd_epilogue(const GruBwdStepParams<T, A>& p, int bx, int by, int tx, int ty,
+                                     const A (&acc)[1]) {
+  const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
+  if (b >= p.rows || j >= p.H) return;
+  gru_bwd_cell(p, b, j, acc[0]);
 }
 
 // Both GRU launches cover units × rows of the widest direction (see widest_grid).

@@ -4,8 +4,8 @@
 // launches themselves is exercised by the CPU test suite.
 //
 // Runner: template <T, A> void fwd(const DirectionParams<FwdStepParams<T, A>>&) and bwd(..., int mode) launch
-// one step; fwd_sequence / bwd_sequence(const std::vector<DirectionParams<...>>& steps, int64_t B) run the
-// whole sequence in one persistent launch and return true, or return false to get the per-step launches.
+// one step; sequence(const std::vector<DirectionParams<Step>>& steps, int64_t B) runs the whole sequence in one
+// persistent launch and returns true, or returns false to get the per-step launches.
 #pragma once
 
 #include <cstdlib>
@@ -176,7 +176,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
     // The whole sequence in one persistent launch where the runner can (no projection: it needs a GEMM
     // between the cell and the next step); else one launch per step.
     check_persistent_possible(s.proj);
-    if (!s.proj && run.template fwd_sequence<T, A>(steps, B)) return;
+    if (!s.proj && run.sequence(steps, B)) return;
     for (int64_t step = 0; step < n_steps; ++step) {
       run.template fwd<T, A>(steps[step]);  // one launch: this step of every direction
       if (!s.proj) continue;
@@ -288,7 +288,7 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
     }
     check_persistent_possible(s.proj);
     if (!s.proj) {
-      if (run.template bwd_sequence<T, A>(steps, B)) return;
+      if (run.sequence(steps, B)) return;
       for (const auto& dp : steps) run.template bwd<T, A>(dp, cuda_step::kFused);
       return;
     }

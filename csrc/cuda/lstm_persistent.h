@@ -1,6 +1,7 @@
-// The persistent LSTM kernel's work, as __host__ __device__ functions of (block, thread) indices: the GPU runs
-// them in lstm_persistent_kernels.cu (one cooperative launch for the whole sequence), the CPU test harness in
-// cpu/cuda_emulation.cpp (block by block, thread by thread, with every block- and grid-wide barrier kept).
+// The persistent kernel's work (LSTM, its variants and the GRU), as __host__ __device__ functions of (block,
+// thread) indices: the GPU runs them in lstm_persistent_kernels.cu (one cooperative launch for the whole
+// sequence), the CPU test harness in cpu/cuda_emulation.cpp (block by block, thread by thread, with every
+// block- and grid-wide barrier kept).
 //
 // Each block owns kj hidden units of one direction and keeps their recurrent weights resident in shared
 // memory for all T steps: forward, W_hh's rows of those units' gates [NG·kj, P]; backward, W_hh's columns of
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "gru_cuda_step.h"
 #include "lstm_cuda_step.h"
 
 namespace lstm_fused {
@@ -25,6 +27,8 @@ using cuda_step::acc_t;
 using cuda_step::BwdStepParams;
 using cuda_step::DirectionParams;
 using cuda_step::FwdStepParams;
+using cuda_step::GruBwdStepParams;
+using cuda_step::GruFwdStepParams;
 using cuda_step::to_acc;
 
 constexpr int kThreads = 256;
@@ -140,6 +144,8 @@ LF_HOST_DEVICE T load_fresh(const T* p) {
 template <typename T, typename A>
 struct FwdRecurrence {
   using Step = FwdStepParams<T, A>;
+  using Storage = T;
+  using Acc = A;
   static constexpr int NG = 4;
   LF_HOST_DEVICE static int64_t units(const Step& p) { return p.H; }
   LF_HOST_DEVICE static int64_t K(const Step& p) { return p.P; }
@@ -168,6 +174,8 @@ struct FwdRecurrence {
 template <typename T, typename A>
 struct BwdRecurrence {
   using Step = BwdStepParams<T, A>;
+  using Storage = T;
+  using Acc = A;
   static constexpr int NG = 1;
   LF_HOST_DEVICE static int64_t units(const Step& p) { return p.H; }
   LF_HOST_DEVICE static int64_t K(const Step& p) { return (p.coupled ? 3 : 4) * p.H; }
@@ -179,6 +187,71 @@ struct BwdRecurrence {
   LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
     cuda_step::bwd_cell(p, b, j, cuda_step::bwd_dh(p, b, j, acc[0]), false);
   }
+};
+
+// GRU forward: the recurrent products of gates r, z, n (W_hh rows slot·H + j) in slots 0..2 of 4 (the fourth
+// is zero, so the GRU shares the LSTM's tile shapes), then the GRU cell. Its h_{t-1} term reads only this
+// block's own units.
+template <typename T, typename A>
+struct GruFwdRecurrence {
+  using Step = GruFwdStepParams<T, A>;
+  using Storage = T;
+  using Acc = A;
+  static constexpr int NG = 4;
+  LF_HOST_DEVICE static int64_t units(const Step& p) { return p.H; }
+  LF_HOST_DEVICE static int64_t K(const Step& p) { return p.H; }
+  LF_HOST_DEVICE static int slots(const Step&) { return 3; }
+  LF_HOST_DEVICE static T weight(const Step& p, int slot, int64_t j, int64_t k) {
+    return p.w_hh[(slot * p.H + j) * p.H + k];
+  }
+  LF_HOST_DEVICE static int64_t left_rows(const Step& p) { return p.rows; }
+  LF_HOST_DEVICE static T left_raw(const Step& p, int64_t b, int64_t k) {
+    return b < p.n_prev ? load_fresh(p.h_prev + b * p.ld_out + k) : p.h0[b * p.H + k];
+  }
+  LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) { return to_acc<T, A>(left_raw(p, b, k)); }
+  LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
+    cuda_step::gru_fwd_cell(p, b, j, acc);
+  }
+};
+
+// GRU backward: Σ_k dGh_later[b, k] · W_hh[k, j] over the 3H recurrent pre-activations, then the cell backward
+// (its z ⊙ dh_later term and the saved gates are this block's own units).
+template <typename T, typename A>
+struct GruBwdRecurrence {
+  using Step = GruBwdStepParams<T, A>;
+  using Storage = T;
+  using Acc = A;
+  static constexpr int NG = 1;
+  LF_HOST_DEVICE static int64_t units(const Step& p) { return p.H; }
+  LF_HOST_DEVICE static int64_t K(const Step& p) { return 3 * p.H; }
+  LF_HOST_DEVICE static int slots(const Step&) { return 1; }
+  LF_HOST_DEVICE static T weight(const Step& p, int, int64_t j, int64_t k) { return p.w_hh_t[j * K(p) + k]; }
+  LF_HOST_DEVICE static int64_t left_rows(const Step& p) { return p.rows < p.n_later ? p.rows : p.n_later; }
+  LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) { return load_fresh(p.dgh_later + b * K(p) + k); }
+  LF_HOST_DEVICE static T left_raw(const Step& p, int64_t b, int64_t k) { return static_cast<T>(left(p, b, k)); }
+  LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
+    cuda_step::gru_bwd_cell(p, b, j, acc[0]);
+  }
+};
+
+// The recurrence of a step-parameter type.
+template <typename Step>
+struct RecurrenceOf;
+template <typename T, typename A>
+struct RecurrenceOf<FwdStepParams<T, A>> {
+  using type = FwdRecurrence<T, A>;
+};
+template <typename T, typename A>
+struct RecurrenceOf<BwdStepParams<T, A>> {
+  using type = BwdRecurrence<T, A>;
+};
+template <typename T, typename A>
+struct RecurrenceOf<GruFwdStepParams<T, A>> {
+  using type = GruFwdRecurrence<T, A>;
+};
+template <typename T, typename A>
+struct RecurrenceOf<GruBwdStepParams<T, A>> {
+  using type = GruBwdRecurrence<T, A>;
 };
 
 // ---- one launch -----------------------------------------------------------------------------------------

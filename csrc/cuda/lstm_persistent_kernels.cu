@@ -109,11 +109,13 @@ cudaError_t allow_full_smem(int dev) {
   const std::lock_guard<std::mutex> lock(mu);
   if (done.count(dev)) return cudaSuccess;
   int optin = 0;
+  cudaFuncAttributes attr{};
   cudaError_t e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e == cudaSuccess) e = cudaFuncGetAttributes(&attr, persistent_kernel<R, T, A>);
   if (e == cudaSuccess) {
-    // Dynamic bytes on top of the static ones.
+    // Dynamic bytes on top of the static ones (the step parameters, as the compiler laid them out).
     e = cudaFuncSetAttribute(persistent_kernel<R, T, A>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             optin - static_cast<int>(sizeof(typename R::Step)));
+                             optin - static_cast<int>(attr.sharedSizeBytes));
   }
   if (e == cudaSuccess) done.insert(dev);
   return e;
@@ -148,28 +150,25 @@ cudaError_t launch_impl(const Args<typename R::Step>& a, cudaStream_t stream) {
 
 }  // namespace
 
-template <typename T, typename A>
-cudaError_t fwd_fits(const Plan& plan, int count, bool& fits) {
-  return fits_impl<FwdRecurrence<T, A>, T, A>(plan, count, fits);
+template <typename Step>
+cudaError_t fits(const Plan& plan, int count, bool& ok) {
+  using R = typename RecurrenceOf<Step>::type;
+  return fits_impl<R, typename R::Storage, typename R::Acc>(plan, count, ok);
 }
-template <typename T, typename A>
-cudaError_t bwd_fits(const Plan& plan, int count, bool& fits) {
-  return fits_impl<BwdRecurrence<T, A>, T, A>(plan, count, fits);
-}
-template <typename T, typename A>
-cudaError_t launch_fwd(const Args<FwdStepParams<T, A>>& args, cudaStream_t stream) {
-  return launch_impl<FwdRecurrence<T, A>, T, A>(args, stream);
-}
-template <typename T, typename A>
-cudaError_t launch_bwd(const Args<BwdStepParams<T, A>>& args, cudaStream_t stream) {
-  return launch_impl<BwdRecurrence<T, A>, T, A>(args, stream);
+template <typename Step>
+cudaError_t launch(const Args<Step>& args, cudaStream_t stream) {
+  using R = typename RecurrenceOf<Step>::type;
+  return launch_impl<R, typename R::Storage, typename R::Acc>(args, stream);
 }
 
-#define LF_INSTANTIATE(T, A)                                                                   \
-  template cudaError_t fwd_fits<T, A>(const Plan&, int, bool&);                                \
-  template cudaError_t bwd_fits<T, A>(const Plan&, int, bool&);                                \
-  template cudaError_t launch_fwd<T, A>(const Args<FwdStepParams<T, A>>&, cudaStream_t);       \
-  template cudaError_t launch_bwd<T, A>(const Args<BwdStepParams<T, A>>&, cudaStream_t);
+#define LF_INSTANTIATE_STEP(...)                                                   \
+  template cudaError_t fits<__VA_ARGS__>(const Plan&, int, bool&);                 \
+  template cudaError_t launch<__VA_ARGS__>(const Args<__VA_ARGS__>&, cudaStream_t);
+#define LF_INSTANTIATE(T, A)                           \
+  LF_INSTANTIATE_STEP(FwdStepParams<T, A>)             \
+  LF_INSTANTIATE_STEP(BwdStepParams<T, A>)             \
+  LF_INSTANTIATE_STEP(GruFwdStepParams<T, A>)          \
+  LF_INSTANTIATE_STEP(GruBwdStepParams<T, A>)
 
 LF_INSTANTIATE(float, float)
 LF_INSTANTIATE(double, double)
