@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One GPU check, sized for a slot of about 6 minutes on a lent GPU machine (python3 there holds a CUDA torch;
-# each phase has its own timeout, ~9 minutes in the worst case; run it with timeout_s ≈ 560):
-# builds lstm_fused for the present GPU only, runs the CUDA tests, compute-sanitizer (memcheck, racecheck)
-# (and synccheck) on a small forward+backward through both the per-step and the persistent kernels, and the benchmark against nn.LSTM (cuDNN). Logs and results go to $OUT
-# (default ./gpu_out).
+# The GPU check for a lent GPU machine (python3 there holds a CUDA torch). Two halves, each sized to fit one
+# device command (run each with timeout_s ≈ 560; the second needs the first's install on the same warm machine):
+#   bash scripts/gpu_check.sh build    build for the present GPU only (ptxas report), the CUDA tests
+#   bash scripts/gpu_check.sh measure  compute-sanitizer (memcheck, racecheck, synccheck) on a small forward+
+#                                      backward through the per-step and the persistent kernels, the quick suite
+#                                      against cuDNN and the per-step kernels, the WikiText-2 LM when its data is there
+#   bash scripts/gpu_check.sh          both (about 9 minutes at worst)
+# Logs and results go to $OUT (default ./gpu_out).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$ROOT/gpu_out}"
@@ -11,6 +14,7 @@ mkdir -p "$OUT"
 cd "$ROOT"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
+PART="${1:-all}"
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -18,6 +22,7 @@ PY="${PYTHON:-python3}"
 } 2>&1 | tee "$OUT/env.txt"
 ARCH="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
 
+if [ "$PART" = all ] || [ "$PART" = build ]; then
 echo "== build for sm_$ARCH" | tee "$OUT/build.log"
 if [ -z "${CUDA_HOME:-}" ]; then
   if command -v nvcc >/dev/null; then CUDA_HOME="$(dirname "$(dirname "$(command -v nvcc)")")"; else CUDA_HOME=/usr/local/cuda; fi
@@ -30,18 +35,25 @@ grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
 [ $rc -eq 0 ] || exit $rc
 
 echo "== CUDA tests"
-(cd /tmp && timeout 150 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib -x \
+(cd /tmp && timeout 300 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib -x \
   "$ROOT/tests/test_cuda_persistent.py" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_persistent_emulation.py" \
   "$ROOT/tests/test_cuda_emulation.py" 2>&1) | tee "$OUT/tests.log" | tail -15
+fi
+[ "$PART" = all ] || [ "$PART" = measure ] || exit 0
 
 echo "== compute-sanitizer"
 for tool in memcheck racecheck synccheck; do
-  (cd /tmp && timeout 70 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" "$ROOT/scripts/sanitizer_case.py") \
+  (cd /tmp && timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" "$ROOT/scripts/sanitizer_case.py") \
     > "$OUT/sanitizer_$tool.log" 2>&1
   echo "$tool rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
 done
 
 echo "== benchmark"
 # Against cuDNN and our own per-step kernels (the Python loop baseline at T=512 would take minutes of the lease).
-(cd /tmp && timeout 100 "$PY" "$ROOT/benchmarks/suite.py" --device cuda --quick --dtype float32,bfloat16 \
+(cd /tmp && timeout 150 "$PY" "$ROOT/benchmarks/suite.py" --device cuda --quick --dtype float32,bfloat16 \
   --min-time 0.1 --baselines nn,step --out "$OUT") 2>/dev/null | tee "$OUT/bench.md"
+
+echo "== end to end: WikiText-2 word-level LM (when ../shared/data is there)"
+if [ -d "$ROOT/../shared/data/wikitext-2" ]; then
+  (cd /tmp && timeout 60 "$PY" "$ROOT/benchmarks/word_lm.py" --device cuda --out "$OUT") 2>&1 | tail -8 | tee "$OUT/word_lm.md"
+fi
