@@ -36,9 +36,14 @@ struct GpuRunner {
   cudaStream_t stream;
   at::Device device;
 
+  // Tensor cores where both the GPU and the kernel's compiled code have them (sm_80+).
+  template <typename Step>
   persistent::DeviceLimits limits() const {
     const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
-    return {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin), prop->major >= 8};
+    int arch = 0;
+    C10_CUDA_CHECK(persistent::compiled_arch<Step>(arch));
+    return {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
+            prop->major >= 8 && arch >= 80};
   }
   // A stream being captured into a CUDA graph takes the per-step kernels: the persistent launch reads step
   // parameters uploaded from a host buffer that a replay would not refresh.
@@ -54,7 +59,7 @@ struct GpuRunner {
     using R = typename persistent::RecurrenceOf<Step>::type;
     const Step& p = steps[0].dir[0];
     const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(R::NG, p.H, R::K(p), B,
-                                                                                 steps[0].count, limits());
+                                                                                 steps[0].count, limits<Step>());
     if (!cuda_driver::want_persistent(plan, B) || capturing()) return false;
     bool fits = false;
     C10_CUDA_CHECK(persistent::fits<Step>(plan, steps[0].count, fits));

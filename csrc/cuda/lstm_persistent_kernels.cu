@@ -156,6 +156,14 @@ cudaError_t fits(const Plan& plan, int count, bool& ok) {
   return fits_impl<R, typename R::Storage, typename R::Acc>(plan, count, ok);
 }
 template <typename Step>
+cudaError_t compiled_arch(int& version) {
+  using R = typename RecurrenceOf<Step>::type;
+  cudaFuncAttributes attr{};
+  const cudaError_t e = cudaFuncGetAttributes(&attr, persistent_kernel<R, typename R::Storage, typename R::Acc>);
+  version = attr.binaryVersion;
+  return e;
+}
+template <typename Step>
 cudaError_t launch(const Args<Step>& args, cudaStream_t stream) {
   using R = typename RecurrenceOf<Step>::type;
   return launch_impl<R, typename R::Storage, typename R::Acc>(args, stream);
@@ -163,6 +171,7 @@ cudaError_t launch(const Args<Step>& args, cudaStream_t stream) {
 
 #define LF_INSTANTIATE_STEP(...)                                                   \
   template cudaError_t fits<__VA_ARGS__>(const Plan&, int, bool&);                 \
+  template cudaError_t compiled_arch<__VA_ARGS__>(int&);                           \
   template cudaError_t launch<__VA_ARGS__>(const Args<__VA_ARGS__>&, cudaStream_t);
 #define LF_INSTANTIATE(T, A)                           \
   LF_INSTANTIATE_STEP(FwdStepParams<T, A>)             \

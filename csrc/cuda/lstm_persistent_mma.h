@@ -3,8 +3,8 @@
 // operand with warp-level MMAs (K padded to 16 with zero weights, float accumulation):
 //   forward:  C[4·kj gate rows, rows] = W_slice · h_{t-1}ᵀ in 32×8×16 tiles: 4 gate rows × 8 units fill M,
 //             the batch pads only to 8 (a batch of 1 wastes 7 of 8 columns, not 15 of 16);
-//   backward: C[kj units, rows] = W_hhᵀ_slice · dG_laterᵀ in 8×32×16 tiles: 8 units fill M. dG (float in
-//             memory) is rounded to the storage type for the MMA, as the half-precision gradient it is.
+//   backward: C[kj units, rows] = W_hhᵀ_slice · dG_laterᵀ in 8×32×16 tiles: 8 units fill M; bfloat16 only
+//             (dG, float in memory, is rounded to bfloat16 for the MMA; float16 keeps the float path).
 // With few output tiles the warps split K and their partial tiles are summed in a fixed order, so results do
 // not depend on timing.
 //
@@ -16,6 +16,8 @@
 #if defined(__CUDACC__)
 #include <mma.h>
 #endif
+
+#include <c10/util/Half.h>  // header-only: the storage type's name for kNarrowRange
 
 #include "lstm_persistent.h"
 
@@ -75,6 +77,12 @@ inline Plan make_mma_plan(int ng, int64_t H, int64_t K, int64_t B, int64_t D, co
   return p;
 }
 
+// Storage types whose range is too narrow for gradients (see choose_plan).
+template <typename T>
+constexpr bool kNarrowRange = false;
+template <>
+constexpr bool kNarrowRange<c10::Half> = true;
+
 // Whether a recurrence in storage type T has the tensor-core path: float16 / bfloat16.
 template <typename R, typename T>
 constexpr bool kHasMmaPath = sizeof(T) == 2;
@@ -83,7 +91,9 @@ constexpr bool kHasMmaPath = sizeof(T) == 2;
 // the float path. ng: 4 forward (K = P), 1 backward (K = G).
 template <typename T, typename A>
 inline Plan choose_plan(int ng, int64_t H, int64_t K, int64_t B, int64_t D, const DeviceLimits& dev) {
-  if (sizeof(T) == 2 && dev.tensor_cores) {
+  // float16's range (±65504, subnormal below 6e-5) cannot hold dG safely (loss-scaled gradients overflow, small
+  // ones flush), so its backward stays on the float path; bfloat16 has float's range.
+  if (sizeof(T) == 2 && dev.tensor_cores && !(ng == 1 && kNarrowRange<T>)) {
     const Plan p = make_mma_plan(ng, H, K, B, D, dev);
     if (p.ok) return p;
   }
@@ -191,7 +201,8 @@ LF_HOST_DEVICE void mma_accumulate(const Plan& pl, const MmaTiling& mt, int64_t 
     wmma::mma_sync(acc.f, fa, fb, acc.f);
   }
 #else
-  __trap();  // the host never plans the tensor-core path below sm_80 (see GpuRunner)
+  (void)a, (void)b, (void)ks, (void)ks_end;
+  __trap();  // never planned: GpuRunner enables tensor cores only for kernels compiled for sm_80+
 #endif
 #else
   for (; ks < ks_end; ks += mt.splitk)
