@@ -48,9 +48,10 @@ def cpu_grid(quick):
 def gpu_grid(quick):
     grid = [case("lstm", 512, B, H) for B in (1, 16, 64) for H in (256, 1024)]
     grid += [case("lstm", 512, 256, 1024), case("lstm", 512, 16, 512, layers=2, bidir=True),
+             case("lstm", 512, 16, 512, layers=3),
              case("lstm", 512, 16, 512, packed=True), case("gru", 512, 16, 512),
              case("lstm-peephole", 512, 16, 512), case("lstm-coupled", 512, 16, 512)]
-    return grid[:6] if quick else grid
+    return grid[:6] + [case("lstm", 512, 16, 512, layers=3)] if quick else grid
 
 
 def flops_forward(c):

@@ -24,6 +24,13 @@ TORCH_LIBRARY(lstm_fused, m) {
       "lstm_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_hr, Tensor[]? w_ph, bool coupled, bool need_workspace) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  // A stack of unidirectional LSTM layers without projection (lstm_stack.h): the lists hold one tensor per
+  // layer, h0/c0 are [L, B, H]. Returns every layer's output, h_n [L, B, H], c_n [L, B, H] and every layer's
+  // workspace (as lstm_layer_fwd returns them, so the layer backward takes them as they are).
+  m.def(
+      "lstm_stack_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
+      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_ph, bool coupled, bool need_workspace) "
+      "-> (Tensor[], Tensor, Tensor, Tensor[])");
   // Gradients of lstm_layer_fwd. grad_input is empty unless need_grad_input; grad_bias (the gradient of b_ih
   // and of b_hh alike, per direction) is empty unless has_bias; grad_w_hr / grad_w_ph are empty without a
   // projection / peepholes.

@@ -337,6 +337,16 @@ class LSTM(_FusedRNNBase):
         h0_all, c0_all = hx
         result_dtype, compute_dtype = self._dtypes(x)
         num_directions = 2 if self.bidirectional else 1
+        if (self.num_layers > 1 and not self.bidirectional and self.proj_size == 0
+                and not (self.dropout > 0 and self.training)):
+            # One op for the whole stack: on the GPU its layers can run as one wavefront launch.
+            ws = [self._layer_weights(layer, compute_dtype) for layer in range(self.num_layers)]
+            per_layer = {k: ([w[k][0] for w in ws] if ws[0][k] is not None else None) for k in ws[0]}
+            x, h_n, c_n = ops.lstm_stack(x.to(compute_dtype), batch_sizes, h0_all.to(compute_dtype),
+                                         c0_all.to(compute_dtype), per_layer["weight_ih"], per_layer["weight_hh"],
+                                         per_layer["bias_ih"], per_layer["bias_hh"], per_layer["weight_ph"],
+                                         self.coupled)
+            return x.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
         h_out, c_out = [], []
         for layer in range(self.num_layers):
             w = self._layer_weights(layer, compute_dtype)

@@ -148,6 +148,104 @@ def _no_context(ctx, inputs, output):
 torch.library.register_autograd("lstm_fused::lstm_layer_bwd", _no_double_backward, setup_context=_no_context)
 
 
+# ---- stacks of unidirectional layers -----------------------------------------------------------------------
+def lstm_stack(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: list[Tensor],
+    w_hh: list[Tensor],
+    b_ih: Optional[list[Tensor]],
+    b_hh: Optional[list[Tensor]],
+    w_ph: Optional[list[Tensor]] = None,
+    coupled: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """L unidirectional LSTM layers without projection and without dropout between them, as one op: the lists
+    hold one tensor per layer, h0/c0 are [L, B, H]. Returns the last layer's output, h_n and c_n [L, B, H].
+
+    Same results as L calls of lstm_layer (on the CPU it is that loop); on CUDA the layers can run as one
+    persistent wavefront launch."""
+    tensors = [input, h0, c0, *w_ih, *w_hh, *(b_ih or ()), *(b_hh or ()), *(w_ph or ())]
+    need_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    outs, h_n, c_n, _ = _ops.lstm_stack_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph,
+                                                    coupled, need_workspace)
+    return outs[-1], h_n, c_n
+
+
+@torch.library.register_fake("lstm_fused::lstm_stack_fwd")
+def _lstm_stack_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace):
+    torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
+    torch._check(len(w_ih) == len(w_hh) and h0.dim() == 3 and h0.shape[0] == len(w_ih),
+                 lambda: "lstm_fused: lstm_stack_fwd expects one weight per layer and h0 [layers, batch, hidden]")
+    _check_same_device(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph)
+    gates = 3 if coupled else 4
+    hidden = w_hh[0].shape[1]
+    lead = tuple(input.shape[:-1])
+    ws_shape = (1, *lead, (gates + 1) * hidden) if need_workspace else (0,)
+    layers = len(w_ih)
+    outs = [input.new_empty((*lead, hidden)) for _ in range(layers)]
+    wss = [input.new_empty(ws_shape, dtype=_workspace_dtype(input.dtype)) for _ in range(layers)]
+    return outs, h0.new_empty(h0.shape), c0.new_empty(c0.shape), wss
+
+
+def _stack_setup_context(ctx, inputs, output):
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, _ = inputs
+    outs, _, _, wss = output
+    ctx.layers = len(w_ih)
+    ctx.has_bias = b_ih is not None
+    ctx.has_peephole = w_ph is not None
+    ctx.coupled = coupled
+    ctx.save_for_backward(input, batch_sizes, h0, c0, *outs, *wss, *w_ih, *w_hh, *(w_ph or ()))
+    ctx.mark_non_differentiable(*wss)
+
+
+def _stack_backward(ctx, grad_outs, grad_h_n, grad_c_n, _grad_wss):
+    # The layer backward op from the top layer down; a layer's input gradient is the output gradient of the
+    # layer below (plus whatever the loss put on that layer's output directly).
+    input, batch_sizes, h0, c0, *rest = ctx.saved_tensors
+    n = ctx.layers
+    outs, wss, w_ih, w_hh = rest[:n], rest[n:2 * n], rest[2 * n:3 * n], rest[3 * n:4 * n]
+    w_ph = rest[4 * n:5 * n] if ctx.has_peephole else None
+    grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
+    grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
+    gh0, gc0, gw_ih, gw_hh, gb, gw_ph = ([None] * n for _ in range(6))
+    grad_input, from_above = None, None
+    for l in reversed(range(n)):
+        direct = grad_outs[l] if grad_outs is not None else None
+        g = from_above if direct is None else (direct if from_above is None else direct + from_above)
+        g = torch.zeros_like(outs[l]) if g is None else g
+        need_grad_input = l > 0 or ctx.needs_input_grad[0]
+        gi, gh0[l], gc0[l], gwi, gwh, gbl, _, gwp = _ops.lstm_layer_bwd.default(
+            g, grad_h_n[l:l + 1], grad_c_n[l:l + 1], input if l == 0 else outs[l - 1], batch_sizes, h0[l:l + 1],
+            c0[l:l + 1], [w_ih[l]], [w_hh[l]], None, [w_ph[l]] if w_ph is not None else None, ctx.coupled, outs[l],
+            wss[l], ctx.has_bias, need_grad_input,
+        )
+        gw_ih[l], gw_hh[l] = gwi[0], gwh[0]
+        gb[l] = gbl[0] if ctx.has_bias else None
+        gw_ph[l] = gwp[0] if w_ph is not None else None
+        if l > 0:
+            from_above = gi
+        elif need_grad_input:
+            grad_input = gi
+    return (
+        grad_input,
+        None,
+        torch.cat(gh0),
+        torch.cat(gc0),
+        gw_ih,
+        gw_hh,
+        gb if ctx.has_bias else None,
+        [g.clone() for g in gb] if ctx.has_bias else None,  # b_ih and b_hh get the same gradient
+        gw_ph if ctx.has_peephole else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("lstm_fused::lstm_stack_fwd", _stack_backward, setup_context=_stack_setup_context)
+
+
 # ---- GRU --------------------------------------------------------------------------------------------------
 def gru_layer(
     input: Tensor,

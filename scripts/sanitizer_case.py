@@ -20,6 +20,9 @@ for algo in ("step", "auto"):
             packed = pack_padded_sequence(x, torch.tensor([6, 1, 4, 6, 2, 3, 5, 6, 1]), enforce_sorted=False)
             out, (h, c) = m(packed)
             (out.data.float().sum() + h.float().sum()).backward()
+    stack = lstm_fused.LSTM(5, 37, num_layers=3).cuda()  # unidirectional stack: the wavefront launch
+    out, (h, c) = stack(torch.randn(6, 9, 5, device="cuda"))
+    (out.sum() + h.sum() + c.sum()).backward()
     g = lstm_fused.GRU(5, 37, bidirectional=True).cuda()
     out, h = g(torch.randn(6, 9, 5, device="cuda"))
     (out.sum() + h.sum()).backward()

@@ -180,3 +180,37 @@ def test_persistent_gru_half_types_error_vs_float64(dtype):
         err_ours = (a.double().cpu() - e).abs().max().item()
         err_ref = (r.double().cpu() - e).abs().max().item()
         assert err_ours <= 4 * err_ref + 1e-3, (err_ours, err_ref)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("shape", [(20, 8, 256), (9, 3, 33)], ids=str)
+def test_wavefront_stack_parity_with_cudnn(packed, shape):
+    # 3 unidirectional layers without projection: lstm_stack_fwd, one wavefront launch for all layers.
+    T, B, H = shape
+    ref, ours = twin_lstms(H + 3, H, num_layers=3)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = torch.randn(T, B, H + 3, device="cuda", requires_grad=True)
+    if packed:
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        compare_modules(ref, ours, inp, None, [x], torch.float32)
+    else:
+        compare_modules(ref, ours, x, None, [x], torch.float32)
+    with torch.no_grad():  # inference: the wavefront without a workspace
+        torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_wavefront_half_types_error_vs_float64(dtype):
+    ref, ours = twin_lstms(64, 256, num_layers=3)
+    ref64 = lstm_fused.LSTM(64, 256, num_layers=3, dtype=torch.float64)
+    ref64.load_state_dict(ref.state_dict())
+    x = torch.randn(40, 8, 64)
+    exp, (eh, ec) = ref64(x.double())
+    got_ref, (rh, rc) = ref.cuda().to(dtype)(x.cuda().to(dtype))
+    got, (oh, oc) = ours.cuda().to(dtype)(x.cuda().to(dtype))
+    for a, r, e in ((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)):
+        err_ours = (a.double().cpu() - e).abs().max().item()
+        err_ref = (r.double().cpu() - e).abs().max().item()
+        assert err_ours <= 4 * err_ref + 1e-3, (err_ours, err_ref)

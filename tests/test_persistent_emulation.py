@@ -372,3 +372,86 @@ def test_persistent_gru_half_types_track_float64(monkeypatch, dtype, tol, mma, c
     for a, b in zip([e[0], e[1], *e[2], *e[3], *e[4], *e[5]], [r[0], r[1], *r[2], *r[3], *r[4], *r[5]]):
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+
+
+# ---- layer stacks: the wavefront (lstm_stack_fwd) -------------------------------------------------------------
+stack_cpu = torch.ops.lstm_fused.lstm_stack_fwd.default
+stack_emu = torch.ops.lstm_fused._emu_stack_fwd.default
+
+
+def _stack_args(L, T, B, I, H, packed, dtype, seed, peephole=False, coupled=False):
+    x, bs, *_ = _args(T, B, I, H, 0, packed, torch.float64, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    k = H ** -0.5
+    G = (3 if coupled else 4) * H
+
+    def t(*s, scale=k):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    return [x.to(dtype), bs, t(L, B, H, scale=1), t(L, B, H, scale=1), [t(G, I if l == 0 else H) for l in range(L)],
+            [t(G, H) for _ in range(L)], [t(G) for _ in range(L)], [t(G) for _ in range(L)],
+            [t(2 if coupled else 3, H, scale=1) for _ in range(L)] if peephole else None, coupled]
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("L", [2, 3])
+@pytest.mark.parametrize("case", CASES[1:])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("variant", VARIANTS[::3], ids=["lstm", "peephole+coupled"])
+def test_wavefront_matches_the_cpu_stack(monkeypatch, device, L, case, packed, variant):
+    T, B, I, H = case
+    sms, smem = DEVICES[device]
+    _device(monkeypatch, device)  # forced persistent: the wavefront where it fits, else persistent layer by layer
+    args = _stack_args(L, T, B, I, H, packed, torch.float64, seed=sum(case) + L, peephole=variant[0],
+                       coupled=variant[1])
+    G = (3 if variant[1] else 4) * H
+    wavefront = plan(4, H, 2 * H, B, L, 8, 8, sms, smem)[0]
+    per_layer = plan(4, H, max(H, I), B, 1, 8, 8, sms, smem)[0] and plan(1, H, G, B, 1, 8, 8, sms, smem)[0]
+    if not (wavefront or per_layer):
+        with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
+            stack_emu(*args, True)
+        return
+    for need_workspace in (True, False):
+        ref = stack_cpu(*args, need_workspace)
+        got = stack_emu(*args, need_workspace)
+        _close(list(got[0]), list(ref[0]), 1e-12, "outputs")
+        _close([got[1], got[2]], [ref[1], ref[2]], 1e-12, "h_n, c_n")
+        if need_workspace:
+            _close(list(got[3]), list(ref[3]), 1e-12, "workspaces")
+        else:
+            assert all(w.numel() == 0 for w in got[3])
+
+
+def test_wavefront_devices_reach_the_wavefront():
+    # Over the grid above, some runs take the wavefront and some fall back to layer-by-layer launches.
+    seen = set()
+    for device, (sms, smem) in DEVICES.items():
+        for L in (2, 3):
+            for T, B, I, H in CASES[1:]:
+                seen.add(bool(plan(4, H, 2 * H, B, L, 8, 8, sms, smem)[0]))
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("mma", ["0", "1"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_wavefront_half_types_track_float64(monkeypatch, dtype, tol, mma, packed):
+    _device(monkeypatch, "5sm")
+    monkeypatch.setenv("LSTM_FUSED_EMU_MMA", mma)
+    args64 = _stack_args(3, 6, 9, 5, 20, packed, torch.float64, seed=2, peephole=True)
+    args = _cast(args64, dtype)
+    ref = stack_cpu(*args64, False)
+    got = stack_emu(*args, False)
+    for a, b in zip([*got[0], got[1], got[2]], [*ref[0], ref[1], ref[2]]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+
+
+def test_wavefront_step_mode_and_empty_batch(monkeypatch):
+    _device(monkeypatch, "h200", "step")
+    args = _stack_args(2, 4, 3, 5, 6, False, torch.float64, seed=3)
+    _close(list(stack_emu(*args, True)[0]), list(stack_cpu(*args, True)[0]), 1e-12, "step mode")
+    _device(monkeypatch, "h200", "persistent")
+    empty = _stack_args(2, 4, 0, 5, 6, False, torch.float64, seed=3)
+    outs, h_n, c_n, _ = stack_emu(*empty, True)
+    assert [o.shape for o in outs] == [(4, 0, 6), (4, 0, 6)] and h_n.shape == (2, 0, 6)

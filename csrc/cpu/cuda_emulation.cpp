@@ -11,6 +11,7 @@
 
 #include "../cuda/gru_cuda_driver.h"
 #include "../cuda/lstm_cuda_driver.h"
+#include "../cuda/lstm_stack_driver.h"
 #include "../cuda/lstm_persistent_mma.h"
 
 namespace lstm_fused {
@@ -65,25 +66,28 @@ void check_guard(const std::vector<std::vector<unsigned char>>& mem, const persi
 // block runs its rounds of stage → barrier → accumulate → barrier ..., partials → barrier → reduce/epilogue →
 // barrier, and the next step starts only when every block has finished this one (the grid barrier).
 template <typename R, typename T, typename A>
-void emulate_persistent(const std::vector<DirectionParams<typename R::Step>>& steps, const persistent::Plan& pl) {
+void emulate_persistent(const persistent::StepTable<typename R::Step>& table, const persistent::Plan& pl) {
   using namespace persistent;
   constexpr int NG = R::NG;
   constexpr size_t kGuard = 256;
-  const int count = steps[0].count;
+  const int count = table.count;
+  auto step_of = [&](int64_t step, int64_t blk) -> const typename R::Step& {
+    return table.steps[step * count + blk / pl.nb];
+  };
   const int64_t blocks = count * pl.nb;
   std::vector<std::vector<unsigned char>> mem(blocks, std::vector<unsigned char>(pl.smem + kGuard, 0xFF));
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const Smem<T, A> s = carve<T, A>(pl, mem[blk].data());
     for (int tid = 0; tid < persistent::kThreads; ++tid)
-      load_resident<R>(pl, steps[0].dir[blk / pl.nb], blk % pl.nb, tid, s);
+      load_resident<R>(pl, step_of(0, blk), blk % pl.nb, tid, s);
   }
   if constexpr (kHasMmaPath<R, T>) {
     if (pl.mma) {
       const bool once = pl.kc >= pl.kp;
       std::vector<MmaAcc<NG>> accs(kWarps);
-      for (const auto& dp : steps) {
+      for (int64_t step = 0; step < table.n_steps; ++step) {
         for (int64_t blk = 0; blk < blocks; ++blk) {
-          const typename R::Step& p = dp.dir[blk / pl.nb];
+          const typename R::Step& p = step_of(step, blk);
           const MmaSmem<T> m = carve_mma<T>(pl, mem[blk].data());
           const MmaTiling mt = mma_tiling<NG>(pl, p.rows);
           if (once)
@@ -108,9 +112,9 @@ void emulate_persistent(const std::vector<DirectionParams<typename R::Step>>& st
   }
   std::vector<std::array<std::array<A, NG>, kRows>> acc(persistent::kThreads);
   auto acc_of = [&](int tid) -> A(&)[kRows][NG] { return *reinterpret_cast<A(*)[kRows][NG]>(acc[tid].data()); };
-  for (const auto& dp : steps) {
+  for (int64_t step = 0; step < table.n_steps; ++step) {
     for (int64_t blk = 0; blk < blocks; ++blk) {
-      const typename R::Step& p = dp.dir[blk / pl.nb];
+      const typename R::Step& p = step_of(step, blk);
       const int64_t bx = blk % pl.nb;
       const Smem<T, A> s = carve<T, A>(pl, mem[blk].data());
       const StepTiling st = step_tiling(pl.kj, p.rows);
@@ -131,13 +135,12 @@ void emulate_persistent(const std::vector<DirectionParams<typename R::Step>>& st
 
 struct EmulationRunner {
   template <typename Step>
-  bool sequence(const std::vector<DirectionParams<Step>>& steps, int64_t B) {
+  bool sequence(const persistent::StepTable<Step>& table, int64_t B, bool optional = false) {
     using R = typename persistent::RecurrenceOf<Step>::type;
-    const Step& p = steps[0].dir[0];
-    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(R::NG, p.H, R::K(p), B,
-                                                                                 steps[0].count, emulated_device());
-    if (!cuda_driver::want_persistent(plan, B)) return false;
-    emulate_persistent<R, typename R::Storage, typename R::Acc>(steps, plan);
+    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(
+        R::NG, table.steps[0].H, persistent::max_k<R>(table), B, table.count, emulated_device());
+    if (!cuda_driver::want_persistent(plan, B, true, optional)) return false;
+    emulate_persistent<R, typename R::Storage, typename R::Acc>(table, plan);
     return true;
   }
 
@@ -213,6 +216,14 @@ emu_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_
                                 coupled, output, workspace, has_bias, need_grad_input, run);
 }
 
+StackOutputs emu_stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
+                           const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                           const std::optional<at::TensorList>& b_ih, const std::optional<at::TensorList>& b_hh,
+                           const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
+  EmulationRunner run;
+  return cuda_driver::stack_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace, run);
+}
+
 std::tuple<Tensor, Tensor, Tensor> emu_gru_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes,
                                                const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
                                                const std::optional<at::TensorList>& b_ih,
@@ -250,6 +261,10 @@ std::vector<int64_t> persistent_mma_plan(int64_t ng, int64_t H, int64_t K, int64
 TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
   m.def("_persistent_plan(int ng, int H, int K, int B, int D, int elem_w, int elem_a, int sms, int smem) -> int[]",
         &persistent_plan);
+  m.def(
+      "_emu_stack_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
+      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_ph, bool coupled, bool need_workspace) "
+      "-> (Tensor[], Tensor, Tensor, Tensor[])");
   m.def("_persistent_mma_plan(int ng, int H, int K, int B, int D, int sms, int smem) -> int[]", &persistent_mma_plan);
   m.def(
       "_emu_gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor[] w_ih, Tensor[] w_hh, "
@@ -272,6 +287,7 @@ TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
 
 TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
   m.impl("_emu_layer_fwd", &emu_fwd);
+  m.impl("_emu_stack_fwd", &emu_stack_fwd);
   m.impl("_emu_layer_bwd", &emu_bwd);
   m.impl("_emu_gru_layer_fwd", &emu_gru_fwd);
   m.impl("_emu_gru_layer_bwd", &emu_gru_bwd);

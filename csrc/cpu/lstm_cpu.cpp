@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../lstm_stack.h"
 #include "../lstm_checks.h"
 #include "cpu_common.h"
 #include "cpu_gemm.h"
@@ -289,9 +290,21 @@ LayerGrads lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
   return {d_input, dh0, dc0, d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph};
 }
 
+StackOutputs lstm_stack_fwd_cpu(const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
+                                const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                                const std::optional<at::TensorList>& b_ih, const std::optional<at::TensorList>& b_hh,
+                                const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
+  return stack_loop(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace,
+                    [](const Tensor& x, const std::optional<Tensor>& bs, const Tensor& h, const Tensor& c,
+                       at::TensorList wi, at::TensorList wh, const std::optional<at::TensorList>& bi,
+                       const std::optional<at::TensorList>& bh, const std::optional<at::TensorList>& wp, bool cpl,
+                       bool nw) { return lstm_layer_fwd_cpu(x, bs, h, c, wi, wh, bi, bh, std::nullopt, wp, cpl, nw); });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
+  m.impl("lstm_stack_fwd", &lstm_stack_fwd_cpu);
   m.impl("lstm_layer_fwd", &lstm_layer_fwd_cpu);
   m.impl("lstm_layer_bwd", &lstm_layer_bwd_cpu);
 }

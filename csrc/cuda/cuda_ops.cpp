@@ -12,6 +12,7 @@
 
 #include "gru_cuda_driver.h"
 #include "lstm_cuda_driver.h"
+#include "lstm_stack_driver.h"
 #include "lstm_cuda_launch.h"
 #include "lstm_persistent_launch.h"
 #include "lstm_persistent_mma.h"
@@ -25,8 +26,8 @@ using at::Tensor;
 // asynchronous on the current stream; the caching allocators keep both buffers alive until the copy and the
 // kernel are done with them).
 template <typename Step>
-Tensor upload_steps(const std::vector<cuda_step::DirectionParams<Step>>& steps, at::Device device) {
-  const int64_t bytes = static_cast<int64_t>(steps.size() * sizeof(steps[0]));
+Tensor upload_steps(const std::vector<Step>& steps, at::Device device) {
+  const int64_t bytes = static_cast<int64_t>(steps.size() * sizeof(Step));
   Tensor host = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   std::memcpy(host.data_ptr(), steps.data(), bytes);
   return host.to(device, /*non_blocking=*/true);
@@ -55,20 +56,19 @@ struct GpuRunner {
 
   // The whole sequence in one persistent launch (see lstm_cuda_driver.h), or false for the per-step kernels.
   template <typename Step>
-  bool sequence(const std::vector<cuda_step::DirectionParams<Step>>& steps, int64_t B) {
+  bool sequence(const persistent::StepTable<Step>& table, int64_t B, bool optional = false) {
     using R = typename persistent::RecurrenceOf<Step>::type;
-    const Step& p = steps[0].dir[0];
-    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(R::NG, p.H, R::K(p), B,
-                                                                                 steps[0].count, limits<Step>());
-    if (!cuda_driver::want_persistent(plan, B) || capturing()) return false;
+    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(
+        R::NG, table.steps[0].H, persistent::max_k<R>(table), B, table.count, limits<Step>());
+    if (!cuda_driver::want_persistent(plan, B, true, optional) || capturing()) return false;
     bool fits = false;
-    C10_CUDA_CHECK(persistent::fits<Step>(plan, steps[0].count, fits));
-    if (!fits && !cuda_driver::want_persistent(plan, B, false)) return false;
-    const Tensor dev_steps = upload_steps(steps, device);
+    C10_CUDA_CHECK(persistent::fits<Step>(plan, table.count, fits));
+    if (!fits && !cuda_driver::want_persistent(plan, B, false, optional)) return false;
+    const Tensor dev_steps = upload_steps(table.steps, device);
     persistent::Args<Step> args;
-    args.steps = reinterpret_cast<const cuda_step::DirectionParams<Step>*>(dev_steps.const_data_ptr());
-    args.n_steps = static_cast<int64_t>(steps.size());
-    args.count = steps[0].count;
+    args.steps = reinterpret_cast<const Step*>(dev_steps.const_data_ptr());
+    args.n_steps = table.n_steps;
+    args.count = table.count;
     args.plan = plan;
     C10_CUDA_CHECK(persistent::launch<Step>(args, stream));
     return true;
@@ -126,6 +126,16 @@ lstm_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Ten
                                 coupled, output, workspace, has_bias, need_grad_input, run);
 }
 
+StackOutputs lstm_stack_fwd_cuda(const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
+                                 const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                                 const std::optional<at::TensorList>& b_ih, const std::optional<at::TensorList>& b_hh,
+                                 const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
+  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
+  const c10::cuda::CUDAGuard guard(input.device());
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
+  return cuda_driver::stack_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace, run);
+}
+
 std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cuda(const Tensor& input, const std::optional<Tensor>& batch_sizes,
                                                       const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
                                                       const std::optional<at::TensorList>& b_ih,
@@ -151,6 +161,7 @@ gru_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Tens
 
 TORCH_LIBRARY_IMPL(lstm_fused, CUDA, m) {
   m.impl("lstm_layer_fwd", &lstm_layer_fwd_cuda);
+  m.impl("lstm_stack_fwd", &lstm_stack_fwd_cuda);
   m.impl("lstm_layer_bwd", &lstm_layer_bwd_cuda);
   m.impl("gru_layer_fwd", &gru_layer_fwd_cuda);
   m.impl("gru_layer_bwd", &gru_layer_bwd_cuda);

@@ -65,7 +65,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
         p.h_n = h_n.data_ptr<T>() + d * B * H;
       }
     }
-    if (run.sequence(steps, B)) return;  // one persistent launch
+    if (run.sequence(persistent::flatten(steps), B)) return;  // one persistent launch
     for (const auto& dp : steps) run.template gru_fwd<T, A>(dp);  // or one launch per step, both directions
   });
   auto ws_shape = with_last(input, 4 * H);
@@ -138,7 +138,7 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
         p.dgh = dgh.data_ptr<A>() + (d * N + off) * G;
       }
     }
-    if (run.sequence(steps, B)) return;
+    if (run.sequence(persistent::flatten(steps), B)) return;
     for (const auto& dp : steps) run.template gru_bwd<T, A>(dp);
   });
   // One GEMM or reduction over all steps per direction (a few for h0 with packed input).

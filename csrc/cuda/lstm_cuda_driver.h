@@ -42,13 +42,15 @@ inline Algo algo_from_env() {
 // h_{t-1} in every block, which stops paying off against the per-step kernel's wider grid at large batch.
 constexpr int64_t kPersistentMaxBatch = 64;
 
-// Whether a sequence with this plan runs persistently. `fits`: the device can co-schedule the grid.
-inline bool want_persistent(const persistent::Plan& plan, int64_t B, bool fits = true) {
+// Whether a sequence with this plan runs persistently. `fits`: the device can co-schedule the grid. `optional`:
+// a launch with a fallback that is persistent too (a layer stack's wavefront), so even a forced
+// LSTM_FUSED_CUDA_ALGO=persistent may decline it.
+inline bool want_persistent(const persistent::Plan& plan, int64_t B, bool fits = true, bool optional = false) {
   const Algo a = algo_from_env();
   if (a == Algo::kStep || B == 0) return false;  // an empty batch has nothing to launch
   const bool ok = plan.ok && fits;
-  TORCH_CHECK(ok || a != Algo::kPersistent, "lstm_fused: LSTM_FUSED_CUDA_ALGO=persistent, but the persistent kernel "
-              "cannot run this layer: ", plan.ok ? "the grid cannot be co-resident" : plan.why);
+  TORCH_CHECK(ok || optional || a != Algo::kPersistent, "lstm_fused: LSTM_FUSED_CUDA_ALGO=persistent, but the "
+              "persistent kernel cannot run this layer: ", plan.ok ? "the grid cannot be co-resident" : plan.why);
   return ok && (a == Algo::kPersistent || B <= kPersistentMaxBatch);
 }
 
@@ -165,6 +167,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
         p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + step_rows(d, step - 1, prev) + G : nullptr;
         p.c0 = c0c.const_data_ptr<T>() + d * c0c.stride(0);
         p.xw = xw[d].const_data_ptr<T>() + off * G;
+        p.ld_xw = G;
         p.w_hh = w_hh_c[d].const_data_ptr<T>();
         p.ws = ws.data_ptr<A>() + step_rows(d, step, t);
         p.h_out = s.proj ? r_buf[d].data_ptr<T>() : out.data_ptr<T>() + off * D * P + d * P;
@@ -176,7 +179,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
     // The whole sequence in one persistent launch where the runner can (no projection: it needs a GEMM
     // between the cell and the next step); else one launch per step.
     check_persistent_possible(s.proj);
-    if (!s.proj && run.sequence(steps, B)) return;
+    if (!s.proj && run.sequence(persistent::flatten(steps), B)) return;
     for (int64_t step = 0; step < n_steps; ++step) {
       run.template fwd<T, A>(steps[step]);  // one launch: this step of every direction
       if (!s.proj) continue;
@@ -288,7 +291,7 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
     }
     check_persistent_possible(s.proj);
     if (!s.proj) {
-      if (run.sequence(steps, B)) return;
+      if (run.sequence(persistent::flatten(steps), B)) return;
       for (const auto& dp : steps) run.template bwd<T, A>(dp, cuda_step::kFused);
       return;
     }

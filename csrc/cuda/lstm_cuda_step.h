@@ -36,7 +36,13 @@ struct FwdStepParams {
   const T* h0 = nullptr;      // [B, P]
   const A* c_prev = nullptr;  // [n_prev, ld_ws] c of the previous step (workspace column 4H)
   const T* c0 = nullptr;      // [B, H]
-  const T* xw = nullptr;      // [rows, G] x·W_ihᵀ + b_ih + b_hh of this step
+  const T* xw = nullptr;      // [rows, ld_xw] x·W_ihᵀ + b_ih + b_hh of this step (ld_xw 0: biases only, the
+  int64_t ld_xw = 0;          // input product is then part of the recurrent reduction, see I_in)
+  // Stacked layers (lstm_stack_fwd's wavefront): the layer's input product is reduced with the recurrent one,
+  // over k in [0, I_in) of x_in·W_ihᵀ before [I_in, I_in + P) of h_{t-1}·W_hhᵀ. I_in = 0 otherwise.
+  int64_t I_in = 0, ld_x = 0;
+  const T* x_in = nullptr;    // [rows, ld_x] the layer below's h_t
+  const T* w_ih = nullptr;    // [G, I_in]
   const T* w_hh = nullptr;    // [G, P]
   const T* peep = nullptr;    // [3 or 2, H] peephole weights, or nullptr
   A* ws = nullptr;            // [rows, ld_ws] out: activated gates (G) then c_t (H)
@@ -156,7 +162,7 @@ template <typename T, typename A, bool kPeephole, bool kCoupled>
 LF_HOST_DEVICE void fwd_cell(const FwdStepParams<T, A>& p, int64_t b, int64_t j, const A (&acc)[4]) {
   using C = GateCols<kCoupled>;
   const int64_t H = p.H, G = C::kGates * H;
-  const T* xw = p.xw + b * G;
+  const T* xw = p.xw + b * p.ld_xw;
   // acc[slot] holds the recurrent product of gate slot `slot` (W_hh rows slot·H + j).
   const int si = 0, sf = 1, sg = kCoupled ? 1 : 2, so = kCoupled ? 2 : 3;
   const LstmGates<A> pre{acc[si] + to_acc<T, A>(xw[C::i(H) + j]),

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "gru_cuda_step.h"
 #include "lstm_cuda_step.h"
@@ -140,7 +141,8 @@ LF_HOST_DEVICE T load_fresh(const T* p) {
 #endif
 }
 
-// Forward: out[b, slot·kj + jl] = Σ_k h_{t-1}[b, k] · W_hh[slot·H + j0 + jl, k], then the LSTM cell.
+// Forward: out[b, slot·kj + jl] = Σ_k h_{t-1}[b, k] · W_hh[slot·H + j0 + jl, k], then the LSTM cell. In a
+// layer stack (I_in > 0) the k range starts with the layer's input: [x_t, h_{t-1}] · [W_ih, W_hh]ᵀ.
 template <typename T, typename A>
 struct FwdRecurrence {
   using Step = FwdStepParams<T, A>;
@@ -148,13 +150,16 @@ struct FwdRecurrence {
   using Acc = A;
   static constexpr int NG = 4;
   LF_HOST_DEVICE static int64_t units(const Step& p) { return p.H; }
-  LF_HOST_DEVICE static int64_t K(const Step& p) { return p.P; }
+  LF_HOST_DEVICE static int64_t K(const Step& p) { return p.I_in + p.P; }
   LF_HOST_DEVICE static int slots(const Step& p) { return p.coupled ? 3 : 4; }
   LF_HOST_DEVICE static T weight(const Step& p, int slot, int64_t j, int64_t k) {
-    return p.w_hh[(slot * p.H + j) * p.P + k];
+    const int64_t row = slot * p.H + j;
+    return k < p.I_in ? p.w_ih[row * p.I_in + k] : p.w_hh[row * p.P + (k - p.I_in)];
   }
   LF_HOST_DEVICE static int64_t left_rows(const Step& p) { return p.rows; }
   LF_HOST_DEVICE static T left_raw(const Step& p, int64_t b, int64_t k) {
+    if (k < p.I_in) return load_fresh(p.x_in + b * p.ld_x + k);
+    k -= p.I_in;
     return b < p.n_prev ? load_fresh(p.h_prev + b * p.ld_out + k) : p.h0[b * p.P + k];
   }
   LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) { return to_acc<T, A>(left_raw(p, b, k)); }
@@ -255,11 +260,37 @@ struct RecurrenceOf<GruBwdStepParams<T, A>> {
 };
 
 // ---- one launch -----------------------------------------------------------------------------------------
+// One launch's step parameters: [n_steps, count], each step's lanes (directions of a layer, or the layers of a
+// stack) side by side. Blocks [d·nb, (d+1)·nb) serve lane d.
+template <typename Step>
+struct StepTable {
+  std::vector<Step> steps;
+  int count = 1;
+  int64_t n_steps = 0;
+};
+template <typename Step>
+StepTable<Step> flatten(const std::vector<DirectionParams<Step>>& dps) {
+  StepTable<Step> t;
+  t.count = dps.empty() ? 1 : dps[0].count;
+  t.n_steps = static_cast<int64_t>(dps.size());
+  for (const auto& dp : dps)
+    for (int d = 0; d < t.count; ++d) t.steps.push_back(dp.dir[d]);
+  return t;
+}
+
+// The longest reduction over a table's lanes (a stack's first layer reduces over P only, the others I + P).
+template <typename R>
+int64_t max_k(const StepTable<typename R::Step>& t) {
+  int64_t k = 0;
+  for (int d = 0; d < t.count; ++d) k = R::K(t.steps[d]) > k ? R::K(t.steps[d]) : k;
+  return k;
+}
+
 template <typename Step>
 struct Args {
-  const DirectionParams<Step>* steps = nullptr;  // [n_steps] each step's params, in processing order
+  const Step* steps = nullptr;  // [n_steps, count] in device memory
   int64_t n_steps = 0;
-  int count = 1;                                 // directions: blocks [d·nb, (d+1)·nb) serve direction d
+  int count = 1;
   Plan plan;
 };
 

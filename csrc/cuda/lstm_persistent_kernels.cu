@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<type
   const int d = static_cast<int>(blockIdx.x / pl.nb);
   const int64_t bx = blockIdx.x % pl.nb;
   const Smem<T, A> s = carve<T, A>(pl, smem_raw);
-  load_resident<R>(pl, a.steps[0].dir[d], bx, tid, s);
+  load_resident<R>(pl, a.steps[d], bx, tid, s);
   __syncthreads();
   cg::grid_group grid = cg::this_grid();
   if constexpr (kHasMmaPath<R, T>) {
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<type
       const int warp = tid / 32;
       const bool once = pl.kc >= pl.kp;  // the whole k range staged at once: stage it once per step
       for (int64_t step = 0; step < a.n_steps; ++step) {
-        fetch_step(&a.steps[step].dir[d], &step_p, tid);
+        fetch_step(&a.steps[step * a.count + d], &step_p, tid);
         const typename R::Step& p = step_p;
         const MmaTiling mt = mma_tiling<R::NG>(pl, p.rows);
         if (once) {
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<type
     }
   }
   for (int64_t step = 0; step < a.n_steps; ++step) {
-    fetch_step(&a.steps[step].dir[d], &step_p, tid);
+    fetch_step(&a.steps[step * a.count + d], &step_p, tid);
     const typename R::Step& p = step_p;
     const StepTiling st = step_tiling(pl.kj, p.rows);
     for (int64_t r0 = 0; r0 < st.items; r0 += st.groups) {

@@ -1,0 +1,127 @@
+// lstm_stack_fwd on the CUDA path (and its CPU emulation): all layers of a unidirectional stack in one
+// persistent launch as a wavefront, lanes = layers. At grid step s layer l runs its time step t = s − l: layer 0
+// adds its precomputed input projection (one GEMM, as in a single layer), layers above reduce their input
+// x_t = h^{l−1}_t (written by layer l−1 one grid step earlier) with W_ih inside the same reduction as
+// h^l_{t−1}·W_hhᵀ. Steps outside [0, T) of a layer have no rows: its blocks only meet the grid barrier.
+// Where the runner declines (the slices do not fit, large batch, LSTM_FUSED_CUDA_ALGO=step, graph capture),
+// the stack runs layer by layer through layer_fwd.
+#pragma once
+
+#include "../lstm_stack.h"
+#include "lstm_cuda_driver.h"
+
+namespace lstm_fused {
+namespace cuda_driver {
+
+template <typename Runner>
+StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
+                       const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                       const std::optional<at::TensorList>& b_ih, const std::optional<at::TensorList>& b_hh,
+                       const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace, Runner& run) {
+  auto by_layers = [&] {
+    return stack_loop(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace,
+                      [&](const Tensor& x, const std::optional<Tensor>& bs, const Tensor& h, const Tensor& c,
+                          at::TensorList wi, at::TensorList wh, const std::optional<at::TensorList>& bi,
+                          const std::optional<at::TensorList>& bh, const std::optional<at::TensorList>& wp, bool cpl,
+                          bool nw) { return layer_fwd(x, bs, h, c, wi, wh, bi, bh, std::nullopt, wp, cpl, nw, run); });
+  };
+  const int64_t L = check_stack_args(h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph);
+  if (L < 2) return by_layers();
+
+  // Every layer's checks, on its own input (the layer below's output has the input's rows and H columns).
+  check_dtype(input);
+  const int64_t H = w_hh[0].size(1), B = h0.size(1);
+  const SeqLayoutHolder lh = direction_layouts(input, batch_sizes, B, 1)[0];
+  const SeqLayout Lay = lh.view();
+  const int64_t N = Lay.N, n_t = Lay.T;
+  std::vector<Tensor> outs;
+  LayerSizes s;
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor x = l == 0 ? input : outs.back().view(with_last(input, H));
+    std::vector<DirectionWeights> dirs;
+    s = check_directions(x, batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1), w_ih.slice(l, 1), w_hh.slice(l, 1),
+                         layer_of(b_ih, l), layer_of(b_hh, l), std::nullopt, layer_of(w_ph, l), coupled, dirs);
+    TORCH_CHECK(s.H == H, "lstm_fused: lstm_stack_fwd expects one hidden size for all layers");
+    outs.push_back(at::empty({N, H}, input.options()));
+  }
+  const int64_t G = s.G(), LW = G + H;
+  const auto A_opts = input.options().dtype(acc_type(input.scalar_type()));
+  std::vector<Tensor> wss, w_ih_c, w_hh_c, w_ph_c, bias;
+  for (int64_t l = 0; l < L; ++l) {
+    wss.push_back(need_workspace ? at::empty({N, LW}, A_opts) : at::empty({2, B, LW}, A_opts));
+    w_ih_c.push_back(w_ih[l].contiguous());
+    w_hh_c.push_back(w_hh[l].contiguous());
+    w_ph_c.push_back(w_ph ? (*w_ph)[l].contiguous() : Tensor());
+    bias.push_back(b_ih ? ((*b_ih)[l] + (*b_hh)[l]).contiguous() : at::zeros({G}, input.options()));
+  }
+  // Layer 0's input projection for all steps, both biases folded in: [N, G].
+  const Tensor xw0 = at::addmm(bias[0], input.reshape({N, input.size(-1)}), w_ih[0].t());
+  Tensor h_n = at::empty({L, B, H}, input.options()), c_n = at::empty({L, B, H}, input.options());
+  const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
+  auto step_rows = [&](int64_t t) -> int64_t {  // element offset of step t's row 0 in a layer's workspace
+    return need_workspace ? Lay.offsets[t] * LW : (t % 2) * B * LW;
+  };
+
+  bool done = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_fused_stack_fwd", [&] {
+    using T = scalar_t;
+    using A = cuda_step::acc_t<T>;
+    persistent::StepTable<cuda_step::FwdStepParams<T, A>> table;
+    table.count = static_cast<int>(L);
+    table.n_steps = n_t + L - 1;
+    table.steps.resize(table.n_steps * L);
+    for (int64_t g = 0; g < table.n_steps; ++g) {
+      for (int64_t l = 0; l < L; ++l) {
+        cuda_step::FwdStepParams<T, A>& p = table.steps[g * L + l];
+        p.H = p.P = H;
+        p.coupled = coupled;
+        p.peep = w_ph ? w_ph_c[l].const_data_ptr<T>() : nullptr;
+        p.ld_ws = LW;
+        p.ld_out = p.ld_h = H;
+        p.h0 = h0c.const_data_ptr<T>() + l * B * H;
+        p.c0 = c0c.const_data_ptr<T>() + l * B * H;
+        p.w_hh = w_hh_c[l].const_data_ptr<T>();
+        p.c_n = c_n.data_ptr<T>() + l * B * H;
+        p.h_n = h_n.data_ptr<T>() + l * B * H;
+        if (l > 0) {
+          p.I_in = H;
+          p.ld_x = H;
+          p.w_ih = w_ih_c[l].const_data_ptr<T>();
+        }
+        const int64_t t = g - l;
+        p.xw = l == 0 ? xw0.const_data_ptr<T>() : bias[l].const_data_ptr<T>();
+        p.ws = wss[l].data_ptr<A>();
+        p.h_out = outs[l].data_ptr<T>();
+        if (t < 0 || t >= n_t) continue;  // no rows: this layer idles at grid step g
+        int64_t prev, n_prev;
+        Lay.prev_rows(t, prev, n_prev);
+        const int64_t off = Lay.offsets[t];
+        p.rows = Lay.batch_sizes[t];
+        p.n_prev = n_prev;
+        p.h_prev = n_prev > 0 ? outs[l].const_data_ptr<T>() + Lay.offsets[prev] * H : nullptr;
+        p.c_prev = n_prev > 0 ? wss[l].const_data_ptr<A>() + step_rows(prev) + G : nullptr;
+        if (l == 0) {
+          p.xw += off * G;
+          p.ld_xw = G;
+        }  // else ld_xw = 0: the biases only, for every row
+        if (l > 0) p.x_in = outs[l - 1].const_data_ptr<T>() + off * H;
+        p.ws += step_rows(t);
+        p.h_out += off * H;
+        ending_rows(Lay, t, p.end_lo, p.end_hi);
+      }
+    }
+    done = run.sequence(table, B, /*optional=*/true);
+  });
+  if (!done) return by_layers();
+  std::vector<Tensor> outs_v, wss_v;
+  auto ws_shape = with_last(input, LW);
+  ws_shape.insert(ws_shape.begin(), 1);
+  for (int64_t l = 0; l < L; ++l) {
+    outs_v.push_back(outs[l].view(with_last(input, H)));
+    wss_v.push_back(need_workspace ? wss[l].view(ws_shape) : at::empty({0}, A_opts));
+  }
+  return {outs_v, h_n, c_n, wss_v};
+}
+
+}  // namespace cuda_driver
+}  // namespace lstm_fused
