@@ -58,4 +58,37 @@ StackOutputs stack_loop(const at::Tensor& input, const std::optional<at::Tensor>
   return {outs, at::cat(hns), at::cat(cns), wss};
 }
 
+// Gradients of lstm_stack_fwd: grad_input (empty unless need_grad_input), grad_h0 [L, B, H], grad_c0 [L, B, H], and
+// per layer: W_ih, W_hh, bias (empty list without biases; b_ih and b_hh share it), peephole (empty list without).
+using StackGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                              std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// The stack's backward as a loop over `layer_bwd` (lstm_layer_bwd's arguments and results), top layer first: a
+// layer's output gradient is its own (grad_outputs[l]) plus the input gradient of the layer above.
+template <typename LayerBwd>
+StackGrads stack_bwd_loop(at::TensorList grad_outputs, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+                          const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+                          const at::Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                          const std::optional<at::TensorList>& w_ph, bool coupled, at::TensorList outputs,
+                          at::TensorList workspaces, bool has_bias, bool need_grad_input, const LayerBwd& layer_bwd) {
+  const int64_t L = check_stack_args(h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_ph);
+  TORCH_CHECK(static_cast<int64_t>(grad_outputs.size()) == L && static_cast<int64_t>(outputs.size()) == L &&
+                  static_cast<int64_t>(workspaces.size()) == L,
+              "lstm_fused: lstm_stack_bwd expects one output gradient, output and workspace per layer");
+  std::vector<at::Tensor> gh0(L), gc0(L), gw_ih(L), gw_hh(L), gb, gw_ph;
+  at::Tensor from_above, grad_input;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    const at::Tensor g = from_above.defined() ? grad_outputs[l] + from_above : grad_outputs[l];
+    auto [gi, h, c, wi, wh, b, hr, ph] =
+        layer_bwd(g, grad_h_n.narrow(0, l, 1), grad_c_n.narrow(0, l, 1), l == 0 ? input : outputs[l - 1], batch_sizes,
+                  h0.narrow(0, l, 1), c0.narrow(0, l, 1), w_ih.slice(l, 1), w_hh.slice(l, 1), std::nullopt,
+                  layer_of(w_ph, l), coupled, outputs[l], workspaces[l], has_bias, l > 0 || need_grad_input);
+    gh0[l] = h, gc0[l] = c, gw_ih[l] = wi[0], gw_hh[l] = wh[0];
+    if (has_bias) gb.insert(gb.begin(), b[0]);
+    if (w_ph) gw_ph.insert(gw_ph.begin(), ph[0]);
+    (l > 0 ? from_above : grad_input) = gi;
+  }
+  return {grad_input, at::cat(gh0), at::cat(gc0), gw_ih, gw_hh, gb, gw_ph};
+}
+
 }  // namespace lstm_fused

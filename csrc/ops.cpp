@@ -31,6 +31,14 @@ TORCH_LIBRARY(lstm_fused, m) {
       "lstm_stack_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_ph, bool coupled, bool need_workspace) "
       "-> (Tensor[], Tensor, Tensor, Tensor[])");
+  // Gradients of lstm_stack_fwd (lstm_stack.h): grad_outputs holds one gradient per layer output (zeros where the
+  // loss did not use one). Returns grad_input, grad_h0 [L, B, H], grad_c0 [L, B, H] and per-layer lists: W_ih, W_hh,
+  // bias (empty without), peephole (empty without).
+  m.def(
+      "lstm_stack_bwd(Tensor[] grad_outputs, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_ph, bool coupled, Tensor[] outputs, "
+      "Tensor[] workspaces, bool has_bias, bool need_grad_input) "
+      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
   // Gradients of lstm_layer_fwd. grad_input is empty unless need_grad_input; grad_bias (the gradient of b_ih
   // and of b_hh alike, per direction) is empty unless has_bias; grad_w_hr / grad_w_ph are empty without a
   // projection / peepholes.

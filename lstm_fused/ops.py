@@ -201,38 +201,24 @@ def _stack_setup_context(ctx, inputs, output):
 
 
 def _stack_backward(ctx, grad_outs, grad_h_n, grad_c_n, _grad_wss):
-    # The layer backward op from the top layer down; a layer's input gradient is the output gradient of the
-    # layer below (plus whatever the loss put on that layer's output directly).
     input, batch_sizes, h0, c0, *rest = ctx.saved_tensors
     n = ctx.layers
     outs, wss, w_ih, w_hh = rest[:n], rest[n:2 * n], rest[2 * n:3 * n], rest[3 * n:4 * n]
-    w_ph = rest[4 * n:5 * n] if ctx.has_peephole else None
+    w_ph = list(rest[4 * n:5 * n]) if ctx.has_peephole else None
+    # Outputs the loss did not use arrive as None (the lower layers' outputs, as a rule).
+    grad_outs = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grad_outs or [None] * n)]
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
-    gh0, gc0, gw_ih, gw_hh, gb, gw_ph = ([None] * n for _ in range(6))
-    grad_input, from_above = None, None
-    for l in reversed(range(n)):
-        direct = grad_outs[l] if grad_outs is not None else None
-        g = from_above if direct is None else (direct if from_above is None else direct + from_above)
-        g = torch.zeros_like(outs[l]) if g is None else g
-        need_grad_input = l > 0 or ctx.needs_input_grad[0]
-        gi, gh0[l], gc0[l], gwi, gwh, gbl, _, gwp = _ops.lstm_layer_bwd.default(
-            g, grad_h_n[l:l + 1], grad_c_n[l:l + 1], input if l == 0 else outs[l - 1], batch_sizes, h0[l:l + 1],
-            c0[l:l + 1], [w_ih[l]], [w_hh[l]], None, [w_ph[l]] if w_ph is not None else None, ctx.coupled, outs[l],
-            wss[l], ctx.has_bias, need_grad_input,
-        )
-        gw_ih[l], gw_hh[l] = gwi[0], gwh[0]
-        gb[l] = gbl[0] if ctx.has_bias else None
-        gw_ph[l] = gwp[0] if w_ph is not None else None
-        if l > 0:
-            from_above = gi
-        elif need_grad_input:
-            grad_input = gi
+    need_grad_input = ctx.needs_input_grad[0]
+    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_ph = _ops.lstm_stack_bwd.default(
+        grad_outs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, list(w_ih), list(w_hh), w_ph, ctx.coupled,
+        list(outs), list(wss), ctx.has_bias, need_grad_input,
+    )
     return (
-        grad_input,
+        gi if need_grad_input else None,
         None,
-        torch.cat(gh0),
-        torch.cat(gc0),
+        gh0,
+        gc0,
         gw_ih,
         gw_hh,
         gb if ctx.has_bias else None,
@@ -243,7 +229,22 @@ def _stack_backward(ctx, grad_outs, grad_h_n, grad_c_n, _grad_wss):
     )
 
 
+@torch.library.register_fake("lstm_fused::lstm_stack_bwd")
+def _lstm_stack_bwd_fake(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled,
+                         outputs, workspaces, has_bias, need_grad_input):
+    return (
+        input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
+        [w.new_empty(w.shape) for w in w_ih],
+        [w.new_empty(w.shape) for w in w_hh],
+        [w.new_empty((w.shape[0],)) for w in w_ih] if has_bias else [],
+        [w.new_empty(w.shape) for w in w_ph] if w_ph is not None else [],
+    )
+
+
 torch.library.register_autograd("lstm_fused::lstm_stack_fwd", _stack_backward, setup_context=_stack_setup_context)
+torch.library.register_autograd("lstm_fused::lstm_stack_bwd", _no_double_backward, setup_context=_no_context)
 
 
 # ---- GRU --------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import lstm_fused
 
 assert torch.version.cuda, "expected a CUDA build of torch"
 assert lstm_fused.has_cuda_kernels(), "the extension was built without its CUDA kernels"
-for op in ("lstm_layer_fwd", "lstm_layer_bwd", "lstm_stack_fwd", "gru_layer_fwd", "gru_layer_bwd"):
+for op in ("lstm_layer_fwd", "lstm_layer_bwd", "lstm_stack_fwd", "lstm_stack_bwd", "gru_layer_fwd", "gru_layer_bwd"):
     for key in ("CPU", "CUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lstm_fused::{op}", key), (op, key)
 # The CPU kernels of this build run.

@@ -135,3 +135,25 @@ def test_stack_compiles_fullgraph():
     g2 = torch.autograd.grad(compiled[0].sum(), [x, *m.parameters()])
     for a, b in zip(g2, g1):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("need_grad_input", [False, True])
+def test_stack_bwd_opcheck_and_loop(packed, need_grad_input):
+    args = stack_args(L=3, T=4, B=3, I=5, H=6, packed=packed, dtype=torch.float32, peephole=True)
+    outs, h_n, c_n, wss = stack(*args, True)
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled = args
+    bargs = [[torch.randn_like(o) for o in outs], torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0, w_ih,
+             w_hh, w_ph, coupled, outs, wss, True, need_grad_input]
+    torch.library.opcheck(torch.ops.lstm_fused.lstm_stack_bwd.default, bargs)
+    got = torch.ops.lstm_fused.lstm_stack_bwd.default(*bargs)
+    assert (got[0].numel() > 0) == need_grad_input
+    assert len(got[3]) == len(got[4]) == len(got[5]) == len(got[6]) == 3
+
+
+def test_stack_double_backward_raises():
+    args = stack_args(L=2, T=3, B=2, I=3, H=4, requires_grad=True)
+    out, h_n, c_n = ops.lstm_stack(*args)
+    (g,) = torch.autograd.grad(out.sum(), args[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()

@@ -455,3 +455,78 @@ def test_wavefront_step_mode_and_empty_batch(monkeypatch):
     empty = _stack_args(2, 4, 0, 5, 6, False, torch.float64, seed=3)
     outs, h_n, c_n, _ = stack_emu(*empty, True)
     assert [o.shape for o in outs] == [(4, 0, 6), (4, 0, 6)] and h_n.shape == (2, 0, 6)
+
+
+stack_bwd_cpu = torch.ops.lstm_fused.lstm_stack_bwd.default
+stack_bwd_emu = torch.ops.lstm_fused._emu_stack_bwd.default
+
+
+def _stack_grads(args, fwd, seed=5, top_only=False):
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled = args
+    g = torch.Generator().manual_seed(seed)
+
+    def r(t):
+        return torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)
+
+    outs, h_n, c_n, wss = fwd
+    grad_outs = [r(o) if (not top_only or i == len(outs) - 1) else torch.zeros_like(o) for i, o in enumerate(outs)]
+    return [grad_outs, r(h_n), r(c_n), x, bs, h0, c0, w_ih, w_hh, w_ph, coupled, list(outs), list(wss), True, True]
+
+
+@pytest.mark.parametrize("device", list(DEVICES))
+@pytest.mark.parametrize("L", [2, 3])
+@pytest.mark.parametrize("case", CASES[1:])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("variant", VARIANTS[::3], ids=["lstm", "peephole+coupled"])
+def test_wavefront_backward_matches_the_cpu_stack(monkeypatch, device, L, case, packed, variant):
+    T, B, I, H = case
+    sms, smem = DEVICES[device]
+    G = (3 if variant[1] else 4) * H
+    wavefront = plan(1, H, 2 * G, B, L, 8, 8, sms, smem)[0]
+    per_layer = plan(1, H, G, B, 1, 8, 8, sms, smem)[0]
+    args = _stack_args(L, T, B, I, H, packed, torch.float64, seed=sum(case) + 7 * L, peephole=variant[0],
+                       coupled=variant[1])
+    fwd = stack_cpu(*args, True)
+    _device(monkeypatch, device)
+    if not (wavefront or per_layer):
+        with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
+            stack_bwd_emu(*_stack_grads(args, fwd))
+        return
+    for top_only in (False, True):
+        gargs = _stack_grads(args, fwd, top_only=top_only)
+        ref = stack_bwd_cpu(*gargs)
+        got = stack_bwd_emu(*gargs)
+        names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_ph")
+        for name, a, b in zip(names, got, ref):
+            _close(a, b, 1e-10, name)
+
+
+def test_wavefront_backward_devices_reach_the_wavefront():
+    seen = set()
+    for device, (sms, smem) in DEVICES.items():
+        for L in (2, 3):
+            for T, B, I, H in CASES[1:]:
+                seen.add(bool(plan(1, H, 8 * H, B, L, 8, 8, sms, smem)[0]))
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("mma", ["0", "1"])
+def test_wavefront_backward_half_types_track_float64(monkeypatch, dtype, tol, mma):
+    _device(monkeypatch, "5sm")
+    monkeypatch.setenv("LSTM_FUSED_EMU_MMA", mma)
+    args64 = _stack_args(3, 6, 9, 5, 20, True, torch.float64, seed=2, peephole=True)
+    args = _cast(args64, dtype)
+    fwd64 = stack_cpu(*args64, True)
+    ref = stack_bwd_cpu(*_stack_grads(args64, fwd64))
+    fwd = stack_emu(*args, True)
+    gargs = _stack_grads(args64, fwd64)
+    gargs = [_cast(a, dtype) if i < 3 else a for i, a in enumerate(gargs)]
+    gargs[3:] = _stack_grads(args, fwd)[3:]
+    got = stack_bwd_emu(*gargs)
+    flat_g = [got[0], got[1], got[2], *got[3], *got[4], *got[5], *got[6]]
+    flat_r = [ref[0], ref[1], ref[2], *ref[3], *ref[4], *ref[5], *ref[6]]
+    for a, b in zip(flat_g, flat_r):
+        assert a.dtype == dtype
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)

@@ -224,6 +224,16 @@ StackOutputs emu_stack_fwd(const Tensor& input, const std::optional<Tensor>& bat
   return cuda_driver::stack_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace, run);
 }
 
+StackGrads emu_stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                         const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
+                         const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                         const std::optional<at::TensorList>& w_ph, bool coupled, at::TensorList outputs,
+                         at::TensorList workspaces, bool has_bias, bool need_grad_input) {
+  EmulationRunner run;
+  return cuda_driver::stack_bwd(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled,
+                                outputs, workspaces, has_bias, need_grad_input, run);
+}
+
 std::tuple<Tensor, Tensor, Tensor> emu_gru_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes,
                                                const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
                                                const std::optional<at::TensorList>& b_ih,
@@ -265,6 +275,11 @@ TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
       "_emu_stack_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_ph, bool coupled, bool need_workspace) "
       "-> (Tensor[], Tensor, Tensor, Tensor[])");
+  m.def(
+      "_emu_stack_bwd(Tensor[] grad_outputs, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_ph, bool coupled, Tensor[] outputs, "
+      "Tensor[] workspaces, bool has_bias, bool need_grad_input) "
+      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
   m.def("_persistent_mma_plan(int ng, int H, int K, int B, int D, int sms, int smem) -> int[]", &persistent_mma_plan);
   m.def(
       "_emu_gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor[] w_ih, Tensor[] w_hh, "
@@ -288,6 +303,7 @@ TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
 TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
   m.impl("_emu_layer_fwd", &emu_fwd);
   m.impl("_emu_stack_fwd", &emu_stack_fwd);
+  m.impl("_emu_stack_bwd", &emu_stack_bwd);
   m.impl("_emu_layer_bwd", &emu_bwd);
   m.impl("_emu_gru_layer_fwd", &emu_gru_fwd);
   m.impl("_emu_gru_layer_bwd", &emu_gru_bwd);

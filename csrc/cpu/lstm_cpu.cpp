@@ -301,10 +301,20 @@ StackOutputs lstm_stack_fwd_cpu(const Tensor& input, const std::optional<Tensor>
                        bool nw) { return lstm_layer_fwd_cpu(x, bs, h, c, wi, wh, bi, bh, std::nullopt, wp, cpl, nw); });
 }
 
+StackGrads lstm_stack_bwd_cpu(at::TensorList grad_outputs, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                              const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
+                              const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                              const std::optional<at::TensorList>& w_ph, bool coupled, at::TensorList outputs,
+                              at::TensorList workspaces, bool has_bias, bool need_grad_input) {
+  return stack_bwd_loop(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled, outputs,
+                        workspaces, has_bias, need_grad_input, [](auto&&... a) { return lstm_layer_bwd_cpu(a...); });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
   m.impl("lstm_stack_fwd", &lstm_stack_fwd_cpu);
+  m.impl("lstm_stack_bwd", &lstm_stack_bwd_cpu);
   m.impl("lstm_layer_fwd", &lstm_layer_fwd_cpu);
   m.impl("lstm_layer_bwd", &lstm_layer_bwd_cpu);
 }

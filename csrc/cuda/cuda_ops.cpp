@@ -136,6 +136,18 @@ StackOutputs lstm_stack_fwd_cuda(const Tensor& input, const std::optional<Tensor
   return cuda_driver::stack_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace, run);
 }
 
+StackGrads lstm_stack_bwd_cuda(at::TensorList grad_outputs, const Tensor& grad_h_n, const Tensor& grad_c_n,
+                               const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
+                               const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                               const std::optional<at::TensorList>& w_ph, bool coupled, at::TensorList outputs,
+                               at::TensorList workspaces, bool has_bias, bool need_grad_input) {
+  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
+  const c10::cuda::CUDAGuard guard(input.device());
+  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
+  return cuda_driver::stack_bwd(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled,
+                                outputs, workspaces, has_bias, need_grad_input, run);
+}
+
 std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cuda(const Tensor& input, const std::optional<Tensor>& batch_sizes,
                                                       const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
                                                       const std::optional<at::TensorList>& b_ih,
@@ -162,6 +174,7 @@ gru_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Tens
 TORCH_LIBRARY_IMPL(lstm_fused, CUDA, m) {
   m.impl("lstm_layer_fwd", &lstm_layer_fwd_cuda);
   m.impl("lstm_stack_fwd", &lstm_stack_fwd_cuda);
+  m.impl("lstm_stack_bwd", &lstm_stack_bwd_cuda);
   m.impl("lstm_layer_bwd", &lstm_layer_bwd_cuda);
   m.impl("gru_layer_fwd", &gru_layer_fwd_cuda);
   m.impl("gru_layer_bwd", &gru_layer_bwd_cuda);

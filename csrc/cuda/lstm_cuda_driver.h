@@ -202,53 +202,66 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
 using LayerGrads = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
                                std::vector<Tensor>, std::vector<Tensor>>;
 
-template <typename Runner>
-LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
-                     const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-                     at::TensorList w_hh, const std::optional<at::TensorList>& w_hr,
-                     const std::optional<at::TensorList>& w_ph, bool coupled, const Tensor& output,
-                     const Tensor& workspace, bool has_bias, bool need_grad_input, Runner& run) {
+// The backward of one layer, in three parts so a layer stack (lstm_stack_driver.h) can run the recurrent part
+// of all its layers in one launch: the constructor checks and allocates, steps() builds the per-step kernel
+// parameters, tail() turns the pre-activation gradients into the op's results (GEMMs over all steps).
+struct BwdPass {
+  Tensor input;
+  std::optional<Tensor> batch_sizes;
+  Tensor h0, c0;
+  bool has_bias = false, need_grad_input = false;
   std::vector<DirectionWeights> dirs;
-  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
-                                        w_ph, coupled, dirs);
-  check_dtype(input);
-  const int64_t D = static_cast<int64_t>(dirs.size());
-  const std::vector<SeqLayoutHolder> lh = direction_layouts(input, batch_sizes, h0.size(1), D);
-  const int64_t H = s.H, P = s.P, G = s.G(), LW = G + H, N = lh[0].N;
-  const int64_t n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
-  const int64_t B = h0.size(1);
-  const auto Tt = input.scalar_type(), At = acc_type(Tt);
-  const auto A_opts = input.options().dtype(At);
-  check_shape(grad_output, output.sizes(), "grad_output");
-  check_shape(grad_h_n, h0.sizes(), "grad_h_n");
-  check_shape(grad_c_n, c0.sizes(), "grad_c_n");
-  TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * LW && workspace.scalar_type() == At,
-              "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments (was the "
-              "forward run without a workspace, e.g. under no_grad?)");
-  for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
-                         {&output, "output"}})
-    check_same_dtype_device(input, *t, name);
-  TORCH_CHECK(workspace.device() == input.device(), "lstm_fused: workspace is on another device");
-
-  const Tensor gout = grad_output.reshape({N, D * P}).contiguous();
-  const Tensor ghn = grad_h_n.contiguous(), c0c = c0.contiguous();
-  const Tensor ws = workspace.reshape({D, N, LW}).contiguous();
-  const Tensor out2d = output.reshape({N, D * P});
-  Tensor dg = at::empty({D, N, G}, A_opts);
-  Tensor dc_state = grad_c_n.to(At).contiguous().clone();  // [D, B, H]
-  Tensor dh_tot = s.proj ? at::empty({D, N, P}, A_opts) : Tensor();
-  Tensor dr = s.proj ? at::empty({D, B, H}, A_opts) : Tensor();
-  Tensor r_all = s.proj ? at::empty({D, N, H}, A_opts) : Tensor();
+  LayerSizes s;
+  int64_t D = 0, H = 0, P = 0, G = 0, LW = 0, N = 0, n_steps = 0, B = 0;
+  std::vector<SeqLayoutHolder> lh;
+  at::ScalarType Tt, At;
+  Tensor gout, ghn, c0c, ws, out2d, dg, dc_state, dh_tot, dr, r_all;
   std::vector<Tensor> w_hh_t, w_hr_a, w_ph_c;
-  for (int64_t d = 0; d < D; ++d) {
-    w_ph_c.push_back(s.peephole ? dirs[d].w_ph->contiguous() : Tensor());
-    w_hh_t.push_back(dirs[d].w_hh.t().contiguous());  // [P, G]: the backward reduces along W_hh's columns
-    w_hr_a.push_back(s.proj ? dirs[d].w_hr->to(At) : Tensor());
+
+  BwdPass(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input_,
+          const std::optional<Tensor>& batch_sizes_, const Tensor& h0_, const Tensor& c0_, at::TensorList w_ih,
+          at::TensorList w_hh, const std::optional<at::TensorList>& w_hr, const std::optional<at::TensorList>& w_ph,
+          bool coupled, const Tensor& output, const Tensor& workspace, bool has_bias_, bool need_grad_input_)
+      : input(input_), batch_sizes(batch_sizes_), h0(h0_), c0(c0_), has_bias(has_bias_),
+        need_grad_input(need_grad_input_) {
+    s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, w_ph, coupled,
+                         dirs);
+    check_dtype(input);
+    D = static_cast<int64_t>(dirs.size());
+    lh = direction_layouts(input, batch_sizes, h0.size(1), D);
+    H = s.H, P = s.P, G = s.G(), LW = G + H, N = lh[0].N;
+    n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
+    B = h0.size(1);
+    Tt = input.scalar_type(), At = acc_type(Tt);
+    const auto A_opts = input.options().dtype(At);
+    check_shape(grad_output, output.sizes(), "grad_output");
+    check_shape(grad_h_n, h0.sizes(), "grad_h_n");
+    check_shape(grad_c_n, c0.sizes(), "grad_c_n");
+    TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * LW && workspace.scalar_type() == At,
+                "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments (was the "
+                "forward run without a workspace, e.g. under no_grad?)");
+    for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
+                           {&output, "output"}})
+      check_same_dtype_device(input, *t, name);
+    TORCH_CHECK(workspace.device() == input.device(), "lstm_fused: workspace is on another device");
+    gout = grad_output.reshape({N, D * P}).contiguous();
+    ghn = grad_h_n.contiguous(), c0c = c0.contiguous();
+    ws = workspace.reshape({D, N, LW}).contiguous();
+    out2d = output.reshape({N, D * P});
+    dg = at::empty({D, N, G}, A_opts);
+    dc_state = grad_c_n.to(At).contiguous().clone();  // [D, B, H]
+    dh_tot = s.proj ? at::empty({D, N, P}, A_opts) : Tensor();
+    dr = s.proj ? at::empty({D, B, H}, A_opts) : Tensor();
+    r_all = s.proj ? at::empty({D, N, H}, A_opts) : Tensor();
+    for (int64_t d = 0; d < D; ++d) {
+      w_ph_c.push_back(s.peephole ? dirs[d].w_ph->contiguous() : Tensor());
+      w_hh_t.push_back(dirs[d].w_hh.t().contiguous());  // [P, G]: the backward reduces along W_hh's columns
+      w_hr_a.push_back(s.proj ? dirs[d].w_hr->to(At) : Tensor());
+    }
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Tt, "lstm_fused_cuda_bwd", [&] {
-    using T = scalar_t;
-    using A = cuda_step::acc_t<T>;
+  template <typename T, typename A>
+  std::vector<cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>> steps() {
     // steps[i]: the i-th step the backward processes (forward processing order reversed).
     std::vector<cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>> steps(n_steps);
     for (int64_t i = 0; i < n_steps; ++i) {
@@ -289,6 +302,16 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
         }
       }
     }
+    return steps;
+  }
+
+  // The recurrent part through the runner: one persistent launch, or launches per step.
+  template <typename Runner>
+  void recurrent(Runner& run) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Tt, "lstm_fused_cuda_bwd", [&] {
+      using T = scalar_t;
+      using A = cuda_step::acc_t<T>;
+      const auto steps = this->steps<T, A>();
     check_persistent_possible(s.proj);
     if (!s.proj) {
       if (run.sequence(persistent::flatten(steps), B)) return;
@@ -306,8 +329,11 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
       }
       run.template bwd<T, A>(steps[i], cuda_step::kPointwiseOnly);
     }
-  });
+    });
+  }
 
+  LayerGrads tail() {
+    const auto A_opts = input.options().dtype(At);
   // Everything below is one GEMM or reduction over all steps per direction (a few GEMMs for h0 with packed
   // input). Both directions read the same input, so its gradient is their sum.
   const Tensor x2d = input.reshape({N, s.I});
@@ -349,6 +375,19 @@ LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Te
   }
   d_input = need_grad_input ? d_input.to(Tt).view(input.sizes()) : at::empty({0}, input.options());
   return {d_input, dh0.to(Tt), dc_state.to(Tt), d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph};
+  }
+};
+
+template <typename Runner>
+LayerGrads layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+                     const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
+                     at::TensorList w_hh, const std::optional<at::TensorList>& w_hr,
+                     const std::optional<at::TensorList>& w_ph, bool coupled, const Tensor& output,
+                     const Tensor& workspace, bool has_bias, bool need_grad_input, Runner& run) {
+  BwdPass pass(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled, output,
+               workspace, has_bias, need_grad_input);
+  pass.recurrent(run);
+  return pass.tail();
 }
 
 }  // namespace cuda_driver

@@ -80,6 +80,11 @@ struct BwdStepParams {
   A* dc_state = nullptr;        // [B, H] in: gradient of c_t; out: gradient of c_{t-1}
   A* dg = nullptr;              // [rows, G] out: pre-activation gradients
   A* r_out = nullptr;           // [rows, H] kPointwiseOnly out: o·tanh(c_t), for W_hr's gradient
+  // Stacked layers (the wavefront backward): the gradient this layer's output gets from the layer above,
+  // dG_up·W_ih_up, is reduced together with dG_later·W_hh over k in [G, G + K_up). K_up = 0 otherwise.
+  int64_t K_up = 0;
+  const A* dg_up = nullptr;     // [rows, K_up] the layer above's pre-activation gradients at this t
+  const T* w_ih_up_t = nullptr;  // [H, K_up] W_ih of the layer above, transposed
 };
 
 // NG accumulators per thread: the 4 gates of one unit (forward) or one output (backward).
@@ -213,9 +218,10 @@ LF_HOST_DEVICE void bwd_load_tiles(const BwdStepParams<T, A>& p, int bx, int by,
 
 // Gradient reaching h_t[b, n] from outside the cell: this step's output gradient plus the recurrent one
 // (or grad_h_n where t is the row's last step).
+// `recurrent` is the reduction, which is zero from dG_later for rows without a later step (they stage zeros).
 template <typename T, typename A>
 LF_HOST_DEVICE A bwd_dh(const BwdStepParams<T, A>& p, int64_t b, int64_t n, A recurrent) {
-  const A rec = b < p.n_later ? recurrent : to_acc<T, A>(p.grad_hn[b * p.P + n]);
+  const A rec = b < p.n_later ? recurrent : recurrent + to_acc<T, A>(p.grad_hn[b * p.P + n]);
   return rec + to_acc<T, A>(p.gout[b * p.ld_gout + n]);
 }
 

@@ -175,19 +175,30 @@ struct FwdRecurrence {
 };
 
 // Backward (no projection, so P == H): dh[b, j] = gout + Σ_k dG_later[b, k] · W_hh[k, j], then the cell
-// backward. Rows without a later step take grad_h_n (bwd_dh), so their staged rows are zero.
+// backward. Rows without a later step take grad_h_n (bwd_dh), so their dG_later rows stage as zeros. In a layer
+// stack (K_up > 0) the k range goes on with the layer above: + Σ_k dG_up[b, k] · W_ih_up[k, j].
 template <typename T, typename A>
 struct BwdRecurrence {
   using Step = BwdStepParams<T, A>;
   using Storage = T;
   using Acc = A;
   static constexpr int NG = 1;
+  LF_HOST_DEVICE static int64_t G(const Step& p) { return (p.coupled ? 3 : 4) * p.H; }
   LF_HOST_DEVICE static int64_t units(const Step& p) { return p.H; }
-  LF_HOST_DEVICE static int64_t K(const Step& p) { return (p.coupled ? 3 : 4) * p.H; }
+  LF_HOST_DEVICE static int64_t K(const Step& p) { return G(p) + p.K_up; }
   LF_HOST_DEVICE static int slots(const Step&) { return 1; }
-  LF_HOST_DEVICE static T weight(const Step& p, int, int64_t j, int64_t k) { return p.w_hh_t[j * K(p) + k]; }
-  LF_HOST_DEVICE static int64_t left_rows(const Step& p) { return p.rows < p.n_later ? p.rows : p.n_later; }
-  LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) { return load_fresh(p.dg_later + b * K(p) + k); }
+  LF_HOST_DEVICE static T weight(const Step& p, int, int64_t j, int64_t k) {
+    const int64_t g = G(p);
+    return k < g ? p.w_hh_t[j * g + k] : p.w_ih_up_t[j * p.K_up + (k - g)];
+  }
+  LF_HOST_DEVICE static int64_t left_rows(const Step& p) {
+    return p.K_up > 0 || p.rows < p.n_later ? p.rows : p.n_later;
+  }
+  LF_HOST_DEVICE static A left(const Step& p, int64_t b, int64_t k) {
+    const int64_t g = G(p);
+    if (k >= g) return load_fresh(p.dg_up + b * p.K_up + (k - g));
+    return b < p.n_later ? load_fresh(p.dg_later + b * g + k) : A(0);
+  }
   LF_HOST_DEVICE static T left_raw(const Step& p, int64_t b, int64_t k) { return static_cast<T>(left(p, b, k)); }
   LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
     cuda_step::bwd_cell(p, b, j, cuda_step::bwd_dh(p, b, j, acc[0]), false);

@@ -123,5 +123,78 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
   return {outs_v, h_n, c_n, wss_v};
 }
 
+// The stack's backward: the recurrent part of every layer in one persistent launch, a wavefront from the top
+// layer down (at grid step s layer l runs its backward step s − (L−1−l)): a layer below reduces, with its own
+// dG_later·W_hh, the gradient its output gets from the layer above, dG_up·W_ih_up, which that layer produced one
+// grid step earlier. The GEMMs over all steps then run per layer (BwdPass::tail). Where the runner declines,
+// the loop over layer_bwd.
+template <typename Runner>
+StackGrads stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
+                     const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
+                     at::TensorList w_hh, const std::optional<at::TensorList>& w_ph, bool coupled,
+                     at::TensorList outputs, at::TensorList workspaces, bool has_bias, bool need_grad_input,
+                     Runner& run) {
+  auto by_layers = [&] {
+    return stack_bwd_loop(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled,
+                          outputs, workspaces, has_bias, need_grad_input,
+                          [&](auto&&... a) { return layer_bwd(a..., run); });
+  };
+  const int64_t L = check_stack_args(h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_ph);
+  if (L < 2 || static_cast<int64_t>(grad_outputs.size()) != L || static_cast<int64_t>(outputs.size()) != L ||
+      static_cast<int64_t>(workspaces.size()) != L)
+    return by_layers();  // (which reports the mismatch)
+  std::vector<BwdPass> passes;
+  for (int64_t l = 0; l < L; ++l)
+    passes.emplace_back(grad_outputs[l], grad_h_n.narrow(0, l, 1), grad_c_n.narrow(0, l, 1),
+                        l == 0 ? input : outputs[l - 1], batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1),
+                        w_ih.slice(l, 1), w_hh.slice(l, 1), std::nullopt, layer_of(w_ph, l), coupled, outputs[l],
+                        workspaces[l], has_bias, l == 0 && need_grad_input);
+  const int64_t H = passes[0].H, n = passes[0].n_steps, B = passes[0].B;
+  for (const auto& p : passes) TORCH_CHECK(p.H == H && p.D == 1, "lstm_fused: lstm_stack_bwd: one hidden size, one direction");
+  std::vector<Tensor> w_ih_up_t;  // [H, G] per layer below the top: W_ih of the layer above, transposed
+  for (int64_t l = 0; l + 1 < L; ++l) w_ih_up_t.push_back(w_ih[l + 1].t().contiguous());
+  const SeqLayout Lay = passes[0].lh[0].view();
+
+  bool done = false;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_fused_stack_bwd", [&] {
+    using T = scalar_t;
+    using A = cuda_step::acc_t<T>;
+    using Step = cuda_step::BwdStepParams<T, A>;
+    std::vector<std::vector<cuda_step::DirectionParams<Step>>> per_layer;
+    for (auto& p : passes) per_layer.push_back(p.template steps<T, A>());
+    persistent::StepTable<Step> table;
+    table.count = static_cast<int>(L);
+    table.n_steps = n + L - 1;
+    table.steps.resize(table.n_steps * L);
+    for (int64_t g = 0; g < table.n_steps; ++g) {
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t i = g - (L - 1 - l);  // this layer's backward step at grid step g
+        const bool active = i >= 0 && i < n;
+        Step p = per_layer[l][active ? i : 0].dir[0];
+        if (l + 1 < L) {
+          const int64_t G_up = passes[l + 1].G, t = Lay.time_at(n - 1 - (active ? i : 0));
+          p.K_up = G_up;
+          p.w_ih_up_t = w_ih_up_t[l].const_data_ptr<T>();
+          p.dg_up = passes[l + 1].dg.template const_data_ptr<A>() + Lay.offsets[t] * G_up;
+        }
+        if (!active) p.rows = 0;  // this layer idles at grid step g
+        table.steps[g * L + l] = p;
+      }
+    }
+    done = run.sequence(table, B, /*optional=*/true);
+  });
+  if (!done) return by_layers();
+  std::vector<Tensor> gh0, gc0, gw_ih, gw_hh, gb, gw_ph;
+  Tensor grad_input;
+  for (int64_t l = 0; l < L; ++l) {
+    auto [gi, h, c, wi, wh, b, hr, ph] = passes[l].tail();
+    if (l == 0) grad_input = gi;
+    gh0.push_back(h), gc0.push_back(c), gw_ih.push_back(wi[0]), gw_hh.push_back(wh[0]);
+    if (has_bias) gb.push_back(b[0]);
+    if (w_ph) gw_ph.push_back(ph[0]);
+  }
+  return {grad_input, at::cat(gh0), at::cat(gc0), gw_ih, gw_hh, gb, gw_ph};
+}
+
 }  // namespace cuda_driver
 }  // namespace lstm_fused
