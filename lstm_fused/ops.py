@@ -200,30 +200,49 @@ def _stack_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*wss)
 
 
+def _first_layer_needing_grad(needs, n):
+    """The lowest layer whose backward is needed: layers below it (frozen, with no input or initial-state
+    gradient wanted) are skipped, as autograd skips frozen layers of a layer-by-layer graph."""
+    if needs[0] or needs[2] or needs[3]:  # input, h0, c0
+        return 0
+
+    def layer(k, l):
+        flags = needs[k]
+        return bool(flags[l]) if isinstance(flags, (list, tuple)) else bool(flags)
+
+    for l in range(n):
+        if any(layer(k, l) for k in (4, 5, 6, 7, 8)):  # w_ih, w_hh, b_ih, b_hh, w_ph
+            return l
+    return n
+
+
 def _stack_backward(ctx, grad_outs, grad_h_n, grad_c_n, _grad_wss):
     input, batch_sizes, h0, c0, *rest = ctx.saved_tensors
     n = ctx.layers
     outs, wss, w_ih, w_hh = rest[:n], rest[n:2 * n], rest[2 * n:3 * n], rest[3 * n:4 * n]
     w_ph = list(rest[4 * n:5 * n]) if ctx.has_peephole else None
+    lo = min(_first_layer_needing_grad(ctx.needs_input_grad, n), n - 1)
     # Outputs the loss did not use arrive as None (the lower layers' outputs, as a rule).
     grad_outs = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grad_outs or [None] * n)]
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
-    need_grad_input = ctx.needs_input_grad[0]
+    need_grad_input = lo == 0 and ctx.needs_input_grad[0]
     gi, gh0, gc0, gw_ih, gw_hh, gb, gw_ph = _ops.lstm_stack_bwd.default(
-        grad_outs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, list(w_ih), list(w_hh), w_ph, ctx.coupled,
-        list(outs), list(wss), ctx.has_bias, need_grad_input,
+        grad_outs[lo:], grad_h_n[lo:], grad_c_n[lo:], input if lo == 0 else outs[lo - 1], batch_sizes, h0[lo:],
+        c0[lo:], list(w_ih[lo:]), list(w_hh[lo:]), w_ph[lo:] if w_ph is not None else None, ctx.coupled,
+        list(outs[lo:]), list(wss[lo:]), ctx.has_bias, need_grad_input,
     )
+    skipped = [None] * lo
     return (
         gi if need_grad_input else None,
         None,
-        gh0,
-        gc0,
-        gw_ih,
-        gw_hh,
-        gb if ctx.has_bias else None,
-        [g.clone() for g in gb] if ctx.has_bias else None,  # b_ih and b_hh get the same gradient
-        gw_ph if ctx.has_peephole else None,
+        gh0 if lo == 0 else None,
+        gc0 if lo == 0 else None,
+        skipped + gw_ih,
+        skipped + gw_hh,
+        skipped + gb if ctx.has_bias else None,
+        skipped + [g.clone() for g in gb] if ctx.has_bias else None,  # b_ih and b_hh get the same gradient
+        skipped + gw_ph if ctx.has_peephole else None,
         None,
         None,
     )

@@ -157,3 +157,27 @@ def test_stack_double_backward_raises():
     (g,) = torch.autograd.grad(out.sum(), args[0], create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("trainable", [("_l2",), ("_l1", "_l2"), ("_l0",), ()])
+def test_frozen_lower_layers_match_nn_and_are_skipped(trainable):
+    # Gradients equal nn.LSTM's whichever layers are frozen; the stack backward starts at the lowest layer that
+    # needs one (input and initial states do not need gradients here).
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(8, 16, num_layers=3, dtype=torch.float64)
+    m = lstm_fused.LSTM(8, 16, num_layers=3, dtype=torch.float64)
+    m.load_state_dict(ref.state_dict())
+    for mod in (ref, m):
+        for name, p in mod.named_parameters():
+            p.requires_grad_(name.endswith(trainable) if trainable else True)
+    x = torch.randn(5, 4, 8, dtype=torch.float64)
+    g1 = torch.autograd.grad(ref(x)[0].square().sum(), [p for p in ref.parameters() if p.requires_grad])
+    g2 = torch.autograd.grad(m(x)[0].square().sum(), [p for p in m.parameters() if p.requires_grad])
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # ctx.needs_input_grad of lstm_stack_fwd: input, batch_sizes, h0, c0, then one flag per layer for each list.
+    needs = [False, False, False, False] + [[(f"_l{l}" in trainable) if trainable else True for l in range(3)]
+                                            for _ in range(5)]
+    expected = min([int(t[-1]) for t in trainable], default=0) if trainable else 0
+    assert ops._first_layer_needing_grad(needs, 3) == expected
+    assert ops._first_layer_needing_grad([True] + needs[1:], 3) == 0  # the input's gradient needs every layer

@@ -137,10 +137,18 @@ struct EmulationRunner {
   template <typename Step>
   bool sequence(const persistent::StepTable<Step>& table, int64_t B, bool optional = false) {
     using R = typename persistent::RecurrenceOf<Step>::type;
-    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(
-        R::NG, table.steps[0].H, persistent::max_k<R>(table), B, table.count, emulated_device());
-    if (!cuda_driver::want_persistent(plan, B, true, optional)) return false;
+    persistent::Plan plan;
+    if (!accepts<Step>(table.steps[0].H, persistent::max_k<R>(table), B, table.count, optional, &plan)) return false;
     emulate_persistent<R, typename R::Storage, typename R::Acc>(table, plan);
+    return true;
+  }
+  template <typename Step>
+  bool accepts(int64_t H, int64_t K, int64_t B, int count, bool optional, persistent::Plan* out = nullptr) {
+    using R = typename persistent::RecurrenceOf<Step>::type;
+    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(R::NG, H, K, B, count,
+                                                                                 emulated_device());
+    if (!cuda_driver::want_persistent(plan, B, true, optional)) return false;
+    if (out) *out = plan;
     return true;
   }
 

@@ -58,12 +58,8 @@ struct GpuRunner {
   template <typename Step>
   bool sequence(const persistent::StepTable<Step>& table, int64_t B, bool optional = false) {
     using R = typename persistent::RecurrenceOf<Step>::type;
-    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(
-        R::NG, table.steps[0].H, persistent::max_k<R>(table), B, table.count, limits<Step>());
-    if (!cuda_driver::want_persistent(plan, B, true, optional) || capturing()) return false;
-    bool fits = false;
-    C10_CUDA_CHECK(persistent::fits<Step>(plan, table.count, fits));
-    if (!fits && !cuda_driver::want_persistent(plan, B, false, optional)) return false;
+    persistent::Plan plan;
+    if (!accepts<Step>(table.steps[0].H, persistent::max_k<R>(table), B, table.count, optional, &plan)) return false;
     const Tensor dev_steps = upload_steps(table.steps, device);
     persistent::Args<Step> args;
     args.steps = reinterpret_cast<const Step*>(dev_steps.const_data_ptr());
@@ -71,6 +67,20 @@ struct GpuRunner {
     args.count = table.count;
     args.plan = plan;
     C10_CUDA_CHECK(persistent::launch<Step>(args, stream));
+    return true;
+  }
+  // Whether sequence() would launch for `count` lanes of H units reducing over K (a layer stack asks before it
+  // allocates anything).
+  template <typename Step>
+  bool accepts(int64_t H, int64_t K, int64_t B, int count, bool optional, persistent::Plan* out = nullptr) {
+    using R = typename persistent::RecurrenceOf<Step>::type;
+    const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(R::NG, H, K, B, count,
+                                                                                 limits<Step>());
+    if (!cuda_driver::want_persistent(plan, B, true, optional) || capturing()) return false;
+    bool fits = false;
+    C10_CUDA_CHECK(persistent::fits<Step>(plan, count, fits));
+    if (!fits && !cuda_driver::want_persistent(plan, B, false, optional)) return false;
+    if (out) *out = plan;
     return true;
   }
   template <typename T, typename A>
