@@ -530,3 +530,13 @@ def test_wavefront_backward_half_types_track_float64(monkeypatch, dtype, tol, mm
         assert a.dtype == dtype
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+
+
+def test_stack_with_malformed_weights_reports_like_the_layer_op(monkeypatch):
+    _device(monkeypatch, "h200")
+    args = _stack_args(2, 3, 2, 4, 5, False, torch.float32, seed=0)
+    args[5] = [args[5][0][0], args[5][1]]  # W_hh of layer 0 as a vector
+    with pytest.raises(RuntimeError):
+        stack_emu(*args, True)
+    with pytest.raises(RuntimeError):
+        stack_cpu(*args, True)

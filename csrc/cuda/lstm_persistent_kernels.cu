@@ -1,5 +1,6 @@
-// The persistent LSTM kernels: the phase functions of lstm_persistent.h between block barriers, a grid-wide
-// barrier (cooperative groups) between time steps. Lean headers only.
+// The persistent kernels (LSTM and variants, GRU, layer stacks): the phase functions of lstm_persistent.h and
+// lstm_persistent_mma.h between block barriers, a grid-wide barrier (cooperative groups) between time steps.
+// Lean headers only.
 #include <cooperative_groups.h>
 
 #include <mutex>
@@ -29,7 +30,7 @@ __device__ __forceinline__ void fetch_step(const Step* src, Step* dst, int tid) 
 }
 
 // One block per multiprocessor (the resident slice takes most of its shared memory); blocks
-// [d·nb, (d+1)·nb) serve direction d.
+// [d·nb, (d+1)·nb) serve lane d: a direction of a layer, or a layer of a stack.
 template <typename R, typename T, typename A>
 __global__ void __launch_bounds__(kThreads, 1) persistent_kernel(const Args<typename R::Step> a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];

@@ -17,7 +17,8 @@ namespace cuda_driver {
 template <template <typename, typename> class Step, typename Runner>
 bool accepts_stack(Runner& run, const Tensor& input, int64_t K, int64_t B, int64_t L, int64_t H) {
   const auto t = input.scalar_type();
-  if (t != at::kFloat && t != at::kDouble && t != at::kHalf && t != at::kBFloat16) return false;  // checks later
+  // Anything malformed takes the layer loop, whose checks report it.
+  if (t != at::kFloat && t != at::kDouble && t != at::kHalf && t != at::kBFloat16) return false;
   bool ok = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "lstm_fused_stack_accepts", [&] {
     using A = cuda_step::acc_t<scalar_t>;
@@ -39,7 +40,8 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
                           bool nw) { return layer_fwd(x, bs, h, c, wi, wh, bi, bh, std::nullopt, wp, cpl, nw, run); });
   };
   const int64_t L = check_stack_args(h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph);
-  if (L < 2 || !accepts_stack<cuda_step::FwdStepParams>(run, input, 2 * w_hh[0].size(1), h0.size(1), L, w_hh[0].size(1)))
+  if (L < 2 || w_hh[0].dim() != 2 ||
+      !accepts_stack<cuda_step::FwdStepParams>(run, input, 2 * w_hh[0].size(1), h0.size(1), L, w_hh[0].size(1)))
     return by_layers();  // decided before anything is allocated
 
   // Every layer's checks, on its own input (the layer below's output has the input's rows and H columns).
@@ -157,7 +159,8 @@ StackGrads stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const 
   if (L < 2 || static_cast<int64_t>(grad_outputs.size()) != L || static_cast<int64_t>(outputs.size()) != L ||
       static_cast<int64_t>(workspaces.size()) != L)
     return by_layers();  // (which reports the mismatch)
-  if (!accepts_stack<cuda_step::BwdStepParams>(run, input, 2 * w_hh[0].size(0), h0.size(1), L, w_hh[0].size(1)))
+  if (w_hh[0].dim() != 2 ||
+      !accepts_stack<cuda_step::BwdStepParams>(run, input, 2 * w_hh[0].size(0), h0.size(1), L, w_hh[0].size(1)))
     return by_layers();  // decided before anything is allocated
   std::vector<BwdPass> passes;
   for (int64_t l = 0; l < L; ++l)
