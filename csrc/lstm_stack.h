@@ -58,10 +58,15 @@ StackOutputs stack_loop(const at::Tensor& input, const std::optional<at::Tensor>
   return {outs, at::cat(hns), at::cat(cns), wss};
 }
 
-// Gradients of lstm_stack_fwd: grad_input (empty unless need_grad_input), grad_h0 [L, B, H], grad_c0 [L, B, H], and
+// Gradients of lstm_stack_fwd (grad_outputs: one per layer output, empty where the loss did not use it): grad_input (empty unless need_grad_input), grad_h0 [L, B, H], grad_c0 [L, B, H], and
 // per layer: W_ih, W_hh, bias (empty list without biases; b_ih and b_hh share it), peephole (empty list without).
 using StackGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
                               std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// An empty output gradient stands for zeros (the loss did not use that layer's output).
+inline bool no_grad(const at::Tensor& grad, const at::Tensor& output) {
+  return grad.numel() == 0 && output.numel() != 0;
+}
 
 // The stack's backward as a loop over `layer_bwd` (lstm_layer_bwd's arguments and results), top layer first: a
 // layer's output gradient is its own (grad_outputs[l]) plus the input gradient of the layer above.
@@ -78,7 +83,9 @@ StackGrads stack_bwd_loop(at::TensorList grad_outputs, const at::Tensor& grad_h_
   std::vector<at::Tensor> gh0(L), gc0(L), gw_ih(L), gw_hh(L), gb, gw_ph;
   at::Tensor from_above, grad_input;
   for (int64_t l = L - 1; l >= 0; --l) {
-    const at::Tensor g = from_above.defined() ? grad_outputs[l] + from_above : grad_outputs[l];
+    const at::Tensor& own = grad_outputs[l];
+    const at::Tensor g = no_grad(own, outputs[l]) ? (from_above.defined() ? from_above : at::zeros_like(outputs[l]))
+                                                  : (from_above.defined() ? own + from_above : own);
     auto [gi, h, c, wi, wh, b, hr, ph] =
         layer_bwd(g, grad_h_n.narrow(0, l, 1), grad_c_n.narrow(0, l, 1), l == 0 ? input : outputs[l - 1], batch_sizes,
                   h0.narrow(0, l, 1), c0.narrow(0, l, 1), w_ih.slice(l, 1), w_hh.slice(l, 1), std::nullopt,

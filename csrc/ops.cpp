@@ -31,8 +31,8 @@ TORCH_LIBRARY(lstm_fused, m) {
       "lstm_stack_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_ph, bool coupled, bool need_workspace) "
       "-> (Tensor[], Tensor, Tensor, Tensor[])");
-  // Gradients of lstm_stack_fwd (lstm_stack.h): grad_outputs holds one gradient per layer output (zeros where the
-  // loss did not use one). Returns grad_input, grad_h0 [L, B, H], grad_c0 [L, B, H] and per-layer lists: W_ih, W_hh,
+  // Gradients of lstm_stack_fwd (lstm_stack.h): grad_outputs holds one gradient per layer output (an empty tensor
+  // where the loss did not use one). Returns grad_input, grad_h0 [L, B, H], grad_c0 [L, B, H] and per-layer lists: W_ih, W_hh,
   // bias (empty without), peephole (empty without).
   m.def(
       "lstm_stack_bwd(Tensor[] grad_outputs, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "

@@ -222,8 +222,9 @@ def _stack_backward(ctx, grad_outs, grad_h_n, grad_c_n, _grad_wss):
     outs, wss, w_ih, w_hh = rest[:n], rest[n:2 * n], rest[2 * n:3 * n], rest[3 * n:4 * n]
     w_ph = list(rest[4 * n:5 * n]) if ctx.has_peephole else None
     lo = min(_first_layer_needing_grad(ctx.needs_input_grad, n), n - 1)
-    # Outputs the loss did not use arrive as None (the lower layers' outputs, as a rule).
-    grad_outs = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, grad_outs or [None] * n)]
+    # Outputs the loss did not use arrive as None (the lower layers' outputs, as a rule): an empty tensor tells
+    # the op, which then neither allocates nor reads a zero gradient for them.
+    grad_outs = [o.new_empty(0) if g is None else g for o, g in zip(outs, grad_outs or [None] * n)]
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
     need_grad_input = lo == 0 and ctx.needs_input_grad[0]

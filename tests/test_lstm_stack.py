@@ -181,3 +181,22 @@ def test_frozen_lower_layers_match_nn_and_are_skipped(trainable):
     expected = min([int(t[-1]) for t in trainable], default=0) if trainable else 0
     assert ops._first_layer_needing_grad(needs, 3) == expected
     assert ops._first_layer_needing_grad([True] + needs[1:], 3) == 0  # the input's gradient needs every layer
+
+
+def test_stack_bwd_empty_output_gradient_means_zero():
+    args = stack_args(L=3, T=4, B=3, I=5, H=6, dtype=torch.float64)
+    outs, h_n, c_n, wss = stack(*args, True)
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled = args
+    rest = [torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_ph, coupled, outs, wss, True,
+            True]
+    top = torch.randn_like(outs[-1])
+    for grads in ([outs[0].new_empty(0), outs[1].new_empty(0), top], [outs[0].new_empty(0)] * 3):
+        zeros = [torch.zeros_like(o) if g.numel() == 0 else g for o, g in zip(outs, grads)]
+        got = torch.ops.lstm_fused.lstm_stack_bwd.default(grads, *rest)
+        exp = torch.ops.lstm_fused.lstm_stack_bwd.default(zeros, *rest)
+        flat_got = [got[0], got[1], got[2], *got[3], *got[4], *got[5]]
+        flat_exp = [exp[0], exp[1], exp[2], *exp[3], *exp[4], *exp[5]]
+        for a, b in zip(flat_got, flat_exp):
+            assert torch.equal(a, b)
+    empty_lower = [outs[0].new_empty(0), outs[1].new_empty(0), top]
+    torch.library.opcheck(torch.ops.lstm_fused.lstm_stack_bwd.default, [empty_lower, *rest])

@@ -540,3 +540,17 @@ def test_stack_with_malformed_weights_reports_like_the_layer_op(monkeypatch):
         stack_emu(*args, True)
     with pytest.raises(RuntimeError):
         stack_cpu(*args, True)
+
+
+def test_wavefront_backward_empty_output_gradients(monkeypatch):
+    _device(monkeypatch, "h200")
+    args = _stack_args(3, 5, 4, 3, 7, True, torch.float64, seed=4)
+    fwd = stack_cpu(*args, True)
+    gargs = _stack_grads(args, fwd, top_only=True)
+    empty = list(gargs)
+    empty[0] = [g.new_empty(0) for g in gargs[0][:-1]] + [gargs[0][-1]]
+    assert plan(1, 7, 56, 4, 3, 8, 8, *DEVICES["h200"])[0]  # the wavefront runs
+    ref = stack_bwd_cpu(*gargs)
+    got = stack_bwd_emu(*empty)
+    for name, a, b in zip(("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias"), got, ref):
+        _close(a, b, 1e-10, name)

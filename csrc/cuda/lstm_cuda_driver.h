@@ -234,7 +234,8 @@ struct BwdPass {
     B = h0.size(1);
     Tt = input.scalar_type(), At = acc_type(Tt);
     const auto A_opts = input.options().dtype(At);
-    check_shape(grad_output, output.sizes(), "grad_output");
+    // An undefined grad_output (a stack's lower layer whose output the loss did not use) means zero.
+    if (grad_output.defined()) check_shape(grad_output, output.sizes(), "grad_output");
     check_shape(grad_h_n, h0.sizes(), "grad_h_n");
     check_shape(grad_c_n, c0.sizes(), "grad_c_n");
     TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * LW && workspace.scalar_type() == At,
@@ -242,9 +243,9 @@ struct BwdPass {
                 "forward run without a workspace, e.g. under no_grad?)");
     for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
                            {&output, "output"}})
-      check_same_dtype_device(input, *t, name);
+      if (t->defined()) check_same_dtype_device(input, *t, name);
     TORCH_CHECK(workspace.device() == input.device(), "lstm_fused: workspace is on another device");
-    gout = grad_output.reshape({N, D * P}).contiguous();
+    if (grad_output.defined()) gout = grad_output.reshape({N, D * P}).contiguous();
     ghn = grad_h_n.contiguous(), c0c = c0.contiguous();
     ws = workspace.reshape({D, N, LW}).contiguous();
     out2d = output.reshape({N, D * P});
@@ -288,7 +289,7 @@ struct BwdPass {
         p.ld_gout = D * P;
         p.dg_later = has_later ? dg.const_data_ptr<A>() + (d * N + L.offsets[later]) * G : nullptr;
         p.w_hh_t = w_hh_t[d].const_data_ptr<T>();
-        p.gout = gout.const_data_ptr<T>() + off * D * P + d * P;
+        p.gout = gout.defined() ? gout.const_data_ptr<T>() + off * D * P + d * P : nullptr;
         p.grad_hn = ghn.const_data_ptr<T>() + d * B * P;
         p.ws = ws.const_data_ptr<A>() + (d * N + off) * LW;
         p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * LW + G : nullptr;

@@ -70,7 +70,7 @@ struct BwdStepParams {
   const T* w_hh_t = nullptr;    // [P, G] W_hhᵀ
   const T* peep = nullptr;      // [3 or 2, H] peephole weights, or nullptr
   int64_t ld_gout = 0;          // row stride of gout (D·P)
-  const T* gout = nullptr;      // [rows, ld_gout] gradient of this step's output rows
+  const T* gout = nullptr;      // [rows, ld_gout] gradient of this step's output rows (nullptr: none)
   const T* grad_hn = nullptr;   // [B, P]
   const A* dr = nullptr;        // [rows, H] kPointwiseOnly: gradient of o·tanh(c_t)
   A* dh_tot = nullptr;          // [rows, P] kReduceOnly out: total gradient of h_t
@@ -222,7 +222,7 @@ LF_HOST_DEVICE void bwd_load_tiles(const BwdStepParams<T, A>& p, int bx, int by,
 template <typename T, typename A>
 LF_HOST_DEVICE A bwd_dh(const BwdStepParams<T, A>& p, int64_t b, int64_t n, A recurrent) {
   const A rec = b < p.n_later ? recurrent : recurrent + to_acc<T, A>(p.grad_hn[b * p.P + n]);
-  return rec + to_acc<T, A>(p.gout[b * p.ld_gout + n]);
+  return p.gout ? rec + to_acc<T, A>(p.gout[b * p.ld_gout + n]) : rec;
 }
 
 template <typename T, typename A, bool kPeephole, bool kCoupled>

@@ -164,7 +164,7 @@ StackGrads stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const 
     return by_layers();  // decided before anything is allocated
   std::vector<BwdPass> passes;
   for (int64_t l = 0; l < L; ++l)
-    passes.emplace_back(grad_outputs[l], grad_h_n.narrow(0, l, 1), grad_c_n.narrow(0, l, 1),
+    passes.emplace_back(no_grad(grad_outputs[l], outputs[l]) ? Tensor() : grad_outputs[l], grad_h_n.narrow(0, l, 1), grad_c_n.narrow(0, l, 1),
                         l == 0 ? input : outputs[l - 1], batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1),
                         w_ih.slice(l, 1), w_hh.slice(l, 1), std::nullopt, layer_of(w_ph, l), coupled, outputs[l],
                         workspaces[l], has_bias, l == 0 && need_grad_input);
