@@ -155,7 +155,7 @@ def test_forcing_persistent_where_it_cannot_run_raises(monkeypatch):
     with pytest.raises(RuntimeError, match="shared memory"):
         fwd_emu(*_args(3, 2, 4, 300, 0, False, torch.float32, seed=0), True)
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "fastest")
-    with pytest.raises(RuntimeError, match="auto, step or persistent"):
+    with pytest.raises(RuntimeError, match="auto, step, gemm or persistent"):
         fwd_emu(*_args(3, 2, 4, 8, 0, False, torch.float32, seed=0), True)
 
 

@@ -183,7 +183,8 @@ struct EmulationRunner {
     for (int z = 0; z < dp.count; ++z) {  // blockIdx.z
       const FwdStepParams<T, A>& p = dp.dir[z];
       emulate_launch<4, A>(
-          p, gx, gy, p.P, [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 4>& s) { fwd_load_tiles(p, bx, by, tid, k0, s); },
+          p, gx, gy, fwd_reduction_length(p),
+          [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 4>& s) { fwd_load_tiles(p, bx, by, tid, k0, s); },
           [&](int bx, int by, int tx, int ty, const A(&acc)[4]) { fwd_epilogue(p, bx, by, tx, ty, acc); });
     }
   }

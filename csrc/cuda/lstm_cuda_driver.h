@@ -26,15 +26,17 @@ namespace cuda_driver {
 
 using at::Tensor;
 
-// Which recurrent kernel runs: LSTM_FUSED_CUDA_ALGO=auto (default), step (one launch per time step) or
-// persistent (one cooperative launch; an error where it cannot run). Read on every call, so tests can switch.
-enum class Algo { kAuto, kStep, kPersistent };
+// Which recurrent kernel runs: LSTM_FUSED_CUDA_ALGO=auto (default), step (one fused launch per time step that
+// also reduces h·W_hhᵀ), gemm (per step a cuBLAS GEMM for h·W_hhᵀ, then a launch for the cell) or persistent
+// (one cooperative launch; an error where it cannot run). Read on every call, so tests can switch.
+enum class Algo { kAuto, kStep, kGemm, kPersistent };
 inline Algo algo_from_env() {
   const char* v = std::getenv("LSTM_FUSED_CUDA_ALGO");
   if (v == nullptr || *v == '\0' || std::string(v) == "auto") return Algo::kAuto;
   if (std::string(v) == "step") return Algo::kStep;
-  TORCH_CHECK(std::string(v) == "persistent", "lstm_fused: LSTM_FUSED_CUDA_ALGO must be auto, step or persistent, got '",
-              v, "'");
+  if (std::string(v) == "gemm") return Algo::kGemm;
+  TORCH_CHECK(std::string(v) == "persistent", "lstm_fused: LSTM_FUSED_CUDA_ALGO must be auto, step, gemm or "
+              "persistent, got '", v, "'");
   return Algo::kPersistent;
 }
 
@@ -42,12 +44,19 @@ inline Algo algo_from_env() {
 // h_{t-1} in every block, which stops paying off against the per-step kernel's wider grid at large batch.
 constexpr int64_t kPersistentMaxBatch = 64;
 
+// Where the persistent kernel does not run: whether each step's recurrent product is a cuBLAS GEMM (large
+// batches, where a GEMM's tiling beats the fused step kernel's FMA reduction) rather than the step kernel's own.
+inline bool gemm_steps(int64_t B) {
+  const Algo a = algo_from_env();
+  return a == Algo::kGemm || (a == Algo::kAuto && B > kPersistentMaxBatch);
+}
+
 // Whether a sequence with this plan runs persistently. `fits`: the device can co-schedule the grid. `optional`:
 // a launch with a fallback that is persistent too (a layer stack's wavefront), so even a forced
 // LSTM_FUSED_CUDA_ALGO=persistent may decline it.
 inline bool want_persistent(const persistent::Plan& plan, int64_t B, bool fits = true, bool optional = false) {
   const Algo a = algo_from_env();
-  if (a == Algo::kStep || B == 0) return false;  // an empty batch has nothing to launch
+  if (a == Algo::kStep || a == Algo::kGemm || B == 0) return false;  // an empty batch has nothing to launch
   const bool ok = plan.ok && fits;
   TORCH_CHECK(ok || optional || a != Algo::kPersistent, "lstm_fused: LSTM_FUSED_CUDA_ALGO=persistent, but the "
               "persistent kernel cannot run this layer: ", plan.ok ? "the grid cannot be co-resident" : plan.why);
@@ -180,7 +189,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
     // between the cell and the next step); else one launch per step.
     check_persistent_possible(s.proj);
     if (!s.proj && run.sequence(persistent::flatten(steps), B)) return;
+    const bool gemm = gemm_steps(B);
+    std::vector<Tensor> rec;  // [B, G] per direction: h_{t-1}·W_hhᵀ of the GEMM path
+    for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, T_opts));
     for (int64_t step = 0; step < n_steps; ++step) {
+      for (int64_t d = 0; gemm && d < D; ++d) {
+        const SeqLayout L = lh[d].view();
+        const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
+        int64_t prev, n_prev;
+        L.prev_rows(t, prev, n_prev);
+        const Tensor w_t = w_hh_c[d].t();  // [P, G]
+        if (n_prev > 0) {
+          Tensor r = rec[d].narrow(0, 0, n_prev);
+          at::mm_out(r, out.narrow(0, L.offsets[prev], n_prev).narrow(1, d * P, P), w_t);
+        }
+        if (bs > n_prev) {
+          Tensor r = rec[d].narrow(0, n_prev, bs - n_prev);
+          at::mm_out(r, h0c[d].narrow(0, n_prev, bs - n_prev), w_t);
+        }
+        steps[step].dir[d].rec = rec[d].const_data_ptr<T>();
+      }
       run.template fwd<T, A>(steps[step]);  // one launch: this step of every direction
       if (!s.proj) continue;
       for (int64_t d = 0; d < D; ++d) {
@@ -312,24 +340,46 @@ struct BwdPass {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, Tt, "lstm_fused_cuda_bwd", [&] {
       using T = scalar_t;
       using A = cuda_step::acc_t<T>;
-      const auto steps = this->steps<T, A>();
-    check_persistent_possible(s.proj);
-    if (!s.proj) {
-      if (run.sequence(persistent::flatten(steps), B)) return;
-      for (const auto& dp : steps) run.template bwd<T, A>(dp, cuda_step::kFused);
-      return;
-    }
-    for (int64_t i = 0; i < n_steps; ++i) {
-      const int64_t step = n_steps - 1 - i;
-      run.template bwd<T, A>(steps[i], cuda_step::kReduceOnly);
-      for (int64_t d = 0; d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
-        Tensor dr_rows = dr[d].narrow(0, 0, bs);
-        at::mm_out(dr_rows, dh_tot[d].narrow(0, L.offsets[t], bs), w_hr_a[d]);
+      auto steps = this->steps<T, A>();
+      check_persistent_possible(s.proj);
+      if (!s.proj && run.sequence(persistent::flatten(steps), B)) return;
+      const bool gemm = gemm_steps(B);
+      std::vector<Tensor> rec, w_hh_a;  // [B, P] per direction: dG_later·W_hh of the GEMM path
+      for (int64_t d = 0; gemm && d < D; ++d) {
+        rec.push_back(at::empty({B, P}, input.options().dtype(At)));
+        w_hh_a.push_back(dirs[d].w_hh.to(At).contiguous());  // [G, P]
       }
-      run.template bwd<T, A>(steps[i], cuda_step::kPointwiseOnly);
-    }
+      auto gemm_rec = [&](int64_t i) {
+        const int64_t step = n_steps - 1 - i;
+        for (int64_t d = 0; gemm && d < D; ++d) {
+          const SeqLayout L = lh[d].view();
+          const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
+          const int64_t later = L.reverse ? t - 1 : t + 1;
+          const int64_t n_later = later >= 0 && later < n_steps ? std::min(bs, L.batch_sizes[later]) : 0;
+          if (n_later > 0) {
+            Tensor r = rec[d].narrow(0, 0, n_later);
+            at::mm_out(r, dg[d].narrow(0, L.offsets[later], n_later), w_hh_a[d]);
+          }
+          if (bs > n_later) rec[d].narrow(0, n_later, bs - n_later).zero_();  // these rows take grad_h_n
+          steps[i].dir[d].rec = rec[d].template const_data_ptr<A>();
+        }
+      };
+      for (int64_t i = 0; i < n_steps; ++i) {
+        const int64_t step = n_steps - 1 - i;
+        gemm_rec(i);
+        if (!s.proj) {
+          run.template bwd<T, A>(steps[i], cuda_step::kFused);
+          continue;
+        }
+        run.template bwd<T, A>(steps[i], cuda_step::kReduceOnly);
+        for (int64_t d = 0; d < D; ++d) {
+          const SeqLayout L = lh[d].view();
+          const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
+          Tensor dr_rows = dr[d].narrow(0, 0, bs);
+          at::mm_out(dr_rows, dh_tot[d].narrow(0, L.offsets[t], bs), w_hr_a[d]);
+        }
+        run.template bwd<T, A>(steps[i], cuda_step::kPointwiseOnly);
+      }
     });
   }
 

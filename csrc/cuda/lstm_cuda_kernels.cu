@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_step_kernel(const DirectionPa
   if (!block_has_rows(p, blockIdx.y)) return;  // this direction has fewer rows at this step
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
   A acc[4] = {A(0), A(0), A(0), A(0)};
-  for (int64_t k0 = 0; k0 < p.P; k0 += kKT) {
+  for (int64_t k0 = 0; k0 < fwd_reduction_length(p); k0 += kKT) {
     fwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
     __syncthreads();
     tile_accumulate(smem, tx, ty, acc);

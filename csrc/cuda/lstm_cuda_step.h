@@ -43,6 +43,9 @@ struct FwdStepParams {
   int64_t I_in = 0, ld_x = 0;
   const T* x_in = nullptr;    // [rows, ld_x] the layer below's h_t
   const T* w_ih = nullptr;    // [G, I_in]
+  // Large batches: h_{t-1}·W_hhᵀ comes from a cuBLAS GEMM ([rows, G], gate columns as W_hh's rows) and the step
+  // kernel only runs the cell. nullptr: the kernel reduces it itself.
+  const T* rec = nullptr;
   const T* w_hh = nullptr;    // [G, P]
   const T* peep = nullptr;    // [3 or 2, H] peephole weights, or nullptr
   A* ws = nullptr;            // [rows, ld_ws] out: activated gates (G) then c_t (H)
@@ -85,6 +88,9 @@ struct BwdStepParams {
   int64_t K_up = 0;
   const A* dg_up = nullptr;     // [rows, K_up] the layer above's pre-activation gradients at this t
   const T* w_ih_up_t = nullptr;  // [H, K_up] W_ih of the layer above, transposed
+  // Large batches: dG_later·W_hh from a cuBLAS GEMM ([rows, P], zero for rows without a later step); the
+  // kFused / kReduceOnly launches then skip their reduction. nullptr: they reduce it themselves.
+  const A* rec = nullptr;
 };
 
 // NG accumulators per thread: the 4 gates of one unit (forward) or one output (backward).
@@ -191,9 +197,14 @@ LF_HOST_DEVICE void fwd_cell(const FwdStepParams<T, A>& p, int64_t b, int64_t j,
 }
 
 template <typename T, typename A>
-LF_HOST_DEVICE void fwd_epilogue(const FwdStepParams<T, A>& p, int bx, int by, int tx, int ty, const A (&acc)[4]) {
+LF_HOST_DEVICE void fwd_epilogue(const FwdStepParams<T, A>& p, int bx, int by, int tx, int ty, const A (&red)[4]) {
   const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
   if (b >= p.rows || j >= p.H) return;
+  A acc[4] = {red[0], red[1], red[2], red[3]};
+  if (p.rec) {  // the GEMM's product: gate slot g is column g·H + j
+    const int slots = p.coupled ? 3 : 4;
+    for (int g = 0; g < slots; ++g) acc[g] = to_acc<T, A>(p.rec[b * slots * p.H + g * p.H + j]);
+  }
   if (p.peep) {
     if (p.coupled) fwd_cell<T, A, true, true>(p, b, j, acc);
     else fwd_cell<T, A, true, false>(p, b, j, acc);
@@ -201,6 +212,12 @@ LF_HOST_DEVICE void fwd_epilogue(const FwdStepParams<T, A>& p, int bx, int by, i
     if (p.coupled) fwd_cell<T, A, false, true>(p, b, j, acc);
     else fwd_cell<T, A, false, false>(p, b, j, acc);
   }
+}
+
+// Length of the forward reduction (0 when a GEMM computed it).
+template <typename T, typename A>
+LF_HOST_DEVICE int64_t fwd_reduction_length(const FwdStepParams<T, A>& p) {
+  return p.rec ? 0 : p.P;
 }
 
 // ---- backward -----------------------------------------------------------------------------------------
@@ -263,13 +280,14 @@ LF_HOST_DEVICE void bwd_epilogue(const BwdStepParams<T, A>& p, int mode, int bx,
                                  const A (&acc)[1]) {
   const int64_t n = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
   if (b >= p.rows) return;
+  const A rec = (p.rec && mode != kPointwiseOnly && n < p.P) ? p.rec[b * p.P + n] : acc[0];
   if (mode == kReduceOnly) {
-    if (n < p.P) p.dh_tot[b * p.P + n] = bwd_dh(p, b, n, acc[0]);
+    if (n < p.P) p.dh_tot[b * p.P + n] = bwd_dh(p, b, n, rec);
     return;
   }
   if (n >= p.H) return;
   if (mode == kFused)
-    bwd_cell(p, b, n, bwd_dh(p, b, n, acc[0]), false);
+    bwd_cell(p, b, n, bwd_dh(p, b, n, rec), false);
   else
     bwd_cell(p, b, n, p.dr[b * p.H + n], true);
 }
@@ -322,7 +340,7 @@ LF_HOST_DEVICE bool block_has_rows(const P& p, int64_t by) {
 // Length of the reduction (0: no reduction phase).
 template <typename T, typename A>
 LF_HOST_DEVICE int64_t bwd_reduction_length(const BwdStepParams<T, A>& p, int mode) {
-  return mode == kPointwiseOnly ? 0 : (p.coupled ? 3 : 4) * p.H;
+  return mode == kPointwiseOnly || p.rec ? 0 : (p.coupled ? 3 : 4) * p.H;
 }
 
 }  // namespace cuda_step
