@@ -51,7 +51,7 @@ def gpu_grid(quick):
              case("lstm", 512, 16, 512, layers=3),
              case("lstm", 512, 16, 512, packed=True), case("gru", 512, 16, 512),
              case("lstm-peephole", 512, 16, 512), case("lstm-coupled", 512, 16, 512)]
-    return grid[:6] + [case("lstm", 512, 16, 512, layers=3)] if quick else grid
+    return grid[:6] + [case("lstm", 512, 16, 512, layers=3), case("lstm", 512, 256, 1024)] if quick else grid
 
 
 def flops_forward(c):
