@@ -159,7 +159,8 @@ struct EmulationRunner {
     for (int z = 0; z < dp.count; ++z) {
       const GruFwdStepParams<T, A>& p = dp.dir[z];
       emulate_launch<3, A>(
-          p, gx, gy, p.H, [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 3>& s) { gru_fwd_load_tiles(p, bx, by, tid, k0, s); },
+          p, gx, gy, gru_fwd_reduction_length(p),
+          [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 3>& s) { gru_fwd_load_tiles(p, bx, by, tid, k0, s); },
           [&](int bx, int by, int tx, int ty, const A(&acc)[3]) { gru_fwd_epilogue(p, bx, by, tx, ty, acc); });
     }
   }
@@ -171,7 +172,8 @@ struct EmulationRunner {
     for (int z = 0; z < dp.count; ++z) {
       const GruBwdStepParams<T, A>& p = dp.dir[z];
       emulate_launch<1, A>(
-          p, gx, gy, 3 * p.H, [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 1>& s) { gru_bwd_load_tiles(p, bx, by, tid, k0, s); },
+          p, gx, gy, gru_bwd_reduction_length(p),
+          [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 1>& s) { gru_bwd_load_tiles(p, bx, by, tid, k0, s); },
           [&](int bx, int by, int tx, int ty, const A(&acc)[1]) { gru_bwd_epilogue(p, bx, by, tx, ty, acc); });
     }
   }

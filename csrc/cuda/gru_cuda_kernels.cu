@@ -15,7 +15,7 @@ __global__ void __launch_bounds__(kThreads, 1) gru_fwd_step_kernel(const Directi
   if (!block_has_rows(p, blockIdx.y)) return;  // block-uniform, before any barrier
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
   A acc[3] = {A(0), A(0), A(0)};
-  for (int64_t k0 = 0; k0 < p.H; k0 += kKT) {
+  for (int64_t k0 = 0; k0 < gru_fwd_reduction_length(p); k0 += kKT) {
     gru_fwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
     __syncthreads();
     tile_accumulate(smem, tx, ty, acc);
@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kThreads) gru_bwd_step_kernel(const DirectionP
   if (!block_has_rows(p, blockIdx.y)) return;
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
   A acc[1] = {A(0)};
-  for (int64_t k0 = 0; k0 < 3 * p.H; k0 += kKT) {
+  for (int64_t k0 = 0; k0 < gru_bwd_reduction_length(p); k0 += kKT) {
     gru_bwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
     __syncthreads();
     tile_accumulate(smem, tx, ty, acc);

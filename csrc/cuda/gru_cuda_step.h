@@ -23,6 +23,7 @@ struct GruFwdStepParams {
   T* h_out = nullptr;          // [rows, ld_out] out: h_t (this direction's columns of the output)
   int64_t end_lo = 0, end_hi = 0;  // rows [end_lo, end_hi) end their sequence at this step: h_t goes to h_n
   T* h_n = nullptr;                // [B, H]
+  const T* rec = nullptr;          // [rows, 3H] h_{t-1}·W_hhᵀ from a cuBLAS GEMM (large batches), or nullptr
 };
 
 // Backward step t: dh_t = gout + dGh_later·W_hh + z_later ⊙ dh_later (or grad_h_n where t is the row's last
@@ -45,6 +46,7 @@ struct GruBwdStepParams {
   A* dh = nullptr;               // [rows, H] out: total gradient of h_t
   A* dgx = nullptr;              // [rows, 3H] out
   A* dgh = nullptr;              // [rows, 3H] out
+  const A* rec = nullptr;        // [rows, H] dGh_later·W_hh from a cuBLAS GEMM (large batches), or nullptr
 };
 
 // Stages h_{t-1}[rows, k0:k0+kKT] and W_hh rows r, z, n of this block's units (slot g: row g·H + j).
@@ -89,7 +91,23 @@ LF_HOST_DEVICE void gru_fwd_epilogue(const GruFwdStepParams<T, A>& p, int bx, in
                                      const A (&acc)[3]) {
   const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
   if (b >= p.rows || j >= p.H) return;
+  if (p.rec) {
+    const T* r = p.rec + b * 3 * p.H;
+    const A from_gemm[3] = {to_acc<T, A>(r[j]), to_acc<T, A>(r[p.H + j]), to_acc<T, A>(r[2 * p.H + j])};
+    gru_fwd_cell(p, b, j, from_gemm);
+    return;
+  }
   gru_fwd_cell(p, b, j, acc);
+}
+
+// Lengths of the GRU reductions (0 when a GEMM computed them).
+template <typename T, typename A>
+LF_HOST_DEVICE int64_t gru_fwd_reduction_length(const GruFwdStepParams<T, A>& p) {
+  return p.rec ? 0 : p.H;
+}
+template <typename T, typename A>
+LF_HOST_DEVICE int64_t gru_bwd_reduction_length(const GruBwdStepParams<T, A>& p) {
+  return p.rec ? 0 : 3 * p.H;
 }
 
 // Stages dGh_later[rows, k0:k0+kKT] and W_hhᵀ[units of this block, k0:k0+kKT] (k over 3H).
@@ -132,7 +150,7 @@ LF_HOST_DEVICE void gru_bwd_epilogue(const GruBwdStepParams<T, A>& p, int bx, in
                                      const A (&acc)[1]) {
   const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
   if (b >= p.rows || j >= p.H) return;
-  gru_bwd_cell(p, b, j, acc[0]);
+  gru_bwd_cell(p, b, j, p.rec ? p.rec[b * p.H + j] : acc[0]);
 }
 
 // Both GRU launches cover units × rows of the widest direction (see widest_grid).
