@@ -17,6 +17,14 @@ def _workspace_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _needs_workspace(*groups) -> bool:
+    """The workspace is only kept when autograd will need it; inference runs on a small scratch instead. Groups
+    are tensors, lists of tensors or None."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t.requires_grad for g in groups if g is not None for t in (g if isinstance(g, (list, tuple)) else [g]))
+
+
 def lstm_layer(
     input: Tensor,
     batch_sizes: Optional[Tensor],
@@ -38,9 +46,7 @@ def lstm_layer(
     coupled: f = 1 − i, with gate rows i, g, o (3H) in W_ih, W_hh and the biases.
     Returns output ([T, B, D·P] or [N, D·P], directions side by side), h_n [D, B, P], c_n [D, B, H].
     """
-    # The workspace is only kept when autograd will need it; inference runs on a small scratch instead.
-    tensors = [input, h0, c0, *w_ih, *w_hh, *(b_ih or ()), *(b_hh or ()), *(w_hr or ()), *(w_ph or ())]
-    need_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    need_workspace = _needs_workspace(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
     out, h_n, c_n, _ = _ops.lstm_layer_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                    w_ph, coupled, need_workspace)
     return out, h_n, c_n
@@ -166,8 +172,7 @@ def lstm_stack(
 
     Same results as L calls of lstm_layer (on the CPU it is that loop); on CUDA the layers can run as one
     persistent wavefront launch."""
-    tensors = [input, h0, c0, *w_ih, *w_hh, *(b_ih or ()), *(b_hh or ()), *(w_ph or ())]
-    need_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    need_workspace = _needs_workspace(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph)
     outs, h_n, c_n, _ = _ops.lstm_stack_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph,
                                                     coupled, need_workspace)
     return outs[-1], h_n, c_n
@@ -282,8 +287,7 @@ def gru_layer(
     input: [T, B, I] or packed data [N, I] with batch_sizes; h0: [D, B, H]. Returns output ([..., D·H]) and
     h_n [D, B, H].
     """
-    tensors = [input, h0, *w_ih, *w_hh, *(b_ih or ()), *(b_hh or ())]
-    need_workspace = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    need_workspace = _needs_workspace(input, h0, w_ih, w_hh, b_ih, b_hh)
     out, h_n, _ = _ops.gru_layer_fwd.default(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace)
     return out, h_n
 

@@ -59,29 +59,56 @@ def _close(a, b, tol, name):
 
 VARIANTS = [(False, False), (True, False), (False, True), (True, True)]  # (peephole, coupled)
 
+LSTM_GRAD_NAMES = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
+GRU_GRAD_NAMES = ("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh")
+
+
+def check_lstm_layer(args, inference=False, need_grad_inputs=(True,)):
+    """float64 layer: the emulated CUDA path (whatever LSTM_FUSED_CUDA_ALGO selects) equals the CPU kernels in
+    outputs, workspace and every gradient; `inference` also runs the forward without a workspace."""
+    ref = fwd_cpu(*args, True)
+    emu = fwd_emu(*args, True)
+    for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
+        _close(a, b, 1e-12, name)
+    if inference:
+        _close(list(fwd_emu(*args, False)[:3]), list(ref[:3]), 1e-12, "inference")
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled = args
+    g = torch.Generator().manual_seed(5)
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:3]]
+    common = (x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled)
+    for need_grad_input in need_grad_inputs:
+        r = bwd_cpu(*grads, *common, ref[0], ref[3], True, need_grad_input)
+        e = bwd_emu(*grads, *common, emu[0], emu[3], True, need_grad_input)
+        for name, a, b in zip(LSTM_GRAD_NAMES, e, r):
+            _close(a, b, 1e-10, name)
+
+
+def check_gru_layer(args, bias, inference=False, need_grad_inputs=(True,)):
+    """The GRU counterpart of check_lstm_layer."""
+    ref = gru_fwd_cpu(*args, True)
+    emu = gru_fwd_emu(*args, True)
+    for name, a, b in zip(("output", "h_n", "workspace"), emu, ref):
+        _close(a, b, 1e-12, name)
+    if inference:
+        _close(list(gru_fwd_emu(*args, False)[:2]), list(ref[:2]), 1e-12, "inference")
+    x, bs, h0, w_ih, w_hh, _, _ = args
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:2]]
+    for need_grad_input in need_grad_inputs:
+        r = gru_bwd_cpu(*grads, x, bs, h0, w_ih, w_hh, ref[0], ref[2], bias, need_grad_input)
+        e = gru_bwd_emu(*grads, x, bs, h0, w_ih, w_hh, emu[0], emu[2], bias, need_grad_input)
+        for name, a, b in zip(GRU_GRAD_NAMES, e, r):
+            _close(a, b, 1e-10, name)
+
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("variant", VARIANTS, ids=["lstm", "peephole", "coupled", "peephole+coupled"])
 def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, directions, variant):
-    dtype = torch.float64
-    args = _args(*case, packed, dtype, seed=hash((case, packed, directions)) % 1000, directions=directions,
+    args = _args(*case, packed, torch.float64, seed=hash((case, packed, directions)) % 1000, directions=directions,
                  peephole=variant[0], coupled=variant[1])
-    ref = fwd_cpu(*args, True)
-    emu = fwd_emu(*args, True)
-    for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
-        _close(a, b, 1e-12, name)
-    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled = args
-    g = torch.Generator().manual_seed(5)
-    grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in ref[:3]]
-    for need_grad_input in (True, False):
-        common = (x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled)
-        r = bwd_cpu(*grads, *common, ref[0], ref[3], True, need_grad_input)
-        e = bwd_emu(*grads, *common, emu[0], emu[3], True, need_grad_input)
-        names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
-        for name, a, b in zip(names, e, r):
-            _close(a, b, 1e-10, name)
+    check_lstm_layer(args, need_grad_inputs=(True, False))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
@@ -154,18 +181,7 @@ def _gru_args(T, B, I, H, packed, dtype, seed, directions, bias=True):
 def test_emulated_cuda_gru_matches_cpu_kernels(case, packed, directions, bias):
     T, B, I, H, _ = case
     args = _gru_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions, directions=directions, bias=bias)
-    ref = gru_fwd_cpu(*args, True)
-    emu = gru_fwd_emu(*args, True)
-    for name, a, b in zip(("output", "h_n", "workspace"), emu, ref):
-        _close(a, b, 1e-12, name)
-    x, bs, h0, w_ih, w_hh, _, _ = args
-    g = torch.Generator().manual_seed(7)
-    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:2]]
-    for need_grad_input in (True, False):
-        r = gru_bwd_cpu(*grads, x, bs, h0, w_ih, w_hh, ref[0], ref[2], bias, need_grad_input)
-        e = gru_bwd_emu(*grads, x, bs, h0, w_ih, w_hh, emu[0], emu[2], bias, need_grad_input)
-        for name, a, b in zip(("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"), e, r):
-            _close(a, b, 1e-10, name)
+    check_gru_layer(args, bias, need_grad_inputs=(True, False))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
@@ -208,24 +224,9 @@ def test_per_step_paths_match_cpu_kernels(monkeypatch, algo, case, packed, direc
     # The per-step launches, with the step kernel's own reduction (step) or a cuBLAS GEMM per step feeding the
     # cell (gemm, what auto runs for batches over 64), with and without projection.
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", algo)
-    dtype = torch.float64
-    args = _args(*case, packed, dtype, seed=hash((case, packed, directions, 1)) % 1000, directions=directions,
+    args = _args(*case, packed, torch.float64, seed=hash((case, packed, directions, 1)) % 1000, directions=directions,
                  peephole=variant[0], coupled=variant[1])
-    ref = fwd_cpu(*args, True)
-    emu = fwd_emu(*args, True)
-    for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
-        _close(a, b, 1e-12, name)
-    lean = fwd_emu(*args, False)
-    _close(list(lean[:3]), list(ref[:3]), 1e-12, "inference")
-    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled = args
-    g = torch.Generator().manual_seed(5)
-    grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in ref[:3]]
-    common = (x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled)
-    r = bwd_cpu(*grads, *common, ref[0], ref[3], True, True)
-    e = bwd_emu(*grads, *common, emu[0], emu[3], True, True)
-    names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
-    for name, a, b in zip(names, e, r):
-        _close(a, b, 1e-10, name)
+    check_lstm_layer(args, inference=True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
@@ -254,15 +255,4 @@ def test_gru_per_step_paths_match_cpu_kernels(monkeypatch, algo, case, packed, d
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", algo)
     T, B, I, H, _ = case
     args = _gru_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions + 3, directions=directions)
-    ref = gru_fwd_cpu(*args, True)
-    emu = gru_fwd_emu(*args, True)
-    for name, a, b in zip(("output", "h_n", "workspace"), emu, ref):
-        _close(a, b, 1e-12, name)
-    _close(list(gru_fwd_emu(*args, False)[:2]), list(ref[:2]), 1e-12, "inference")
-    x, bs, h0, w_ih, w_hh, _, _ = args
-    g = torch.Generator().manual_seed(7)
-    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:2]]
-    r = gru_bwd_cpu(*grads, x, bs, h0, w_ih, w_hh, ref[0], ref[2], True, True)
-    e = gru_bwd_emu(*grads, x, bs, h0, w_ih, w_hh, emu[0], emu[2], True, True)
-    for name, a, b in zip(("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"), e, r):
-        _close(a, b, 1e-10, name)
+    check_gru_layer(args, True, inference=True)

@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
-from helpers import compare_modules, twin_lstms
+from helpers import assert_error_within_reference, compare_modules, twin_lstms
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and lstm_fused.has_cuda_kernels()), reason="needs a GPU and a CUDA build"
@@ -76,10 +76,7 @@ def test_persistent_half_types_error_vs_float64(dtype):
     xr = x.cuda().to(dtype)
     got_ref, (rh, rc) = ref_h(xr)
     got, (oh, oc) = ours_h(xr)
-    for a, r, e in ((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)):
-        err_ours = (a.double().cpu() - e).abs().max().item()
-        err_ref = (r.double().cpu() - e).abs().max().item()
-        assert err_ours <= 4 * err_ref + 1e-3, (err_ours, err_ref)
+    assert_error_within_reference(((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)))
 
 
 def test_persistent_equals_step_kernels_and_is_deterministic(monkeypatch):
@@ -176,10 +173,7 @@ def test_persistent_gru_half_types_error_vs_float64(dtype):
     exp, eh = ref64(x.double())
     got_ref, rh = ref.to(dtype)(x.cuda().to(dtype))
     got, oh = ours.to(dtype)(x.cuda().to(dtype))
-    for a, r, e in ((got, got_ref, exp), (oh, rh, eh)):
-        err_ours = (a.double().cpu() - e).abs().max().item()
-        err_ref = (r.double().cpu() - e).abs().max().item()
-        assert err_ours <= 4 * err_ref + 1e-3, (err_ours, err_ref)
+    assert_error_within_reference(((got, got_ref, exp), (oh, rh, eh)))
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -210,10 +204,7 @@ def test_wavefront_half_types_error_vs_float64(dtype):
     exp, (eh, ec) = ref64(x.double())
     got_ref, (rh, rc) = ref.cuda().to(dtype)(x.cuda().to(dtype))
     got, (oh, oc) = ours.cuda().to(dtype)(x.cuda().to(dtype))
-    for a, r, e in ((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)):
-        err_ours = (a.double().cpu() - e).abs().max().item()
-        err_ref = (r.double().cpu() - e).abs().max().item()
-        assert err_ours <= 4 * err_ref + 1e-3, (err_ours, err_ref)
+    assert_error_within_reference(((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)))
 
 
 @pytest.mark.parametrize("proj", [0, 11])

@@ -6,7 +6,8 @@ unit. Compared with the CPU kernels and with the per-step CUDA kernels (LSTM_FUS
 import pytest
 import torch
 
-from test_cuda_emulation import VARIANTS, _args, _close, bwd_cpu, bwd_emu, fwd_cpu, fwd_emu
+from test_cuda_emulation import (VARIANTS, _args, _close, _gru_args, bwd_cpu, bwd_emu, check_gru_layer, check_lstm_layer,
+                                 fwd_cpu, fwd_emu, gru_bwd_cpu, gru_bwd_emu, gru_fwd_cpu, gru_fwd_emu)
 
 plan = torch.ops.lstm_fused._persistent_plan.default
 
@@ -74,29 +75,14 @@ def test_persistent_matches_cpu_kernels(monkeypatch, device, case, packed, direc
     T, B, I, H = case
     fits = all(p[0] for p in _plans(case, directions, variant[1], device))
     _device(monkeypatch, device)
-    dtype = torch.float64
-    args = _args(T, B, I, H, 0, packed, dtype, seed=hash((case, packed, directions)) % 1000, directions=directions,
+    args = _args(T, B, I, H, 0, packed, torch.float64, seed=hash((case, packed, directions)) % 1000, directions=directions,
                  peephole=variant[0], coupled=variant[1])
     if not fits:
         with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
             fwd_emu(*args, True)
         return
-    ref = fwd_cpu(*args, True)
-    emu = fwd_emu(*args, True)
-    for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
-        _close(a, b, 1e-12, name)
-    lean = fwd_emu(*args, False)  # inference: two alternating step buffers, h_n/c_n written by the kernel
-    for name, a, b in zip(("output", "h_n", "c_n"), lean, ref):
-        _close(a, b, 1e-12, "inference " + name)
-    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled = args
-    g = torch.Generator().manual_seed(5)
-    grads = [torch.randn(t.shape, generator=g, dtype=dtype) for t in ref[:3]]
-    common = (x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled)
-    r = bwd_cpu(*grads, *common, ref[0], ref[3], True, True)
-    e = bwd_emu(*grads, *common, emu[0], emu[3], True, True)
-    names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
-    for name, a, b in zip(names, e, r):
-        _close(a, b, 1e-10, name)
+    # Inference too: two alternating step buffers, h_n/c_n written by the kernel.
+    check_lstm_layer(args, inference=True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
@@ -317,7 +303,6 @@ def test_empty_batch_runs_without_a_launch(monkeypatch, algo):
 
 
 # ---- GRU ----------------------------------------------------------------------------------------------------
-from test_cuda_emulation import _gru_args, gru_bwd_cpu, gru_bwd_emu, gru_fwd_cpu, gru_fwd_emu  # noqa: E402
 
 
 @pytest.mark.parametrize("device", list(DEVICES))
@@ -335,19 +320,7 @@ def test_persistent_gru_matches_cpu_kernels(monkeypatch, device, case, packed, d
         with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
             gru_fwd_emu(*args, True)
         return
-    ref = gru_fwd_cpu(*args, True)
-    emu = gru_fwd_emu(*args, True)
-    for name, a, b in zip(("output", "h_n", "workspace"), emu, ref):
-        _close(a, b, 1e-12, name)
-    lean = gru_fwd_emu(*args, False)
-    _close(list(lean[:2]), list(ref[:2]), 1e-12, "inference")
-    x, bs, h0, w_ih, w_hh, _, _ = args
-    g = torch.Generator().manual_seed(7)
-    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:2]]
-    r = gru_bwd_cpu(*grads, x, bs, h0, w_ih, w_hh, ref[0], ref[2], bias, True)
-    e = gru_bwd_emu(*grads, x, bs, h0, w_ih, w_hh, emu[0], emu[2], bias, True)
-    for name, a, b in zip(("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"), e, r):
-        _close(a, b, 1e-10, name)
+    check_gru_layer(args, bias, inference=True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])

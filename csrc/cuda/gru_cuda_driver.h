@@ -72,19 +72,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
     for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, input.options()));
     for (int64_t step = 0; step < n_steps; ++step) {
       for (int64_t d = 0; gemm && d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
-        int64_t prev, n_prev;
-        L.prev_rows(t, prev, n_prev);
-        const Tensor w_t = w_hh_c[d].t();  // [H, 3H]
-        if (n_prev > 0) {
-          Tensor r = rec[d].narrow(0, 0, n_prev);
-          at::mm_out(r, out.narrow(0, L.offsets[prev], n_prev).narrow(1, d * H, H), w_t);
-        }
-        if (bs > n_prev) {
-          Tensor r = rec[d].narrow(0, n_prev, bs - n_prev);
-          at::mm_out(r, h0c[d].narrow(0, n_prev, bs - n_prev), w_t);
-        }
+        gemm_prev_hidden(rec[d], lh[d].view(), step, out.narrow(1, d * H, H), h0c[d], w_hh_c[d].t());
         steps[step].dir[d].rec = rec[d].const_data_ptr<T>();
       }
       run.template gru_fwd<T, A>(steps[step]);
@@ -169,15 +157,7 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
     }
     for (int64_t i = 0; i < n_steps; ++i) {
       for (int64_t d = 0; gemm && d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(n_steps - 1 - i), bs = L.batch_sizes[t];
-        const int64_t later = L.reverse ? t - 1 : t + 1;
-        const int64_t n_later = later >= 0 && later < n_steps ? std::min(bs, L.batch_sizes[later]) : 0;
-        if (n_later > 0) {
-          Tensor r = rec[d].narrow(0, 0, n_later);
-          at::mm_out(r, dgh[d].narrow(0, L.offsets[later], n_later), w_hh_a[d]);
-        }
-        if (bs > n_later) rec[d].narrow(0, n_later, bs - n_later).zero_();  // unused there: they take grad_h_n
+        gemm_later_grad(rec[d], lh[d].view(), i, dgh[d], w_hh_a[d]);
         steps[i].dir[d].rec = rec[d].template const_data_ptr<A>();
       }
       run.template gru_bwd<T, A>(steps[i]);

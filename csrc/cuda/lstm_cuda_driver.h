@@ -51,6 +51,38 @@ inline bool gemm_steps(int64_t B) {
   return a == Algo::kGemm || (a == Algo::kAuto && B > kPersistentMaxBatch);
 }
 
+// The GEMM path's recurrent product of step `step` (processing order) for one direction: rec[rows of t] =
+// h_{t-1}·W_hhᵀ, from the previous step's output rows (`out_cols`: this direction's columns of the layer output,
+// [N, P]) or from h0 (`h0d` [B, P]) for rows that start at t. w_t: W_hhᵀ [P, G].
+inline void gemm_prev_hidden(Tensor& rec, const SeqLayout& L, int64_t step, const Tensor& out_cols, const Tensor& h0d,
+                             const Tensor& w_t) {
+  const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
+  int64_t prev, n_prev;
+  L.prev_rows(t, prev, n_prev);
+  if (n_prev > 0) {
+    Tensor r = rec.narrow(0, 0, n_prev);
+    at::mm_out(r, out_cols.narrow(0, L.offsets[prev], n_prev), w_t);
+  }
+  if (bs > n_prev) {
+    Tensor r = rec.narrow(0, n_prev, bs - n_prev);
+    at::mm_out(r, h0d.narrow(0, n_prev, bs - n_prev), w_t);
+  }
+}
+
+// The GEMM path's backward product of the i-th backward step for one direction: rec = dG_later·W_hh over the
+// rows the step after t continues (`dg_d` [N, G], `w` [G, P]); rows without a later step are zero (they take
+// grad_h_n instead).
+inline void gemm_later_grad(Tensor& rec, const SeqLayout& L, int64_t i, const Tensor& dg_d, const Tensor& w) {
+  const int64_t n_steps = L.T, t = L.time_at(n_steps - 1 - i), bs = L.batch_sizes[t];
+  const int64_t later = L.reverse ? t - 1 : t + 1;
+  const int64_t n_later = later >= 0 && later < n_steps ? std::min(bs, L.batch_sizes[later]) : 0;
+  if (n_later > 0) {
+    Tensor r = rec.narrow(0, 0, n_later);
+    at::mm_out(r, dg_d.narrow(0, L.offsets[later], n_later), w);
+  }
+  if (bs > n_later) rec.narrow(0, n_later, bs - n_later).zero_();
+}
+
 // Whether a sequence with this plan runs persistently. `fits`: the device can co-schedule the grid. `optional`:
 // a launch with a fallback that is persistent too (a layer stack's wavefront), so even a forced
 // LSTM_FUSED_CUDA_ALGO=persistent may decline it.
@@ -194,19 +226,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
     for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, T_opts));
     for (int64_t step = 0; step < n_steps; ++step) {
       for (int64_t d = 0; gemm && d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
-        int64_t prev, n_prev;
-        L.prev_rows(t, prev, n_prev);
-        const Tensor w_t = w_hh_c[d].t();  // [P, G]
-        if (n_prev > 0) {
-          Tensor r = rec[d].narrow(0, 0, n_prev);
-          at::mm_out(r, out.narrow(0, L.offsets[prev], n_prev).narrow(1, d * P, P), w_t);
-        }
-        if (bs > n_prev) {
-          Tensor r = rec[d].narrow(0, n_prev, bs - n_prev);
-          at::mm_out(r, h0c[d].narrow(0, n_prev, bs - n_prev), w_t);
-        }
+        gemm_prev_hidden(rec[d], lh[d].view(), step, out.narrow(1, d * P, P), h0c[d], w_hh_c[d].t());
         steps[step].dir[d].rec = rec[d].const_data_ptr<T>();
       }
       run.template fwd<T, A>(steps[step]);  // one launch: this step of every direction
@@ -350,17 +370,8 @@ struct BwdPass {
         w_hh_a.push_back(dirs[d].w_hh.to(At).contiguous());  // [G, P]
       }
       auto gemm_rec = [&](int64_t i) {
-        const int64_t step = n_steps - 1 - i;
         for (int64_t d = 0; gemm && d < D; ++d) {
-          const SeqLayout L = lh[d].view();
-          const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
-          const int64_t later = L.reverse ? t - 1 : t + 1;
-          const int64_t n_later = later >= 0 && later < n_steps ? std::min(bs, L.batch_sizes[later]) : 0;
-          if (n_later > 0) {
-            Tensor r = rec[d].narrow(0, 0, n_later);
-            at::mm_out(r, dg[d].narrow(0, L.offsets[later], n_later), w_hh_a[d]);
-          }
-          if (bs > n_later) rec[d].narrow(0, n_later, bs - n_later).zero_();  // these rows take grad_h_n
+          gemm_later_grad(rec[d], lh[d].view(), i, dg[d], w_hh_a[d]);
           steps[i].dir[d].rec = rec[d].template const_data_ptr<A>();
         }
       };
