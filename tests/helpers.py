@@ -1,4 +1,5 @@
 """Shared helpers for the parity tests: twin modules with identical weights and loose-but-tight comparisons."""
+import contextlib
 import itertools
 
 import torch
@@ -35,9 +36,10 @@ def loss_of(output, h_n, c_n, seed=1):
     """A loss that touches every output with distinct weights, so every gradient path is checked."""
     g = torch.Generator().manual_seed(seed)
     data = output.data if hasattr(output, "batch_sizes") else output
-    w_o = torch.randn(data.shape, generator=g, dtype=data.dtype)
-    w_h = torch.randn(h_n.shape, generator=g, dtype=h_n.dtype)
-    w_c = torch.randn(c_n.shape, generator=g, dtype=c_n.dtype)
+    # Drawn on the CPU (the same numbers whatever the device), then moved to the outputs' device.
+    w_o = torch.randn(data.shape, generator=g, dtype=data.dtype).to(data.device)
+    w_h = torch.randn(h_n.shape, generator=g, dtype=h_n.dtype).to(h_n.device)
+    w_c = torch.randn(c_n.shape, generator=g, dtype=c_n.dtype).to(c_n.device)
     return (data * w_o).sum() + (h_n * w_h).sum() + (c_n * w_c).sum()
 
 
@@ -65,6 +67,20 @@ def compare_modules(ref, ours, x, hx, leaf_inputs, dtype):
         if a is not None:
             assert_close(a, b, dtype, f"grad {name}", grad=True)
     return o2, h2, c2
+
+
+PATHS = ("persistent", "wavefront", "step", "gemm_step")
+
+
+@contextlib.contextmanager
+def paths_taken():
+    """How many sequences each recurrent path of the CUDA driver (on a GPU or emulated) ran inside the block:
+    a test of one kernel checks that it ran, not a silent fallback."""
+    before = torch.ops.lstm_fused._path_counts()
+    taken = {}
+    yield taken
+    after = torch.ops.lstm_fused._path_counts()
+    taken.update({name: a - b for name, a, b in zip(PATHS, after, before)})
 
 
 def assert_error_within_reference(triples, factor=4, slack=1e-3):

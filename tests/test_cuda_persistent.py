@@ -8,7 +8,12 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
-from helpers import assert_error_within_reference, compare_modules, twin_lstms
+from helpers import assert_error_within_reference, compare_modules, paths_taken, twin_lstms
+
+
+def assert_only(taken, *paths):
+    """Only these recurrent paths ran (each at least once)."""
+    assert all(taken[p] > 0 for p in paths) and all(n == 0 for p, n in taken.items() if p not in paths), taken
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and lstm_fused.has_cuda_kernels()), reason="needs a GPU and a CUDA build"
@@ -37,7 +42,10 @@ def test_persistent_parity_with_cudnn(structure, shape):
     x = torch.randn((B, T, H + 3) if batch_first else (T, B, H + 3), device="cuda", requires_grad=True)
     h0 = torch.randn(num_layers * D, B, H, device="cuda", requires_grad=True)
     c0 = torch.randn(num_layers * D, B, H, device="cuda", requires_grad=True)
-    compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+    with paths_taken() as taken:
+        compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+    # Forced persistent: a 2-layer unidirectional stack may take the wavefront, never the per-step kernels.
+    assert taken["persistent"] + taken["wavefront"] > 0 and taken["step"] == taken["gemm_step"] == 0, taken
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -46,7 +54,9 @@ def test_persistent_packed(bidirectional):
     ref, ours = ref.cuda(), ours.cuda()
     x = torch.randn(9, 5, 4, device="cuda", requires_grad=True)
     packed = pack_padded_sequence(x, torch.tensor([2, 9, 1, 6, 4]), enforce_sorted=False)
-    compare_modules(ref, ours, packed, None, [x], torch.float32)
+    with paths_taken() as taken:
+        compare_modules(ref, ours, packed, None, [x], torch.float32)
+    assert taken["persistent"] + taken["wavefront"] > 0 and taken["step"] == taken["gemm_step"] == 0, taken
 
 
 @pytest.mark.parametrize("variant", [dict(peephole=True), dict(coupled=True), dict(peephole=True, coupled=True)])
@@ -126,8 +136,9 @@ def test_auto_takes_step_kernels_under_graph_capture(monkeypatch):
         m(static_x)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(g):
+    with paths_taken() as taken, torch.no_grad(), torch.cuda.graph(g):
         static_out, _ = m(static_x)
+    assert_only(taken, "step")
     static_x.copy_(torch.randn(12, 4, 8, device="cuda"))
     g.replay()
     with torch.no_grad():
@@ -184,15 +195,24 @@ def test_wavefront_stack_parity_with_cudnn(packed, shape):
     ref, ours = twin_lstms(H + 3, H, num_layers=3)
     ref, ours = ref.cuda(), ours.cuda()
     x = torch.randn(T, B, H + 3, device="cuda", requires_grad=True)
+    inp = x
     if packed:
         lengths = torch.randint(1, T + 1, (B,))
         lengths[0] = T
         inp = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with paths_taken() as taken:
         compare_modules(ref, ours, inp, None, [x], torch.float32)
-    else:
-        compare_modules(ref, ours, x, None, [x], torch.float32)
-    with torch.no_grad():  # inference: the wavefront without a workspace
-        torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # inference: the wavefront without a workspace
+            torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    # Where this GPU fits the stack as one wavefront (both shapes do on an H200), forward, backward and the
+    # inference forward each take it; otherwise each layer runs persistently.
+    prop = torch.cuda.get_device_properties(0)
+    sms, smem = prop.multi_processor_count, prop.shared_memory_per_block_optin
+    plan = torch.ops.lstm_fused._persistent_plan.default
+    fwd_fits = plan(4, H, 2 * H, B, 3, 4, 4, sms, smem)[0]
+    bwd_fits = plan(1, H, 8 * H, B, 3, 4, 4, sms, smem)[0]
+    assert taken["wavefront"] == 2 * bool(fwd_fits) + bool(bwd_fits), taken
+    assert taken["step"] == taken["gemm_step"] == 0, taken
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -217,7 +237,9 @@ def test_gemm_step_path_parity_with_cudnn(monkeypatch, proj, bidirectional, shap
     ref, ours = twin_lstms(H + 3, H, num_layers=2, bidirectional=bidirectional, proj_size=proj)
     ref, ours = ref.cuda(), ours.cuda()
     x = torch.randn(T, B, H + 3, device="cuda", requires_grad=True)
-    compare_modules(ref, ours, x, None, [x], torch.float32)
+    with paths_taken() as taken:
+        compare_modules(ref, ours, x, None, [x], torch.float32)
+    assert_only(taken, "gemm_step")
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

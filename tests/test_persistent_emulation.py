@@ -6,6 +6,8 @@ unit. Compared with the CPU kernels and with the per-step CUDA kernels (LSTM_FUS
 import pytest
 import torch
 
+from helpers import paths_taken
+
 from test_cuda_emulation import (VARIANTS, _args, _close, _gru_args, bwd_cpu, bwd_emu, check_gru_layer, check_lstm_layer,
                                  fwd_cpu, fwd_emu, gru_bwd_cpu, gru_bwd_emu, gru_fwd_cpu, gru_fwd_emu)
 
@@ -82,7 +84,9 @@ def test_persistent_matches_cpu_kernels(monkeypatch, device, case, packed, direc
             fwd_emu(*args, True)
         return
     # Inference too: two alternating step buffers, h_n/c_n written by the kernel.
-    check_lstm_layer(args, inference=True)
+    with paths_taken() as taken:
+        check_lstm_layer(args, inference=True)
+    assert taken["persistent"] > 0 and taken["step"] == taken["gemm_step"] == 0, taken
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
@@ -123,10 +127,12 @@ def test_persistent_and_step_kernels_agree_in_float32(monkeypatch, packed):
     results = {}
     for algo in ("step", "persistent"):
         _device(monkeypatch, "5sm", algo)
-        fwd = fwd_emu(*args, True)
-        grads = [torch.ones_like(t) for t in fwd[:3]]
-        x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
-        bwd = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, fwd[0], fwd[3], True, True)
+        with paths_taken() as taken:
+            fwd = fwd_emu(*args, True)
+            grads = [torch.ones_like(t) for t in fwd[:3]]
+            x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+            bwd = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, fwd[0], fwd[3], True, True)
+        assert taken == {**dict.fromkeys(taken, 0), algo: 2}, taken
         results[algo] = (fwd, bwd)
     _close(list(results["persistent"][0]), list(results["step"][0]), 1e-5, "forward")
     _close([results["persistent"][1][i] for i in (0, 1, 2, 3, 4, 5, 7)],
@@ -147,11 +153,15 @@ def test_forcing_persistent_where_it_cannot_run_raises(monkeypatch):
 
 def test_auto_falls_back_where_the_persistent_kernel_cannot_run(monkeypatch):
     # Auto: projection, too little shared memory or a large batch take the per-step kernels, same results.
-    for device, case, proj in (("h200", (3, 2, 4, 8), 5), ("small-smem", (3, 2, 4, 300), 0), ("h200", (2, 70, 3, 9), 0)):
+    for device, case, proj, path in (("h200", (3, 2, 4, 8), 5, "step"), ("small-smem", (3, 2, 4, 300), 0, "step"),
+                                     ("h200", (2, 70, 3, 9), 0, "gemm_step"), ("h200", (2, 64, 3, 9), 0, "persistent")):
         _device(monkeypatch, device, "auto")
         args = _args(*case, proj, False, torch.float64, seed=1)
         ref = fwd_cpu(*args, True)
-        _close(list(fwd_emu(*args, True)), list(ref), 1e-12, str(case))
+        with paths_taken() as taken:
+            got = fwd_emu(*args, True)
+        _close(list(got), list(ref), 1e-12, str(case))
+        assert taken == {**dict.fromkeys(taken, 0), path: 1}, (case, taken)
 
 
 # ---- tensor-core forward (float16 / bfloat16) -----------------------------------------------------------------
@@ -386,7 +396,10 @@ def test_wavefront_matches_the_cpu_stack(monkeypatch, device, L, case, packed, v
         return
     for need_workspace in (True, False):
         ref = stack_cpu(*args, need_workspace)
-        got = stack_emu(*args, need_workspace)
+        with paths_taken() as taken:
+            got = stack_emu(*args, need_workspace)
+        # One wavefront launch where it fits, else a persistent launch per layer: never per-step kernels.
+        assert taken == {**dict.fromkeys(taken, 0), **({"wavefront": 1} if wavefront else {"persistent": L})}, taken
         _close(list(got[0]), list(ref[0]), 1e-12, "outputs")
         _close([got[1], got[2]], [ref[1], ref[2]], 1e-12, "h_n, c_n")
         if need_workspace:
@@ -468,7 +481,9 @@ def test_wavefront_backward_matches_the_cpu_stack(monkeypatch, device, L, case, 
     for top_only in (False, True):
         gargs = _stack_grads(args, fwd, top_only=top_only)
         ref = stack_bwd_cpu(*gargs)
-        got = stack_bwd_emu(*gargs)
+        with paths_taken() as taken:
+            got = stack_bwd_emu(*gargs)
+        assert taken == {**dict.fromkeys(taken, 0), **({"wavefront": 1} if wavefront else {"persistent": L})}, taken
         names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_ph")
         for name, a, b in zip(names, got, ref):
             _close(a, b, 1e-10, name)

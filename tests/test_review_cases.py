@@ -1,5 +1,5 @@
 """Edge cases found in review: double backward, mixed devices, parametrized weights in convert(), autocast,
-numpy ints in constructors."""
+numpy ints in constructors, the test helpers' device handling."""
 import warnings
 
 import numpy as np
@@ -76,3 +76,20 @@ def test_single_feature_input_gradients():
     g2 = torch.autograd.grad(ours(x)[0].sum(), [x, *ours.parameters()])
     for a, b in zip(g2, g1):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_test_loss_weights_follow_the_outputs_device():
+    # The GPU parity tests weight outputs with loss_of: its weights must be made on the outputs' device (a CPU
+    # weight times a CUDA output raises), the same numbers whatever the device. meta stands in for CUDA here.
+    from helpers import loss_of
+
+    out, h, c = (torch.randn(4, 2, 3), torch.randn(1, 2, 3), torch.randn(1, 2, 3))
+    assert loss_of(*(t.to("meta") for t in (out, h, c))).device.type == "meta"
+    g = torch.Generator().manual_seed(1)
+    w = [torch.randn(t.shape, generator=g) for t in (out, h, c)]
+    torch.testing.assert_close(loss_of(out, h, c), sum((t * wt).sum() for t, wt in zip((out, h, c), w)))
+
+
+def test_path_counts_op_reports_four_paths():
+    counts = torch.ops.lstm_fused._path_counts()
+    assert len(counts) == 4 and all(isinstance(n, int) and n >= 0 for n in counts)

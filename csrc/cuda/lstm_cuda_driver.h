@@ -18,6 +18,7 @@
 #include <ATen/Dispatch.h>
 
 #include "../lstm_checks.h"
+#include "../path_stats.h"
 #include "lstm_cuda_step.h"
 #include "lstm_persistent.h"
 
@@ -220,8 +221,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
     // The whole sequence in one persistent launch where the runner can (no projection: it needs a GEMM
     // between the cell and the next step); else one launch per step.
     check_persistent_possible(s.proj);
-    if (!s.proj && run.sequence(persistent::flatten(steps), B)) return;
+    if (!s.proj && run.sequence(persistent::flatten(steps), B)) {
+      count_path(RecurrentPath::kPersistent);
+      return;
+    }
     const bool gemm = gemm_steps(B);
+    count_path(gemm ? RecurrentPath::kGemmStep : RecurrentPath::kStep);
     std::vector<Tensor> rec;  // [B, G] per direction: h_{t-1}·W_hhᵀ of the GEMM path
     for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, T_opts));
     for (int64_t step = 0; step < n_steps; ++step) {
@@ -362,8 +367,12 @@ struct BwdPass {
       using A = cuda_step::acc_t<T>;
       auto steps = this->steps<T, A>();
       check_persistent_possible(s.proj);
-      if (!s.proj && run.sequence(persistent::flatten(steps), B)) return;
+      if (!s.proj && run.sequence(persistent::flatten(steps), B)) {
+        count_path(RecurrentPath::kPersistent);
+        return;
+      }
       const bool gemm = gemm_steps(B);
+      count_path(gemm ? RecurrentPath::kGemmStep : RecurrentPath::kStep);
       std::vector<Tensor> rec, w_hh_a;  // [B, P] per direction: dG_later·W_hh of the GEMM path
       for (int64_t d = 0; gemm && d < D; ++d) {
         rec.push_back(at::empty({B, P}, input.options().dtype(At)));

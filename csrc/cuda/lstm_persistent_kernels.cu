@@ -161,7 +161,9 @@ cudaError_t compiled_arch(int& version) {
   using R = typename RecurrenceOf<Step>::type;
   cudaFuncAttributes attr{};
   const cudaError_t e = cudaFuncGetAttributes(&attr, persistent_kernel<R, typename R::Storage, typename R::Acc>);
-  version = attr.binaryVersion;
+  // binaryVersion alone is the GPU's architecture when the code was JIT-compiled from older PTX (whose
+  // __CUDA_ARCH__ has no tensor cores); ptxVersion is the PTX the code came from. Both must be sm_80+.
+  version = attr.ptxVersion < attr.binaryVersion ? attr.ptxVersion : attr.binaryVersion;
   return e;
 }
 template <typename Step>

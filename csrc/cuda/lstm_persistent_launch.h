@@ -15,8 +15,9 @@ namespace persistent {
 template <typename Step>
 cudaError_t fits(const Plan& plan, int count, bool& ok);
 
-// The architecture the kernel's binary was compiled for (e.g. 90 for sm_90; a PTX-only build JIT-compiled for a
-// newer GPU reports its PTX target), so tensor cores are planned only for code that has them.
+// The architecture the kernel's code was compiled for (e.g. 90 for sm_90; the lower of the binary's and its PTX's,
+// so a PTX-only build JIT-compiled for a newer GPU reports its PTX target), so tensor cores are planned only for
+// code that has them.
 template <typename Step>
 cudaError_t compiled_arch(int& version);
 

@@ -129,6 +129,7 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
     done = run.sequence(table, B, /*optional=*/true);
   });
   if (!done) return by_layers();
+  count_path(RecurrentPath::kWavefront);
   std::vector<Tensor> outs_v, wss_v;
   auto ws_shape = with_last(input, LW);
   ws_shape.insert(ws_shape.begin(), 1);
@@ -203,6 +204,7 @@ StackGrads stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const 
     done = run.sequence(table, B, /*optional=*/true);
   });
   if (!done) return by_layers();
+  count_path(RecurrentPath::kWavefront);
   std::vector<Tensor> gh0, gc0, gw_ih, gw_hh, gb, gw_ph;
   Tensor grad_input;
   for (int64_t l = 0; l < L; ++l) {

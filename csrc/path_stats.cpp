@@ -1,0 +1,29 @@
+#include "path_stats.h"
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include <torch/library.h>
+
+namespace lstm_fused {
+namespace {
+
+std::atomic<int64_t> g_counts[static_cast<int>(RecurrentPath::kCount)];
+
+std::vector<int64_t> path_counts() {
+  std::vector<int64_t> out;
+  for (const auto& c : g_counts) out.push_back(c.load());
+  return out;
+}
+
+}  // namespace
+
+void count_path(RecurrentPath p) { g_counts[static_cast<int>(p)].fetch_add(1); }
+
+TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
+  // Sequences run so far by each recurrent path: [persistent, wavefront stack, per-step, per-step GEMM].
+  m.def("_path_counts() -> int[]", &path_counts);
+}
+
+}  // namespace lstm_fused
