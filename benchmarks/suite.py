@@ -7,12 +7,17 @@ Baselines, all measured in the same process on the same inputs (interleaved, rot
   step      (CUDA) lstm_fused itself with its per-step kernels (LSTM_FUSED_CUDA_ALGO=step): what the persistent
             kernel, which auto picks where it can run, gains over them
 Speedup = baseline time / lstm_fused time (> 1: lstm_fused is faster). Modes: inference (eval, no grad) and
-training (forward + backward). Results: a table on stdout, and JSON, CSV, markdown and PNG plots (when
-matplotlib is installed) under --out.
+training (forward + backward). Peak memory is what one call adds above what was allocated before it: on CUDA the
+caching allocator's peak, on the CPU (Linux) the growth of the resident set, after returning freed heap memory
+to the system so the call's allocations show. Results: a table on stdout, and JSON, CSV, markdown and PNG plots
+(when matplotlib is installed) under --out.
 """
 import argparse
+import contextlib
 import csv
+import ctypes
 import datetime
+import gc
 import json
 import os
 import platform
@@ -39,6 +44,7 @@ def cpu_grid(quick):
                 case("lstm-peephole", 100, 16, 128), case("lstm-coupled", 100, 16, 128)]
     grid = [case("lstm", T, B, H) for T in (100,) for B in (1, 16, 64) for H in (64, 256, 512)]
     grid += [case("lstm", 200, 16, 256), case("lstm", 100, 16, 256, layers=2, bidir=True)]
+    grid += [case("lstm", 100, 16, 256, I=I) for I in (32, 1024)]  # input size other than the hidden size
     grid += [case("lstm", 100, B, 256, packed=True) for B in (16, 64)]
     grid += [case("gru", 100, B, H) for B in (1, 16, 64) for H in (64, 256)]
     grid += [case(k, 100, B, H) for k in ("lstm-peephole", "lstm-coupled") for B in (1, 16) for H in (64, 256)]
@@ -48,7 +54,7 @@ def cpu_grid(quick):
 def gpu_grid(quick):
     grid = [case("lstm", 512, B, H) for B in (1, 16, 64) for H in (256, 1024)]
     grid += [case("lstm", 512, 256, 1024), case("lstm", 512, 16, 512, layers=2, bidir=True),
-             case("lstm", 512, 16, 512, layers=3),
+             case("lstm", 512, 16, 512, layers=3), case("lstm", 512, 16, 1024, I=256),
              case("lstm", 512, 16, 512, packed=True), case("gru", 512, 16, 512),
              case("lstm-peephole", 512, 16, 512), case("lstm-coupled", 512, 16, 512)]
     return grid[:6] + [case("lstm", 512, 16, 512, layers=3), case("lstm", 512, 256, 1024)] if quick else grid
@@ -65,21 +71,25 @@ def flops_forward(c):
 
 
 class WithAlgo:
-    """lstm_fused under a fixed LSTM_FUSED_CUDA_ALGO (read by the ops on every call)."""
+    """lstm_fused under a fixed LSTM_FUSED_CUDA_ALGO. The ops read it on every call, the backward's included, so
+    a timed step enters it (`with model:`) around forward and backward alike."""
 
     def __init__(self, model, algo):
         self.model, self.algo = model, algo
 
     def __call__(self, x):
-        saved = os.environ.get("LSTM_FUSED_CUDA_ALGO")
+        return self.model(x)
+
+    def __enter__(self):
+        self.saved = os.environ.get("LSTM_FUSED_CUDA_ALGO")
         os.environ["LSTM_FUSED_CUDA_ALGO"] = self.algo
-        try:
-            return self.model(x)
-        finally:
-            if saved is None:
-                del os.environ["LSTM_FUSED_CUDA_ALGO"]
-            else:
-                os.environ["LSTM_FUSED_CUDA_ALGO"] = saved
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            del os.environ["LSTM_FUSED_CUDA_ALGO"]
+        else:
+            os.environ["LSTM_FUSED_CUDA_ALGO"] = self.saved
 
 
 def make_models(c, device, dtype):
@@ -123,6 +133,38 @@ class Timer:
         return time.perf_counter() - t0
 
 
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return None
+
+
+def cpu_peak_bytes(fn):
+    """Resident-set growth during fn() (Linux): freed heap memory is handed back first (malloc_trim) and the
+    high-water mark reset (clear_refs 5), so the call's own allocations fault in and show. None elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        gc.collect()
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = _status_kb("VmRSS:")
+    except (OSError, AttributeError):
+        return None
+    fn()
+    peak = _status_kb("VmHWM:")
+    return None if base is None or peak is None else max(0, peak - base) * 1024
+
+
+def cuda_peak_bytes(fn):
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    return torch.cuda.max_memory_allocated() - base
+
+
 def bench_case(c, mode, device, dtype, min_time, timer, with_compiled_loop, wanted=("nn", "loop")):
     ours, baselines = make_models(c, device, dtype)
     baselines = {k: v for k, v in baselines.items() if k in wanted}
@@ -141,31 +183,34 @@ def bench_case(c, mode, device, dtype, min_time, timer, with_compiled_loop, want
 
     def step(model, x):
         inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if c["packed"] else x
-        if training:
-            out, state = model(inp)
-            data = out.data if c["packed"] else out
-            h = state if isinstance(state, torch.Tensor) else state[0]
-            (data.float().sum() + h.float().sum()).backward()
-        else:
-            with torch.no_grad():
-                model(inp)
+        with model if isinstance(model, WithAlgo) else contextlib.nullcontext():
+            if training:
+                out, state = model(inp)
+                data = out.data if c["packed"] else out
+                h = state if isinstance(state, torch.Tensor) else state[0]
+                (data.float().sum() + h.float().sum()).backward()
+            else:
+                with torch.no_grad():
+                    model(inp)
 
     models = {"lstm_fused": ours, **baselines}
     for m in models.values():  # warm-up (plan creation, compilation)
         for x in inputs[:2]:
             step(m, x)
+    peak = {}  # one untimed call each
+    for name, m in models.items():
+        if timer.cuda:
+            peak[name] = cuda_peak_bytes(lambda: step(m, inputs[0]))
+            torch.cuda.synchronize()
+        else:
+            peak[name] = cpu_peak_bytes(lambda: step(m, inputs[0]))
     times = {k: [] for k in models}
-    peak = {}
     spent, reps = 0.0, 0
     names = list(models)
     while (spent < min_time or reps < 3) and reps < 200:
         x = inputs[reps % len(inputs)]
         for name in (names if reps % 2 == 0 else names[::-1]):
-            if timer.cuda:
-                torch.cuda.reset_peak_memory_stats()
             dt = timer(lambda: step(models[name], x))
-            if timer.cuda:
-                peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated())
             times[name].append(dt)
             spent += dt
         reps += 1
@@ -174,13 +219,16 @@ def bench_case(c, mode, device, dtype, min_time, timer, with_compiled_loop, want
     row = dict(c, mode=mode, dtype=str(dtype).replace("torch.", ""), reps=reps,
                fused_ms=med["lstm_fused"] * 1e3,
                fused_us_per_step=med["lstm_fused"] * 1e6 / (c["T"] * c["layers"]), fused_tflops=fl / med["lstm_fused"] / 1e12,
-               fused_peak_mb=peak.get("lstm_fused", 0) / 2**20 if peak else None)
+               fused_peak_mb=mb(peak["lstm_fused"]))
     for k in baselines:
         row[f"{k}_ms"] = med[k] * 1e3
         row[f"speedup_vs_{k}"] = med[k] / med["lstm_fused"]
-        if peak:
-            row[f"{k}_peak_mb"] = peak[k] / 2**20
+        row[f"{k}_peak_mb"] = mb(peak[k])
     return row
+
+
+def mb(nbytes):
+    return None if nbytes is None else nbytes / 2**20
 
 
 def geomean(xs):
@@ -189,7 +237,7 @@ def geomean(xs):
 
 
 def shape_of(r):
-    s = f"{r['kind']} T{r['T']} B{r['B']} H{r['H']}"
+    s = f"{r['kind']} T{r['T']} B{r['B']} H{r['H']}" + (f" I{r['I']}" if r["I"] != r["H"] else "")
     if r["layers"] > 1 or r["bidir"]:
         s += f" L{r['layers']}{' bi' if r['bidir'] else ''}"
     return s + (" packed" if r["packed"] else "")
@@ -201,7 +249,7 @@ def fmt(v, spec, suffix=""):
 
 def table(rows):
     lines = ["| case | mode | lstm_fused ms | µs/step | nn ms | loop ms | vs nn | vs loop | vs loop+compile | "
-             "vs own step kernels | TFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vs own step kernels | TFLOP/s | peak MB (ours / nn) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {shape_of(r)} | {r['mode']} | {r['fused_ms']:.3f} | {r['fused_us_per_step']:.1f} | "
@@ -209,11 +257,12 @@ def table(rows):
             f"{fmt(r.get('loop_ms'), '.3f')} | {fmt(r.get('speedup_vs_nn'), '.2f', 'x')} | "
             f"{fmt(r.get('speedup_vs_loop'), '.2f', 'x')} | {fmt(r.get('speedup_vs_loop+c'), '.2f', 'x')} | "
             f"{fmt(r.get('speedup_vs_step'), '.2f', 'x')} | "
-            f"{r['fused_tflops']:.3f} |")
+            f"{r['fused_tflops']:.3f} | {fmt(r.get('fused_peak_mb'), '.1f')} / {fmt(r.get('nn_peak_mb'), '.1f')} |")
     return "\n".join(lines)
 
 
 def plots(rows, out_dir, stamp):
+    """Speedup over nn.LSTM against batch and against hidden size, one pair of figures per dtype."""
     try:
         import matplotlib
 
@@ -223,7 +272,17 @@ def plots(rows, out_dir, stamp):
         print("(matplotlib not installed: no plots)")
         return []
     paths = []
-    lstm = [r for r in rows if r["kind"] == "lstm" and not r["packed"] and r["layers"] == 1 and "speedup_vs_nn" in r]
+    for dt in sorted({r["dtype"] for r in rows}):
+        paths += dtype_plots(plt, [r for r in rows if r["dtype"] == dt], out_dir, f"{stamp}_{dt}")
+    return paths
+
+
+def dtype_plots(plt, rows, out_dir, stamp):
+    paths = []
+    lstm = [r for r in rows if r["kind"] == "lstm" and not r["packed"] and r["layers"] == 1 and r["I"] == r["H"]
+            and "speedup_vs_nn" in r]
+    if not lstm:
+        return paths
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, mode in zip(axes, ("inference", "training")):
         for H in sorted({r["H"] for r in lstm}):
@@ -313,8 +372,15 @@ def main(argv=None):
                     g = geomean(r.get(f"speedup_vs_{base}") for r in sel if r["kind"] == kind)
                     if g == g:
                         summary[f"{dt_name} {mode} {kind} vs {base}"] = g
+    # Packed input against the same shape padded (the packed rows' lengths are drawn from [T/2, T]).
+    for r in rows:
+        if r["packed"]:
+            padded = [p for p in rows if not p["packed"] and p["mode"] == r["mode"] and p["dtype"] == r["dtype"]
+                      and all(p[k] == r[k] for k in ("kind", "T", "B", "I", "H", "layers", "bidir"))]
+            if padded:
+                summary[f"{r['dtype']} {r['mode']} {shape_of(r)}: time / padded time"] = r["fused_ms"] / padded[0]["fused_ms"]
     for k, v in summary.items():
-        print(f"geometric mean speedup, {k}: {v:.2f}x")
+        print(f"geometric mean speedup, {k}: {v:.2f}x" if " vs " in k else f"{k}: {v:.2f}")
     stamp = f"{device.type}{'_quick' if args.quick else ''}"
     with open(os.path.join(args.out, f"results_{stamp}.json"), "w") as f:
         json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
@@ -325,7 +391,7 @@ def main(argv=None):
         w.writerows(rows)
     with open(os.path.join(args.out, f"results_{stamp}.md"), "w") as f:
         f.write(f"lstm_fused benchmark, {meta['date']}, {device.type} ({meta['device']}), torch {meta['torch']}\n\n")
-        f.write(md + "\n\n" + "\n".join(f"- {k}: {v:.2f}x" for k, v in summary.items()) + "\n")
+        f.write(md + "\n\n" + "\n".join(f"- {k}: {v:.2f}{'x' if ' vs ' in k else ''}" for k, v in summary.items()) + "\n")
     paths = plots(rows, args.out, stamp)
     print(f"results written to {args.out} (json, csv, md{', png' if paths else ''})")
 

@@ -92,5 +92,29 @@ def assert_error_within_reference(triples, factor=4, slack=1e-3):
         assert err_ours <= factor * err_ref + slack, (err_ours, err_ref)
 
 
+def check_half_type_vs_float64(ref, ours, ref64, x, dtype):
+    """nn's module `ref` and ours at a half type against `ref64` (float64, on the CPU), same weights: outputs and
+    final states may be at most 4x nn's own error (assert_error_within_reference), and every parameter gradient of
+    a float64 weighted loss at most 10x nn's error plus 1% of the gradient's scale — loose enough for a different
+    summation order, tight enough to catch a wrong tile layout or a lost term, which are off by O(1)."""
+    results = []
+    for m, inp in ((ref64, x.double().cpu()), (ref.to(dtype), x.to(dtype)), (ours.to(dtype), x.to(dtype))):
+        out, state = m(inp)
+        outs = [out, *(state if isinstance(state, tuple) else (state,))]
+        g = torch.Generator().manual_seed(1)
+        loss = sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device)).sum()
+                   for t in outs)
+        names = [n for n, _ in m.named_parameters()]
+        results.append((outs, dict(zip(names, torch.autograd.grad(loss, [p for _, p in m.named_parameters()])))))
+    (exact, exact_g), (theirs, theirs_g), (mine, mine_g) = results
+    assert all(t.dtype == dtype for t in mine)
+    assert_error_within_reference(zip(mine, theirs, exact))
+    assert exact_g.keys() == mine_g.keys() == theirs_g.keys()
+    for name, e in exact_g.items():
+        err_mine = (mine_g[name].double().cpu() - e).abs().max().item()
+        err_theirs = (theirs_g[name].double().cpu() - e).abs().max().item()
+        assert err_mine <= 10 * err_theirs + 1e-2 * e.abs().max().item(), (name, err_mine, err_theirs)
+
+
 # Every (T, B, H) of the issue's grid, in a fixed order the parity tests cycle through.
 SHAPES = list(itertools.product([1, 2, 17, 50], [1, 3, 16], [1, 5, 33, 128]))

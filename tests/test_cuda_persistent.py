@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
-from helpers import assert_error_within_reference, compare_modules, paths_taken, twin_lstms
+from helpers import check_half_type_vs_float64, compare_modules, paths_taken, twin_lstms
 
 
 def assert_only(taken, *paths):
@@ -77,16 +77,13 @@ def test_persistent_variants_gradcheck_float64(variant):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_persistent_half_types_error_vs_float64(dtype):
-    ref, ours = twin_lstms(64, 256, num_layers=2)
-    ref64 = lstm_fused.LSTM(64, 256, num_layers=2, dtype=torch.float64)
+    # Bidirectional 2 layers: the persistent kernel (tensor cores) forward and backward.
+    ref, ours = twin_lstms(64, 256, num_layers=2, bidirectional=True)
+    ref64 = lstm_fused.LSTM(64, 256, num_layers=2, bidirectional=True, dtype=torch.float64)
     ref64.load_state_dict(ref.state_dict())
-    x = torch.randn(60, 8, 64)
-    exp, (eh, ec) = ref64(x.double())
-    ref_h, ours_h = ref.cuda().to(dtype), ours.cuda().to(dtype)
-    xr = x.cuda().to(dtype)
-    got_ref, (rh, rc) = ref_h(xr)
-    got, (oh, oc) = ours_h(xr)
-    assert_error_within_reference(((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)))
+    with paths_taken() as taken:
+        check_half_type_vs_float64(ref.cuda(), ours.cuda(), ref64, torch.randn(60, 8, 64, device="cuda"), dtype)
+    assert_only(taken, "persistent")
 
 
 def test_persistent_equals_step_kernels_and_is_deterministic(monkeypatch):
@@ -180,11 +177,9 @@ def test_persistent_gru_half_types_error_vs_float64(dtype):
     ours.load_state_dict(ref.state_dict())
     ref64 = lstm_fused.GRU(64, 256, dtype=torch.float64)
     ref64.load_state_dict(ref.state_dict())
-    x = torch.randn(60, 8, 64)
-    exp, eh = ref64(x.double())
-    got_ref, rh = ref.to(dtype)(x.cuda().to(dtype))
-    got, oh = ours.to(dtype)(x.cuda().to(dtype))
-    assert_error_within_reference(((got, got_ref, exp), (oh, rh, eh)))
+    with paths_taken() as taken:
+        check_half_type_vs_float64(ref, ours, ref64, torch.randn(60, 8, 64, device="cuda"), dtype)
+    assert_only(taken, "persistent")
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -220,11 +215,9 @@ def test_wavefront_half_types_error_vs_float64(dtype):
     ref, ours = twin_lstms(64, 256, num_layers=3)
     ref64 = lstm_fused.LSTM(64, 256, num_layers=3, dtype=torch.float64)
     ref64.load_state_dict(ref.state_dict())
-    x = torch.randn(40, 8, 64)
-    exp, (eh, ec) = ref64(x.double())
-    got_ref, (rh, rc) = ref.cuda().to(dtype)(x.cuda().to(dtype))
-    got, (oh, oc) = ours.cuda().to(dtype)(x.cuda().to(dtype))
-    assert_error_within_reference(((got, got_ref, exp), (oh, rh, eh), (oc, rc, ec)))
+    with paths_taken() as taken:
+        check_half_type_vs_float64(ref.cuda(), ours.cuda(), ref64, torch.randn(40, 8, 64, device="cuda"), dtype)
+    assert taken["wavefront"] > 0 and taken["step"] == taken["gemm_step"] == 0, taken
 
 
 @pytest.mark.parametrize("proj", [0, 11])

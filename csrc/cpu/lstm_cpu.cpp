@@ -40,6 +40,8 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
   const int64_t chunk_steps =
       std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t) * ld_ws * std::max<int64_t>(1, L.B)));
   std::vector<scalar_t> scratch(ws ? 0 : std::min(L.T, chunk_steps) * L.B * ld_ws);
+  const bool split_rows = rows_per_thread(L.B, P, G);
+  const bool merge = w_hh_t.packed && (!w_hr || w_hr_t.packed);
   for (int64_t s0 = 0; s0 < L.T; s0 += chunk_steps) {
     const int64_t s1 = std::min(L.T, s0 + chunk_steps);
     // The chunk's steps are one contiguous row range in either direction.
@@ -49,12 +51,15 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
     scalar_t* base = ws ? ws + row_lo * ld_ws : scratch.data();  // gates of row row_lo
     // Input projection of the chunk's steps in one GEMM; biases are added in the pointwise pass.
     gemm<scalar_t>(false, row_hi - row_lo, x + row_lo * s.I, s.I, w_ih_t, false, base, ld_ws);
-    for (int64_t step = s0; step < s1; ++step) {
+    // Rows [r0, r1) of one step (clipped to the rows active at it): every product and the cell update of a
+    // row read only that row's state, so a thread that owns rows needs nobody else's.
+    auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
       const int64_t t = L.time_at(step);
-      const int64_t bs = L.batch_sizes[t];
+      r1 = std::min(r1, L.batch_sizes[t]);
+      if (r0 >= r1) return;
       scalar_t* g = base + (L.offsets[t] - row_lo) * ld_ws;
       scalar_t* o = out + L.offsets[t] * ld_out;
-      gemm<scalar_t>(false, bs, h_state, P, w_hh_t, true, g, ld_ws);
+      gemm<scalar_t>(false, r1 - r0, h_state + r0 * P, P, w_hh_t, true, g + r0 * ld_ws, ld_ws);
       LstmFwdStep<scalar_t> p;
       p.H = H;
       p.coupled = s.coupled;
@@ -67,13 +72,14 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
       p.h_out = w_hr ? r_buf : o;
       p.ld_h = w_hr ? H : ld_out;
       p.h_state = w_hr ? nullptr : h_state;
-      at::parallel_for(0, bs * H, kPointwiseGrain,
+      at::parallel_for(r0 * H, r1 * H, kPointwiseGrain,
                        [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
       if (w_hr) {
-        gemm<scalar_t>(false, bs, r_buf, H, w_hr_t, false, o, ld_out);
-        copy_rows(h_state, P, o, ld_out, bs, P);
+        gemm<scalar_t>(false, r1 - r0, r_buf + r0 * H, H, w_hr_t, false, o + r0 * ld_out, ld_out);
+        copy_rows(h_state + r0 * P, P, o + r0 * ld_out, ld_out, r1 - r0, P);
       }
-    }
+    };
+    run_steps(L.B, s0, s1, step_rows, split_rows, merge);
   }
 }
 
@@ -95,9 +101,10 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
   const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = G + H;
   const GemmOperand<scalar_t> w_hh_op(false, G, P, w_hh, P);          // W_hh [G, P]
   const GemmOperand<scalar_t> w_hr_op(false, w_hr ? P : 0, H, w_hr, H);  // W_hr [P, H]
-  for (int64_t step = L.T - 1; step >= 0; --step) {
+  auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
     const int64_t t = L.time_at(step);
-    const int64_t bs = L.batch_sizes[t];
+    r1 = std::min(r1, L.batch_sizes[t]);
+    if (r0 >= r1) return;
     const int64_t row0 = L.offsets[t];
     int64_t prev, n_prev;
     L.prev_rows(t, prev, n_prev);
@@ -117,9 +124,9 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
       // h_t = W_hr·(o·tanh(c_t)): sum the two gradients reaching h_t, then map them back through W_hr.
       scalar_t* dht = dh_total + row0 * P;
       const scalar_t* go = gout + row0 * ld_gout;
-      for (int64_t b = 0; b < bs; ++b)
+      for (int64_t b = r0; b < r1; ++b)
         for (int64_t j = 0; j < P; ++j) dht[b * P + j] = dh_state[b * P + j] + go[b * ld_gout + j];
-      gemm<scalar_t>(false, bs, dht, P, w_hr_op, false, dr_buf, H);
+      gemm<scalar_t>(false, r1 - r0, dht + r0 * P, P, w_hr_op, false, dr_buf + r0 * H, H);
       p.dh = dr_buf;
       p.ld_dh = H;
       p.r_out = r_all + row0 * H;
@@ -129,10 +136,13 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
       p.dh_extra = gout + row0 * ld_gout;
       p.ld_dh_extra = ld_gout;
     }
-    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
+    at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
     // Gradient for h_{t-1}. Rows that started from h0 at this step keep it: it is their grad of h0.
-    gemm<scalar_t>(false, bs, p.dgates, G, w_hh_op, false, dh_state, P);
-  }
+    gemm<scalar_t>(false, r1 - r0, p.dgates + r0 * G, G, w_hh_op, false, dh_state + r0 * P, P);
+  };
+  // Processing order backwards: steps T-1 .. 0 of step_rows' numbering.
+  run_steps(L.B, 0, L.T, [&](int64_t i, int64_t r0, int64_t r1) { step_rows(L.T - 1 - i, r0, r1); },
+            rows_per_thread(L.B, P, G), w_hh_op.packed && (!w_hr || w_hr_op.packed));
 }
 
 // Peephole weight gradients [3 or 2, H]: per unit, the fixed-order sum over all rows of dpre_i·c_{t-1},

@@ -9,7 +9,7 @@
 #pragma once
 
 #include <cstdint>
-#include <vector>
+#include <memory>
 
 namespace lstm_fused {
 
@@ -18,9 +18,11 @@ constexpr int64_t kPanelCols = 32;  // columns per packed panel: two 16-float AV
 // op(B) [k, n] packed as ceil(n/32) panels of [k][32] floats, zero-padded past n.
 struct PackedMatrix {
   int64_t k = 0, n = 0;
-  std::vector<float> data;  // not aligned: the kernel uses unaligned loads
+  // Uninitialised on allocation (pack_b writes every element, padding included): zero-filling megabytes
+  // first was a measurable part of a small-batch call. Not aligned: the kernel uses unaligned loads.
+  std::unique_ptr<float[]> data;
   int64_t panels() const { return (n + kPanelCols - 1) / kPanelCols; }
-  const float* panel(int64_t p) const { return data.data() + p * k * kPanelCols; }
+  const float* panel(int64_t p) const { return data.get() + p * k * kPanelCols; }
 };
 
 // True when this CPU runs the AVX-512 kernel (checked once). Callers use BLAS otherwise.

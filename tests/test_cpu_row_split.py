@@ -1,0 +1,56 @@
+"""CPU recurrence with threads owning batch rows for the whole sequence (cpu_common.h: run_steps) against the
+shared per-step path: the same products on the same rows, so bitwise the same results — forced on and off with
+LSTM_FUSED_CPU_ROW_SPLIT — and nn.LSTM's numbers."""
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstm_fused
+from helpers import compare_modules, twin_lstms
+
+pytestmark = pytest.mark.skipif(torch.get_num_threads() < 2, reason="the split needs two threads")
+
+
+def _results(model, x, lengths, packed):
+    model.zero_grad()
+    xg = x.clone().requires_grad_()
+    inp = pack_padded_sequence(xg, lengths, enforce_sorted=False) if packed else xg
+    out, (h, c) = model(inp)
+    data = out.data if packed else out
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(data.shape, generator=g, dtype=data.dtype)
+    ((data * w).sum() + h.square().sum() + c.sum()).backward()
+    with torch.no_grad():
+        inf = model(inp)[0]
+    return [data, h, c, xg.grad, inf.data if packed else inf] + [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [16, 17, 40])
+@pytest.mark.parametrize("packed,bidirectional", list(itertools.product([False, True], [False, True])))
+@pytest.mark.parametrize("extra", [{}, dict(proj_size=5), dict(proj_size=40), dict(peephole=True),
+                                   dict(coupled=True, num_layers=2)], ids=str)
+def test_row_split_is_bitwise_the_shared_steps(monkeypatch, dtype, B, packed, bidirectional, extra):
+    torch.manual_seed(B)
+    model = lstm_fused.LSTM(7, 48, bidirectional=bidirectional, dtype=dtype, **extra)
+    x = torch.randn(9, B, 7, dtype=dtype)
+    lengths = torch.randint(1, 10, (B,))
+    lengths[1] = 9
+    got = {}
+    for split in ("0", "1"):
+        monkeypatch.setenv("LSTM_FUSED_CPU_ROW_SPLIT", split)
+        got[split] = _results(model, x, lengths, packed)
+    for a, b in zip(got["1"], got["0"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_row_split_matches_nn_lstm(monkeypatch, packed):
+    monkeypatch.setenv("LSTM_FUSED_CPU_ROW_SPLIT", "1")
+    ref, ours = twin_lstms(6, 33, num_layers=2, bidirectional=True, proj_size=7)
+    x = torch.randn(12, 21, 6, requires_grad=True)
+    inp = pack_padded_sequence(x, torch.randint(1, 13, (21,)).index_fill_(0, torch.tensor([4]), 12),
+                               enforce_sorted=False) if packed else x
+    compare_modules(ref, ours, inp, None, [x], torch.float32)
