@@ -1,6 +1,6 @@
 """A small forward+backward over every CUDA kernel variant, for compute-sanitizer (memcheck, racecheck,
-synccheck): per-step kernels (LSTM_FUSED_CUDA_ALGO=step) and the persistent kernel (auto picks it for these
-small batches without projection)."""
+synccheck): per-step kernels (LSTM_FUSED_CUDA_ALGO=step), the persistent kernel (auto picks it for these
+small batches without projection) and the per-step GEMM path (LSTM_FUSED_CUDA_ALGO=gemm)."""
 import os
 
 import torch
@@ -26,5 +26,10 @@ for algo in ("step", "auto"):
     g = lstm_fused.GRU(5, 37, bidirectional=True).cuda()
     out, h = g(torch.randn(6, 9, 5, device="cuda"))
     (out.sum() + h.sum()).backward()
+# The per-step GEMM path (auto's choice above batch 64): cuBLAS for h·W_hhᵀ, then the cell launches.
+os.environ["LSTM_FUSED_CUDA_ALGO"] = "gemm"
+for m in (lstm_fused.LSTM(5, 37, bidirectional=True, proj_size=3).cuda(), lstm_fused.GRU(5, 37).cuda()):
+    out, state = m(torch.randn(4, 70, 5, device="cuda", requires_grad=True))
+    (out.sum() + (state[0] if isinstance(state, tuple) else state).sum()).backward()
 torch.cuda.synchronize()
 print("sanitizer case done")
