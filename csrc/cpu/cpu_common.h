@@ -26,43 +26,36 @@ void copy_rows(scalar_t* dst, int64_t ld_dst, const scalar_t* src, int64_t ld_sr
   for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * ld_dst, src + r * ld_src, sizeof(scalar_t) * cols);
 }
 
-// Batch rows per task when threads own rows for a whole loop (run_steps): the packed GEMM's row block, so a
-// row's products are the same sums whichever thread runs it and however many rows it runs with.
+// Batch rows per task when threads own rows for a whole loop (run_steps): the packed GEMM's row block.
 constexpr int64_t kRowTask = 8;
 
 // Whether threads own batch rows for a layer's whole recurrence (run_steps) instead of sharing each step's
 // products and cell updates (two or three fork-joins per step). A row's state never meets another row's, so
 // owners never wait for each other; but each then reads all of W_hh every step. Measured on 2 cores
 // (benchmarks/RESULTS.md): 1.1-1.6x at B 16-32 or W_hh ≤ 512 KB, within noise of the shared steps at B 64
-// with W_hh of 1-4 MB. Every thread needs rows. LSTM_FUSED_CPU_ROW_SPLIT=0/1 forces it off/on (tests).
-inline bool rows_per_thread(int64_t B, int64_t P, int64_t G) {
+// with W_hh of 1-4 MB. Only where every product is the packed GEMM (`packed`): its sums for a row depend only
+// on the row's 8-row block, so the split gives the same bits as the shared steps and any thread count (BLAS
+// makes no such promise for other row counts). Each thread needs rows, except when LSTM_FUSED_CPU_ROW_SPLIT=1
+// forces the split (0 forbids it; for tests).
+inline bool rows_per_thread(int64_t B, int64_t P, int64_t G, int64_t elem_bytes, bool packed) {
   const int threads = at::get_num_threads();
-  if (threads < 2 || at::in_parallel_region() || B < 2 * kRowTask) return false;
+  if (!packed || threads < 2 || at::in_parallel_region() || B < 2 * kRowTask) return false;
   if (const char* v = std::getenv("LSTM_FUSED_CPU_ROW_SPLIT"); v && *v) return v[0] == '1';
-  const int64_t w_bytes = G * P * static_cast<int64_t>(sizeof(float));
+  const int64_t w_bytes = G * P * elem_bytes;
   return (B + kRowTask - 1) / kRowTask >= threads && (B <= 32 || w_bytes <= (int64_t(512) << 10));
 }
 
 // step_rows(step, r0, r1) for steps [s0, s1) in order, on rows [0, B): all rows at once (its own calls may
-// spread each step over the threads), or, with `split`, threads each running their rows through every step.
-// `merge`: rows go in ranges as large as possible (the packed GEMM's sums do not depend on them); otherwise in
-// kRowTask-row calls in both modes, so BLAS sees the same sizes, and gives the same bits, whatever the threads.
+// spread each step over the threads), or, with `split`, threads each running their own kRowTask-aligned rows
+// through every step.
 template <typename F>
-void run_steps(int64_t B, int64_t s0, int64_t s1, const F& step_rows, bool split, bool merge) {
-  const int64_t tasks = (B + kRowTask - 1) / kRowTask;
-  auto rows = [&](int64_t step, int64_t b0, int64_t b1) {
-    if (merge) {
-      step_rows(step, b0 * kRowTask, std::min(B, b1 * kRowTask));
-    } else {
-      for (int64_t blk = b0; blk < b1; ++blk) step_rows(step, blk * kRowTask, std::min(B, (blk + 1) * kRowTask));
-    }
-  };
+void run_steps(int64_t B, int64_t s0, int64_t s1, const F& step_rows, bool split) {
   if (!split) {
-    for (int64_t step = s0; step < s1; ++step) rows(step, 0, tasks);
+    for (int64_t step = s0; step < s1; ++step) step_rows(step, 0, B);
     return;
   }
-  at::parallel_for(0, tasks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t step = s0; step < s1; ++step) rows(step, b0, b1);
+  at::parallel_for(0, (B + kRowTask - 1) / kRowTask, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t step = s0; step < s1; ++step) step_rows(step, b0 * kRowTask, std::min(B, b1 * kRowTask));
   });
 }
 

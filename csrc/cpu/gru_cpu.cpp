@@ -35,6 +35,7 @@ void gru_fwd_loop(const SeqLayout& L, int64_t I, int64_t H,
       std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t) * G * std::max<int64_t>(1, L.B)));
   std::vector<scalar_t> xw(std::min(L.T, chunk_steps) * L.B * G), hh(L.B * G);
   std::vector<scalar_t> ws_step(ws ? 0 : L.B * 4 * H);  // inference: one step's gates, not kept
+  const bool split_rows = rows_per_thread(L.B, H, G, sizeof(scalar_t), w_hh_t.packed);
   for (int64_t s0 = 0; s0 < L.T; s0 += chunk_steps) {
     const int64_t s1 = std::min(L.T, s0 + chunk_steps);
     const int64_t ta = L.time_at(s0), tb = L.time_at(s1 - 1);
@@ -46,9 +47,12 @@ void gru_fwd_loop(const SeqLayout& L, int64_t I, int64_t H,
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = 0; c < G; ++c) xw[r * G + c] += b_ih[c];
     });
-    for (int64_t step = s0; step < s1; ++step) {
-      const int64_t t = L.time_at(step), bs = L.batch_sizes[t], off = L.offsets[t];
-      gemm<scalar_t>(false, bs, h_state, H, w_hh_t, false, hh.data(), G);
+    // Rows [r0, r1) of one step (clipped to its active rows); rows never interact (see run_steps).
+    auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
+      const int64_t t = L.time_at(step), off = L.offsets[t];
+      r1 = std::min(r1, L.batch_sizes[t]);
+      if (r0 >= r1) return;
+      gemm<scalar_t>(false, r1 - r0, h_state + r0 * H, H, w_hh_t, false, hh.data() + r0 * G, G);
       GruFwdStep<scalar_t> p;
       p.H = H;
       p.xw = xw.data() + (off - row_lo) * G;
@@ -58,8 +62,9 @@ void gru_fwd_loop(const SeqLayout& L, int64_t I, int64_t H,
       p.h_state = h_state;
       p.h_out = out + off * ld_out;
       p.ld_h = ld_out;
-      at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { gru_fwd_pointwise_dispatch(p, b, e); });
-    }
+      at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { gru_fwd_pointwise_dispatch(p, b, e); });
+    };
+    run_steps(L.B, s0, s1, step_rows, split_rows);
   }
 }
 
@@ -76,8 +81,10 @@ void gru_bwd_loop(const SeqLayout& L, int64_t H,
                   scalar_t* dgh) {       // [N, 3H] out
   const int64_t G = 3 * H;
   const GemmOperand<scalar_t> w_hh_op(false, G, H, w_hh, H);
-  for (int64_t step = L.T - 1; step >= 0; --step) {
-    const int64_t t = L.time_at(step), bs = L.batch_sizes[t], off = L.offsets[t];
+  auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
+    const int64_t t = L.time_at(step), off = L.offsets[t];
+    r1 = std::min(r1, L.batch_sizes[t]);
+    if (r0 >= r1) return;
     int64_t prev, n_prev;
     L.prev_rows(t, prev, n_prev);
     GruBwdStep<scalar_t> p;
@@ -92,10 +99,13 @@ void gru_bwd_loop(const SeqLayout& L, int64_t H,
     p.dh_state = dh_state;
     p.dgx = dgx + off * G;
     p.dgh = dgh + off * G;
-    at::parallel_for(0, bs * H, kPointwiseGrain, [&](int64_t b, int64_t e) { gru_bwd_pointwise_dispatch(p, b, e); });
+    at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { gru_bwd_pointwise_dispatch(p, b, e); });
     // Gradient for h_{t-1}: the direct z ⊙ dh (already in dh_state) plus the recurrent product.
-    gemm<scalar_t>(false, bs, p.dgh, G, w_hh_op, true, dh_state, H);
-  }
+    gemm<scalar_t>(false, r1 - r0, p.dgh + r0 * G, G, w_hh_op, true, dh_state + r0 * H, H);
+  };
+  // Processing order backwards: steps T-1 .. 0 of step_rows' numbering.
+  run_steps(L.B, 0, L.T, [&](int64_t i, int64_t r0, int64_t r1) { step_rows(L.T - 1 - i, r0, r1); },
+            rows_per_thread(L.B, H, G, sizeof(scalar_t), w_hh_op.packed));
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cpu(const Tensor& input, const std::optional<Tensor>& batch_sizes,

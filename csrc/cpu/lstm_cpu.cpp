@@ -40,8 +40,8 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
   const int64_t chunk_steps =
       std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t) * ld_ws * std::max<int64_t>(1, L.B)));
   std::vector<scalar_t> scratch(ws ? 0 : std::min(L.T, chunk_steps) * L.B * ld_ws);
-  const bool split_rows = rows_per_thread(L.B, P, G);
-  const bool merge = w_hh_t.packed && (!w_hr || w_hr_t.packed);
+  const bool split_rows =
+      rows_per_thread(L.B, P, G, sizeof(scalar_t), w_hh_t.packed && (!w_hr || w_hr_t.packed));
   for (int64_t s0 = 0; s0 < L.T; s0 += chunk_steps) {
     const int64_t s1 = std::min(L.T, s0 + chunk_steps);
     // The chunk's steps are one contiguous row range in either direction.
@@ -79,7 +79,7 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
         copy_rows(h_state + r0 * P, P, o + r0 * ld_out, ld_out, r1 - r0, P);
       }
     };
-    run_steps(L.B, s0, s1, step_rows, split_rows, merge);
+    run_steps(L.B, s0, s1, step_rows, split_rows);
   }
 }
 
@@ -142,7 +142,7 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
   };
   // Processing order backwards: steps T-1 .. 0 of step_rows' numbering.
   run_steps(L.B, 0, L.T, [&](int64_t i, int64_t r0, int64_t r1) { step_rows(L.T - 1 - i, r0, r1); },
-            rows_per_thread(L.B, P, G), w_hh_op.packed && (!w_hr || w_hr_op.packed));
+            rows_per_thread(L.B, P, G, sizeof(scalar_t), w_hh_op.packed && (!w_hr || w_hr_op.packed)));
 }
 
 // Peephole weight gradients [3 or 2, H]: per unit, the fixed-order sum over all rows of dpre_i·c_{t-1},
