@@ -199,13 +199,30 @@ void gemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const Pac
   const int64_t tasks = row_tasks * b.panels();
   const int64_t macs_per_task = std::min(m, rows_per_task) * kPanelCols * b.k;
   const int64_t grain = std::max<int64_t>(1, kMacsPerThread / std::max<int64_t>(1, macs_per_task));
+  // A stored transposed ([k, m], as dGᵀ in a weight gradient) is read 8 floats per k step, each k step in
+  // another row of memory; copied once per row task into a k-major block of its own rows, the same reads are
+  // sequential. Worth it when the block meets several panels.
+  const bool copy_a = trans_a && b.panels() > 1;
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
+    std::vector<float> a_rows;  // copy_a: [k, rows] this row task's columns of A
+    int64_t copied_rt = -1;
     for (int64_t t = t0; t < t1; ++t) {
       // Row-block major: a block of A stays in cache while it meets every panel (B is the smaller operand
       // and stays in L2), instead of A streaming from memory once per panel.
       const int64_t rt = t / b.panels(), panel = t % b.panels();
-      const int64_t r0 = rt * rows_per_task, r1 = std::min(m, r0 + rows_per_task);
-      if (r0 < r1) tile(trans_a, r0, r1, a, lda, b, panel, accumulate, c, ldc);
+      const int64_t r0 = rt * rows_per_task, r1 = std::min(m, r0 + rows_per_task), rows = r1 - r0;
+      if (rows <= 0) continue;
+      if (!copy_a) {
+        tile(trans_a, r0, r1, a, lda, b, panel, accumulate, c, ldc);
+        continue;
+      }
+      if (rt != copied_rt) {
+        a_rows.resize(b.k * rows);
+        for (int64_t kk = 0; kk < b.k; ++kk) std::copy(a + kk * lda + r0, a + kk * lda + r1, a_rows.data() + kk * rows);
+        copied_rt = rt;
+      }
+      // Rows counted from r0 in 8-row blocks, as before (r0 is a multiple of 8): the same sums.
+      tile(true, 0, rows, a_rows.data(), rows, b, panel, accumulate, c + r0 * ldc, ldc);
     }
   });
 }
