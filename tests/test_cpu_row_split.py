@@ -14,17 +14,27 @@ pytestmark = pytest.mark.skipif(torch.get_num_threads() < 2, reason="the split n
 
 
 def _results(model, x, lengths, packed):
+    """Outputs, final states, input and parameter gradients of a weighted loss, and the inference output."""
     model.zero_grad()
     xg = x.clone().requires_grad_()
     inp = pack_padded_sequence(xg, lengths, enforce_sorted=False) if packed else xg
-    out, (h, c) = model(inp)
+    out, state = model(inp)
+    states = list(state) if isinstance(state, tuple) else [state]
     data = out.data if packed else out
     g = torch.Generator().manual_seed(3)
     w = torch.randn(data.shape, generator=g, dtype=data.dtype)
-    ((data * w).sum() + h.square().sum() + c.sum()).backward()
+    ((data * w).sum() + sum(s.square().sum() for s in states)).backward()
     with torch.no_grad():
         inf = model(inp)[0]
-    return [data, h, c, xg.grad, inf.data if packed else inf] + [p.grad.clone() for p in model.parameters()]
+    return [data, *states, xg.grad, inf.data if packed else inf] + [p.grad.clone() for p in model.parameters()]
+
+
+def _split_and_shared(monkeypatch, model, x, lengths, packed):
+    got = {}
+    for split in ("0", "1"):
+        monkeypatch.setenv("LSTM_FUSED_CPU_ROW_SPLIT", split)
+        got[split] = _results(model, x, lengths, packed)
+    return got["1"], got["0"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -39,35 +49,19 @@ def test_row_split_is_bitwise_the_shared_steps(monkeypatch, dtype, B, packed, bi
     x = torch.randn(9, B, 7, dtype=dtype)
     lengths = torch.randint(1, 10, (B,))
     lengths[1] = 9
-    got = {}
-    for split in ("0", "1"):
-        monkeypatch.setenv("LSTM_FUSED_CPU_ROW_SPLIT", split)
-        got[split] = _results(model, x, lengths, packed)
-    for a, b in zip(got["1"], got["0"]):
+    for a, b in zip(*_split_and_shared(monkeypatch, model, x, lengths, packed)):
         assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_row_split_matches_nn_lstm(monkeypatch, packed):
+@pytest.mark.parametrize("proj", [0, 32])  # sizes whose every product is packed, so the split does run
+def test_row_split_matches_nn_lstm(monkeypatch, packed, proj):
     monkeypatch.setenv("LSTM_FUSED_CPU_ROW_SPLIT", "1")
-    ref, ours = twin_lstms(6, 33, num_layers=2, bidirectional=True, proj_size=7)
+    ref, ours = twin_lstms(6, 48, num_layers=2, bidirectional=True, proj_size=proj)
     x = torch.randn(12, 21, 6, requires_grad=True)
     inp = pack_padded_sequence(x, torch.randint(1, 13, (21,)).index_fill_(0, torch.tensor([4]), 12),
                                enforce_sorted=False) if packed else x
     compare_modules(ref, ours, inp, None, [x], torch.float32)
-
-
-def _gru_results(model, x, lengths, packed):
-    model.zero_grad()
-    xg = x.clone().requires_grad_()
-    inp = pack_padded_sequence(xg, lengths, enforce_sorted=False) if packed else xg
-    out, h = model(inp)
-    data = out.data if packed else out
-    g = torch.Generator().manual_seed(4)
-    ((data * torch.randn(data.shape, generator=g, dtype=data.dtype)).sum() + h.square().sum()).backward()
-    with torch.no_grad():
-        inf = model(inp)[0]
-    return [data, h, xg.grad, inf.data if packed else inf] + [p.grad.clone() for p in model.parameters()]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -80,9 +74,5 @@ def test_gru_row_split_is_bitwise_the_shared_steps(monkeypatch, dtype, B, packed
     x = torch.randn(8, B, 5, dtype=dtype)
     lengths = torch.randint(1, 9, (B,))
     lengths[2] = 8
-    got = {}
-    for split in ("0", "1"):
-        monkeypatch.setenv("LSTM_FUSED_CPU_ROW_SPLIT", split)
-        got[split] = _gru_results(model, x, lengths, packed)
-    for a, b in zip(got["1"], got["0"]):
+    for a, b in zip(*_split_and_shared(monkeypatch, model, x, lengths, packed)):
         assert torch.equal(a, b)
