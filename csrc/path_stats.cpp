@@ -22,7 +22,8 @@ std::vector<int64_t> path_counts() {
 void count_path(RecurrentPath p) { g_counts[static_cast<int>(p)].fetch_add(1); }
 
 TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
-  // Sequences run so far by each recurrent path: [persistent, wavefront stack, per-step, per-step GEMM].
+  // Layer passes run so far by each recurrent path (forward and backward apart; a wavefront stack counts once):
+  // [persistent, wavefront stack, per-step, per-step GEMM].
   m.def("_path_counts() -> int[]", &path_counts);
 }
 

@@ -1,4 +1,4 @@
-// Which recurrent path each CUDA (or emulated) layer took, counted per process: tests check that a forced or
+// Which recurrent path each CUDA (or emulated) layer pass took (forward and backward apart), counted per process: tests check that a forced or
 // automatic choice really ran the kernel they mean to test, where a silent fallback would otherwise pass.
 #pragma once
 

@@ -3,8 +3,9 @@
 # device command (run each with timeout_s ≈ 560; the second needs the first's install on the same warm machine):
 #   bash scripts/gpu_check.sh build    build for the present GPU only (ptxas report), the CUDA tests
 #   bash scripts/gpu_check.sh measure  compute-sanitizer (memcheck, racecheck, synccheck) on a small forward+
-#                                      backward through the per-step and the persistent kernels, the quick suite
-#                                      against cuDNN and the per-step kernels, the WikiText-2 LM when its data is there
+#                                      backward through the per-step, per-step GEMM, persistent and wavefront
+#                                      paths, the quick suite against cuDNN and the per-step kernels, the
+#                                      WikiText-2 LM when its data is there
 #   bash scripts/gpu_check.sh          both (each half stops its steps at 500 s and 435 s at worst)
 # Logs and results go to $OUT (default ./gpu_out).
 set -uo pipefail

@@ -19,7 +19,7 @@ def suite():
 
 
 def test_quick_suite_runs_and_writes_every_output(suite, tmp_path, monkeypatch):
-    # Only the smallest cases of the quick grid: a packed row and its padded twin, and a variant with no nn baseline.
+    # A tiny stand-in grid: a packed row and its padded twin, and a variant (I != H) with no nn baseline.
     monkeypatch.setattr(suite, "cpu_grid", lambda quick: [suite.case("lstm", 6, 3, 8), suite.case("lstm", 6, 3, 8, packed=True),
                                                           suite.case("lstm-coupled", 5, 2, 4, I=3)])
     suite.main(["--quick", "--min-time", "0", "--device", "cpu", "--out", str(tmp_path)])

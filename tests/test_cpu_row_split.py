@@ -1,6 +1,7 @@
 """CPU recurrence (LSTM and GRU) with threads owning batch rows for the whole sequence (cpu_common.h:
 run_steps) against the shared per-step path: the same products on the same rows, so bitwise the same results
-(forced on and off with LSTM_FUSED_CPU_ROW_SPLIT), and nn.LSTM's numbers."""
+(forced on and off with LSTM_FUSED_CPU_ROW_SPLIT), and nn.LSTM's numbers. Layers that cannot split (float64,
+a W_hr or W_hh too narrow to pack) are in the grid too: forcing must leave them on the shared path."""
 import itertools
 
 import pytest

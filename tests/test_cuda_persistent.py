@@ -77,7 +77,7 @@ def test_persistent_variants_gradcheck_float64(variant):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_persistent_half_types_error_vs_float64(dtype):
-    # Bidirectional 2 layers: the persistent kernel (tensor cores) forward and backward.
+    # Bidirectional 2 layers: the persistent kernel forward (tensor cores) and backward (tensor cores for bfloat16).
     ref, ours = twin_lstms(64, 256, num_layers=2, bidirectional=True)
     ref64 = lstm_fused.LSTM(64, 256, num_layers=2, bidirectional=True, dtype=torch.float64)
     ref64.load_state_dict(ref.state_dict())

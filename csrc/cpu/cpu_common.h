@@ -31,8 +31,8 @@ constexpr int64_t kRowTask = 8;
 
 // Whether threads own batch rows for a layer's whole recurrence (run_steps) instead of sharing each step's
 // products and cell updates (two or three fork-joins per step). A row's state never meets another row's, so
-// owners never wait for each other; but each then reads all of W_hh every step. Measured on 2 cores
-// (benchmarks/RESULTS.md): 1.1-1.6x at B 16-32 or W_hh ≤ 512 KB, within noise of the shared steps at B 64
+// owners never wait for each other; but each then reads all of W_hh every step. Measured on 2 cores (same-process
+// A/B, float32 LSTM, T 100): 1.05-1.6x at B 16-32 or W_hh ≤ 512 KB, within ±5% of the shared steps at B 64
 // with W_hh of 1-4 MB. Only where every product is the packed GEMM (`packed`): its sums for a row depend only
 // on the row's 8-row block, so the split gives the same bits as the shared steps and any thread count (BLAS
 // makes no such promise for other row counts). Each thread needs rows, except when LSTM_FUSED_CPU_ROW_SPLIT=1

@@ -54,7 +54,7 @@ LF_AVX512 inline void transpose16(__m512 r[16]) {
 }
 
 // A full panel of a transposed operand: dst[kk][j] = w[j][kk] for 32 rows j of w (row stride ldw). Scalar, this
-// strided gather was ~90% of packing a weight, and packing ~18% of a small-batch inference call.
+// strided gather was ~90% of packing a weight, and packing ~18% of a batch-1, H-512 inference call.
 LF_AVX512 void pack_panel_transposed(const float* w, int64_t ldw, int64_t k, float* dst) {
   const int64_t k16 = k / 16 * 16;
   for (int64_t kk = 0; kk < k16; kk += 16)
