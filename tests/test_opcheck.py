@@ -81,3 +81,13 @@ def test_internal_gemm_matches_matmul(m, k, n, trans_a, trans_b, dtype):
     got = torch.ops.lstm_fused._gemm(a, b, trans_a, trans_b)
     tol = 2e-6 * k ** 0.5 if dtype == torch.float32 else 1e-12 * k
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol * max(1.0, expected.abs().max().item()))
+
+
+def test_internal_gemm_transposed_a_with_a_long_k():
+    # A stored [k, m] with k past the 64k rows the packed GEMM copies into k-major blocks: read in place instead.
+    torch.manual_seed(0)
+    a = torch.randn(70000, 128)  # 64-row tasks: 70000·64 floats per copy, past the 4M-float cap
+    b = torch.randn(70000, 40)
+    got = torch.ops.lstm_fused._gemm(a, b, True, False)
+    expected = a.double().t() @ b.double()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

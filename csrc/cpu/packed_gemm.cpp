@@ -201,8 +201,9 @@ void gemm_packed(bool trans_a, int64_t m, const float* a, int64_t lda, const Pac
   const int64_t grain = std::max<int64_t>(1, kMacsPerThread / std::max<int64_t>(1, macs_per_task));
   // A stored transposed ([k, m], as dGᵀ in a weight gradient) is read 8 floats per k step, each k step in
   // another row of memory; copied once per row task into a k-major block of its own rows, the same reads are
-  // sequential. Worth it when the block meets several panels.
-  const bool copy_a = trans_a && b.panels() > 1;
+  // sequential. Worth it when the block meets several panels; skipped when the copy would pass 16 MB per thread
+  // (k beyond 64k rows of a sequence), which then reads A in place as before.
+  const bool copy_a = trans_a && b.panels() > 1 && b.k * rows_per_task <= (int64_t(4) << 20);
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
     std::vector<float> a_rows;  // copy_a: [k, rows] this row task's columns of A
     int64_t copied_rt = -1;
