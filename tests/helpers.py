@@ -43,6 +43,15 @@ def loss_of(output, h_n, c_n, seed=1):
     return (data * w_o).sum() + (h_n * w_h).sum() + (c_n * w_c).sum()
 
 
+def outputs_and_grads(model, x):
+    """Output, h_n, c_n, the input's and every parameter's gradient of a fixed loss (for equality checks)."""
+    model.zero_grad()
+    xg = x.clone().requires_grad_()
+    out, (h, c) = model(xg)
+    (out.square().sum() + h.sum() + c.sum()).backward()
+    return [out, h, c, xg.grad] + [p.grad.clone() for p in model.parameters()]
+
+
 def run_and_grads(module, x, hx, leaf_inputs):
     out, (h_n, c_n) = module(x, hx)
     loss = loss_of(out, h_n, c_n)

@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
-from helpers import check_half_type_vs_float64, compare_modules, twin_lstms
+from helpers import check_half_type_vs_float64, compare_modules, outputs_and_grads, twin_lstms
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and lstm_fused.has_cuda_kernels()), reason="needs a GPU and a CUDA build"
@@ -145,15 +145,7 @@ def test_cuda_deterministic_bitwise():
     torch.manual_seed(0)
     m = lstm_fused.LSTM(32, 64, num_layers=2, bidirectional=True, proj_size=20).cuda()
     x = torch.randn(30, 16, 32, device="cuda")
-
-    def run():
-        m.zero_grad()
-        xg = x.clone().requires_grad_()
-        out, (h, c) = m(xg)
-        (out.square().sum() + h.sum() + c.sum()).backward()
-        return [out, h, c, xg.grad] + [p.grad.clone() for p in m.parameters()]
-
-    for a, b in zip(run(), run()):
+    for a, b in zip(outputs_and_grads(m, x), outputs_and_grads(m, x)):
         assert torch.equal(a, b)
 
 

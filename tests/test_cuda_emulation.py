@@ -57,6 +57,39 @@ def _close(a, b, tol, name):
     torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
 
 
+def _cast(a, dtype):
+    if isinstance(a, list):
+        return [_cast(x, dtype) for x in a]
+    return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+
+def check_half_layer(args64, dtype, tol, backward=True, ws_float32=False):
+    """The emulated layer at `dtype` against the CPU kernels in float64: outputs within tol, and (backward) every
+    gradient within 4·tol of its scale. ws_float32: also check the half-type workspace is kept in float32."""
+    args = _cast(args64, dtype)
+    ref = fwd_cpu(*args64, True)
+    emu = fwd_emu(*args, True)
+    if ws_float32:
+        assert emu[3].dtype == torch.float32
+    for a, b in zip(emu[:3], ref[:3]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+    if not backward:
+        return
+    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
+    grads = [t.to(dtype) for t in grads64]
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6, w_ph6, _ = args64
+    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, w_ph6, cpl, ref[0], ref[3], True, True)
+    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, emu[0], emu[3], True, True)
+    flat_e = [e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[6], *e[7]]
+    flat_r = [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[6], *r[7]]
+    for a, b in zip(flat_e, flat_r):
+        assert a.dtype == dtype
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+
+
 VARIANTS = [(False, False), (True, False), (False, True), (True, True)]  # (peephole, coupled)
 
 LSTM_GRAD_NAMES = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
@@ -117,31 +150,7 @@ def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed):
     # Half types keep gates and cells in float32; their error against float64 is the storage rounding.
     T, B, I, H, proj = 6, 5, 12, 20, 7
     args64 = _args(T, B, I, H, proj, packed, torch.float64, seed=3, directions=2, peephole=True)
-
-    def cast(a):
-        if isinstance(a, list):
-            return [cast(x) for x in a]
-        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-
-    args = [cast(a) for a in args64]
-    ref = fwd_cpu(*args64, True)
-    emu = fwd_emu(*args, True)
-    assert emu[3].dtype == torch.float32
-    for a, b in zip(emu[:3], ref[:3]):
-        assert a.dtype == dtype
-        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
-    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
-    grads = [t.to(dtype) for t in grads64]
-    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
-    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6, w_ph6, _ = args64
-    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, w_ph6, cpl, ref[0], ref[3], True, True)
-    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, emu[0], emu[3], True, True)
-    flat_e = [e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[6], *e[7]]
-    flat_r = [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[6], *r[7]]
-    for a, b in zip(flat_e, flat_r):
-        assert a.dtype == dtype
-        scale = max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+    check_half_layer(args64, dtype, tol, ws_float32=True)
 
 
 def test_emulated_backward_rejects_missing_workspace():
@@ -233,18 +242,7 @@ def test_per_step_paths_match_cpu_kernels(monkeypatch, algo, case, packed, direc
 def test_gemm_path_half_types_track_float64(monkeypatch, dtype, tol):
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "auto")  # batch 70 > 64: the GEMM path
     args64 = _args(5, 70, 12, 20, 7, True, torch.float64, seed=8, directions=2, peephole=True)
-
-    def cast(a):
-        if isinstance(a, list):
-            return [cast(x) for x in a]
-        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-
-    args = [cast(a) for a in args64]
-    ref = fwd_cpu(*args64, True)
-    emu = fwd_emu(*args, True)
-    for a, b in zip(emu[:3], ref[:3]):
-        assert a.dtype == dtype
-        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+    check_half_layer(args64, dtype, tol, backward=False)
 
 
 @pytest.mark.parametrize("algo", ["step", "gemm"])

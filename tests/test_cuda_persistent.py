@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
-from helpers import check_half_type_vs_float64, compare_modules, paths_taken, twin_lstms
+from helpers import check_half_type_vs_float64, compare_modules, outputs_and_grads, paths_taken, twin_lstms
 
 
 def assert_only(taken, *paths):
@@ -90,19 +90,11 @@ def test_persistent_equals_step_kernels_and_is_deterministic(monkeypatch):
     torch.manual_seed(0)
     m = lstm_fused.LSTM(32, 512, num_layers=2, bidirectional=True).cuda()
     x = torch.randn(40, 16, 32, device="cuda")
-
-    def run():
-        m.zero_grad()
-        xg = x.clone().requires_grad_()
-        out, (h, c) = m(xg)
-        (out.square().sum() + h.sum() + c.sum()).backward()
-        return [out, h, c, xg.grad] + [p.grad.clone() for p in m.parameters()]
-
-    first, second = run(), run()
+    first, second = outputs_and_grads(m, x), outputs_and_grads(m, x)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "step")
-    for a, b in zip(first, run()):
+    for a, b in zip(first, outputs_and_grads(m, x)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()))
 
 

@@ -8,8 +8,9 @@ import torch
 
 from helpers import paths_taken
 
-from test_cuda_emulation import (VARIANTS, _args, _close, _gru_args, bwd_cpu, bwd_emu, check_gru_layer, check_lstm_layer,
-                                 fwd_cpu, fwd_emu, gru_bwd_cpu, gru_bwd_emu, gru_fwd_cpu, gru_fwd_emu)
+from test_cuda_emulation import (VARIANTS, _args, _cast, _close, _gru_args, bwd_cpu, bwd_emu, check_gru_layer,
+                                 check_half_layer, check_lstm_layer, fwd_cpu, fwd_emu, gru_bwd_cpu, gru_bwd_emu,
+                                 gru_fwd_cpu, gru_fwd_emu)
 
 plan = torch.ops.lstm_fused._persistent_plan.default
 
@@ -95,30 +96,7 @@ def test_persistent_half_types_track_float64(monkeypatch, dtype, tol, packed):
     # Half types stay half in the resident slice and the outputs; staging, sums and cells are float32.
     _device(monkeypatch, "5sm")
     args64 = _args(6, 5, 12, 20, 0, packed, torch.float64, seed=3, directions=2, peephole=True)
-
-    def cast(a):
-        if isinstance(a, list):
-            return [cast(x) for x in a]
-        return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-
-    args = [cast(a) for a in args64]
-    ref = fwd_cpu(*args64, True)
-    emu = fwd_emu(*args, True)
-    for a, b in zip(emu[:3], ref[:3]):
-        assert a.dtype == dtype
-        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
-    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
-    grads = [t.to(dtype) for t in grads64]
-    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
-    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6, w_ph6, _ = args64
-    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, w_ph6, cpl, ref[0], ref[3], True, True)
-    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, emu[0], emu[3], True, True)
-    flat_e = [e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[7]]
-    flat_r = [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[7]]
-    for a, b in zip(flat_e, flat_r):
-        assert a.dtype == dtype
-        scale = max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+    check_half_layer(args64, dtype, tol)
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -193,12 +171,6 @@ def test_mma_plans_reach_every_tiling():
     ok, nb, kj, mt, kc, _ = mma_plan(1, 1024, 4096, 64, 1, 132, 232448)
     assert ok and (nb, kj, mt) == (128, 8, 1) and 16 <= kc < 4096 and kc % 16 == 0
     assert mma_plan(4, 1024, 1024, 64, 2, 132, 232448)[0] == 1  # bidirectional: k chunks too
-
-
-def _cast(a, dtype):
-    if isinstance(a, list):
-        return [_cast(x, dtype) for x in a]
-    return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 5e-2), (torch.float16, 1e-2)])

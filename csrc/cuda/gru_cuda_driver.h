@@ -65,13 +65,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
         p.h_n = h_n.data_ptr<T>() + d * B * H;
       }
     }
-    if (run.sequence(persistent::flatten(steps), B)) {
-      count_path(RecurrentPath::kPersistent);
-      return;
-    }
-    // Or one launch per step, both directions; large batches get h_{t-1}·W_hhᵀ from a GEMM first.
-    const bool gemm = gemm_steps(B);
-    count_path(gemm ? RecurrentPath::kGemmStep : RecurrentPath::kStep);
+    // One persistent launch, or one launch per step, both directions; large batches get h_{t-1}·W_hhᵀ from a GEMM
+    // first.
+    bool gemm = false;
+    if (persistent_or_steps(run, steps, B, true, gemm)) return;
     std::vector<Tensor> rec;  // [B, 3H] per direction
     for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, input.options()));
     for (int64_t step = 0; step < n_steps; ++step) {
@@ -152,12 +149,8 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
         p.dgh = dgh.data_ptr<A>() + (d * N + off) * G;
       }
     }
-    if (run.sequence(persistent::flatten(steps), B)) {
-      count_path(RecurrentPath::kPersistent);
-      return;
-    }
-    const bool gemm = gemm_steps(B);
-    count_path(gemm ? RecurrentPath::kGemmStep : RecurrentPath::kStep);
+    bool gemm = false;
+    if (persistent_or_steps(run, steps, B, true, gemm)) return;
     std::vector<Tensor> rec, w_hh_a;  // [B, H] per direction: dGh_later·W_hh of the GEMM path
     for (int64_t d = 0; gemm && d < D; ++d) {
       rec.push_back(at::empty({B, H}, A_opts));

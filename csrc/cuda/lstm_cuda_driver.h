@@ -52,6 +52,19 @@ inline bool gemm_steps(int64_t B) {
   return a == Algo::kGemm || (a == Algo::kAuto && B > kPersistentMaxBatch);
 }
 
+// A layer pass's recurrent path, counted (path_stats.h): the persistent launch of all `steps` where allowed and
+// the runner takes it (true), else per-step launches, whose `gemm` says whether each step's product is a GEMM.
+template <typename Runner, typename Steps>
+bool persistent_or_steps(Runner& run, const Steps& steps, int64_t B, bool allow_persistent, bool& gemm) {
+  if (allow_persistent && run.sequence(persistent::flatten(steps), B)) {
+    count_path(RecurrentPath::kPersistent);
+    return true;
+  }
+  gemm = gemm_steps(B);
+  count_path(gemm ? RecurrentPath::kGemmStep : RecurrentPath::kStep);
+  return false;
+}
+
 // The GEMM path's recurrent product of step `step` (processing order) for one direction: rec[rows of t] =
 // h_{t-1}·W_hhᵀ, from the previous step's output rows (`out_cols`: this direction's columns of the layer output,
 // [N, P]) or from h0 (`h0d` [B, P]) for rows that start at t. w_t: W_hhᵀ [P, G].
@@ -221,12 +234,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
     // The whole sequence in one persistent launch where the runner can (no projection: it needs a GEMM
     // between the cell and the next step); else one launch per step.
     check_persistent_possible(s.proj);
-    if (!s.proj && run.sequence(persistent::flatten(steps), B)) {
-      count_path(RecurrentPath::kPersistent);
-      return;
-    }
-    const bool gemm = gemm_steps(B);
-    count_path(gemm ? RecurrentPath::kGemmStep : RecurrentPath::kStep);
+    bool gemm = false;
+    if (persistent_or_steps(run, steps, B, !s.proj, gemm)) return;
     std::vector<Tensor> rec;  // [B, G] per direction: h_{t-1}·W_hhᵀ of the GEMM path
     for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, T_opts));
     for (int64_t step = 0; step < n_steps; ++step) {
@@ -367,12 +376,8 @@ struct BwdPass {
       using A = cuda_step::acc_t<T>;
       auto steps = this->steps<T, A>();
       check_persistent_possible(s.proj);
-      if (!s.proj && run.sequence(persistent::flatten(steps), B)) {
-        count_path(RecurrentPath::kPersistent);
-        return;
-      }
-      const bool gemm = gemm_steps(B);
-      count_path(gemm ? RecurrentPath::kGemmStep : RecurrentPath::kStep);
+      bool gemm = false;
+      if (persistent_or_steps(run, steps, B, !s.proj, gemm)) return;
       std::vector<Tensor> rec, w_hh_a;  // [B, P] per direction: dG_later·W_hh of the GEMM path
       for (int64_t d = 0; gemm && d < D; ++d) {
         rec.push_back(at::empty({B, P}, input.options().dtype(At)));
