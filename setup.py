@@ -7,6 +7,7 @@ Install with `pip install --no-build-isolation .` so the build compiles against 
 """
 import glob
 import os
+import re
 import sysconfig
 
 import torch
@@ -14,6 +15,21 @@ from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version():
+    # The version lives in lstm_fused/_version.py alone (the package cannot be imported before _C is built).
+    with open(os.path.join(ROOT, "lstm_fused", "_version.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+def _write_build_info(use_cuda):
+    # Read by lstm_fused/__init__.py before it loads _C: a torch other than the one compiled against gets a
+    # clear "rebuild" error instead of an undefined-symbol trace (the C++ ABI differs between torch versions).
+    with open(os.path.join(ROOT, "lstm_fused", "_build_info.py"), "w") as f:
+        f.write('"""Written by setup.py at build time; not part of the source tree."""\n')
+        f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
+        f.write(f"WITH_CUDA = {use_cuda!r}\n")
 
 
 def _flag(name):
@@ -56,6 +72,7 @@ def extension():
         ext_cls = cpp_extension.CppExtension
         sources = cpu_sources
     print(f"lstm_fused: building {'CPU+CUDA' if use_cuda else 'CPU-only'} extension from {len(sources)} sources")
+    _write_build_info(use_cuda)
     return ext_cls(
         name="lstm_fused._C",
         sources=sources,
@@ -66,13 +83,34 @@ def extension():
     )
 
 
+with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    long_description = f.read()
+
 setup(
     name="lstm_fused",
-    version="0.1.0",
+    version=_version(),
     description="Fused C++/CUDA LSTM kernels: a drop-in replacement for torch.nn.LSTM",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    license_files=["LICENSE"],
+    author="the lstm_fused developers",
+    keywords=["pytorch", "lstm", "gru", "rnn", "cuda", "fused kernels"],
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Intended Audience :: Science/Research",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: C++",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Environment :: GPU :: NVIDIA CUDA",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     packages=find_packages(include=["lstm_fused", "lstm_fused.*"]),
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
+    extras_require={"test": ["pytest", "numpy", "expecttest", "onnx", "onnxscript", "onnxruntime"]},
 )

@@ -5,11 +5,22 @@
 
 #include <torch/library.h>
 
+#include "autocast_off.h"
+
 // PyMODINIT_FUNC exports the symbol despite -fvisibility=hidden.
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
+
+namespace {
+constexpr auto kOps = {"lstm_layer_fwd", "lstm_layer_bwd", "lstm_stack_fwd",
+                       "lstm_stack_bwd", "gru_layer_fwd",  "gru_layer_bwd"};
+}  // namespace
+
+// autocast_off.h says why.
+TORCH_LIBRARY_IMPL(lstm_fused, AutocastCPU, m) { lstm_fused::register_autocast_off(m, kOps); }
+TORCH_LIBRARY_IMPL(lstm_fused, AutocastCUDA, m) { lstm_fused::register_autocast_off(m, kOps); }
 
 TORCH_LIBRARY(lstm_fused, m) {
   // One LSTM layer over the whole sequence, in D = len(w_ih) directions (2: the second runs in reverse).

@@ -1,6 +1,25 @@
 """lstm_fused: fused C++/CUDA LSTM kernels behind a drop-in replacement for torch.nn.LSTM."""
 import torch  # noqa: F401  (the extension links against libtorch; load it first)
 
+from ._version import __version__
+
+
+def _check_build_torch():
+    """The compiled _C only works with the torch it was built against (the C++ ABI changes between versions):
+    say so, and how to rebuild, instead of failing with an undefined symbol."""
+    try:
+        from ._build_info import TORCH_VERSION
+    except ImportError:  # a source tree that was never built
+        return
+    if TORCH_VERSION != torch.__version__:
+        raise ImportError(
+            f"lstm_fused {__version__} was built against torch {TORCH_VERSION}, but torch {torch.__version__} is "
+            "imported. Rebuild it against this torch: `pip install --no-build-isolation --force-reinstall "
+            "--no-deps lstm_fused` (or `pip install --no-build-isolation .` from its source tree)."
+        )
+
+
+_check_build_torch()
 try:
     from . import _C  # noqa: F401  (its import runs the TORCH_LIBRARY registrations)
 except ImportError as e:  # never fall back to nn.LSTM silently
@@ -16,8 +35,7 @@ from . import ops  # noqa: E402,F401  (fake kernels and autograd)
 from . import reference  # noqa: E402,F401
 from .modules import GRU, LSTM, GRUCell, LSTMCell, convert  # noqa: E402
 
-__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "ops", "reference", "has_cuda_kernels"]
-__version__ = "0.1.0"
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "ops", "reference", "has_cuda_kernels", "__version__"]
 
 
 def has_cuda_kernels() -> bool:

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "../autocast_off.h"
 #include "../cuda/gru_cuda_driver.h"
 #include "../cuda/lstm_cuda_driver.h"
 #include "../cuda/lstm_stack_driver.h"
@@ -318,6 +319,12 @@ TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
   m.impl("_emu_layer_bwd", &emu_bwd);
   m.impl("_emu_gru_layer_fwd", &emu_gru_fwd);
   m.impl("_emu_gru_layer_bwd", &emu_gru_bwd);
+}
+
+// As the CUDA ops (autocast_off.h), so an autocast test on the CPU checks what the GPU bindings do.
+TORCH_LIBRARY_IMPL(lstm_fused, AutocastCPU, m) {
+  register_autocast_off(m, {"_emu_layer_fwd", "_emu_layer_bwd", "_emu_stack_fwd", "_emu_stack_bwd",
+                            "_emu_gru_layer_fwd", "_emu_gru_layer_bwd"});
 }
 
 }  // namespace lstm_fused

@@ -1,0 +1,25 @@
+// Autocast stops at the ops' boundary. The modules pick the dtype an op computes in (nn's autocast dtypes); inside,
+// the bindings' ATen calls (at::addmm, at::mm, ...) must not be re-cast by the caller's autocast region: a half
+// input projection would fail the kernels' dtype checks, and a backward() run inside autocast would round dG to
+// half before the weight-gradient GEMMs. So each op runs with autocast excluded, in the dtype of its inputs.
+#pragma once
+
+#include <initializer_list>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+namespace lstm_fused {
+
+inline void run_without_autocast(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  op.callBoxed(stack);
+}
+
+// For a TORCH_LIBRARY_IMPL(lstm_fused, AutocastCPU / AutocastCUDA, m) block.
+inline void register_autocast_off(torch::Library& m, std::initializer_list<const char*> ops) {
+  for (const char* name : ops) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&run_without_autocast>());
+}
+
+}  // namespace lstm_fused
