@@ -23,11 +23,12 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
-def _write_build_info(use_cuda):
+def _write_build_info(path, use_cuda):
     # Read by lstm_fused/__init__.py before it loads _C: a torch other than the one compiled against gets a
     # clear "rebuild" error instead of an undefined-symbol trace (the C++ ABI differs between torch versions).
-    with open(os.path.join(ROOT, "lstm_fused", "_build_info.py"), "w") as f:
-        f.write('"""Written by setup.py at build time; not part of the source tree."""\n')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write('"""Written by setup.py when _C is built; never part of the source tree or the sdist."""\n')
         f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
         f.write(f"WITH_CUDA = {use_cuda!r}\n")
 
@@ -48,6 +49,18 @@ def _want_cuda():
 
 def _rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+class _BuildExt(cpp_extension.BuildExtension.with_options(use_ninja=True)):
+    """Records the torch it compiled against next to _C (in the tree for in-place/editable builds, else in the
+    build folder the wheel is made from), so an sdist or a checkout never carries a stale record."""
+
+    use_cuda = False
+
+    def run(self):
+        super().run()
+        target = ROOT if self.inplace else self.build_lib
+        _write_build_info(os.path.join(target, "lstm_fused", "_build_info.py"), self.use_cuda)
 
 
 def extension():
@@ -72,7 +85,7 @@ def extension():
         ext_cls = cpp_extension.CppExtension
         sources = cpu_sources
     print(f"lstm_fused: building {'CPU+CUDA' if use_cuda else 'CPU-only'} extension from {len(sources)} sources")
-    _write_build_info(use_cuda)
+    _BuildExt.use_cuda = use_cuda
     return ext_cls(
         name="lstm_fused._C",
         sources=sources,
@@ -109,7 +122,7 @@ setup(
     ],
     packages=find_packages(include=["lstm_fused", "lstm_fused.*"]),
     ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": _BuildExt},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     extras_require={"test": ["pytest", "numpy", "expecttest", "onnx", "onnxscript", "onnxruntime"]},

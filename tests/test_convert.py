@@ -1,0 +1,90 @@
+"""lstm_fused.convert edge cases: exact classes only (subclasses left with a warning), shared modules stay shared,
+hooks, buffers and the user's attributes carried over."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import lstm_fused
+
+
+class MyLSTM(nn.LSTM):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = 2.0
+
+    def forward(self, x, hx=None):
+        out, state = super().forward(x, hx)
+        return out * self.scale, state
+
+
+@pytest.mark.parametrize("make", [lambda: MyLSTM(3, 4), lambda: type("MyGRU", (nn.GRU,), {})(3, 4),
+                                  lambda: type("MyCell", (nn.LSTMCell,), {})(3, 4),
+                                  lambda: type("MyGRUCell", (nn.GRUCell,), {})(3, 4)])
+def test_subclass_left_as_is_with_a_warning(make):
+    module = make()
+    model = nn.Sequential(module)
+    with pytest.warns(UserWarning, match=f"leaving {type(module).__qualname__} .*unconverted"):
+        converted = lstm_fused.convert(model)
+    assert converted[0] is module
+
+
+def test_subclass_forward_still_runs():
+    model = nn.ModuleDict({"enc": MyLSTM(3, 4), "plain": nn.LSTM(3, 4)})
+    x = torch.randn(5, 2, 3)
+    expected = model["enc"](x)[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lstm_fused.convert(model)
+    assert len([w for w in caught if "MyLSTM" in str(w.message)]) == 1
+    assert isinstance(model["enc"], MyLSTM) and isinstance(model["plain"], lstm_fused.LSTM)
+    torch.testing.assert_close(model["enc"](x)[0], expected)
+
+
+def test_shared_module_stays_shared():
+    lstm, cell = nn.LSTM(3, 4), nn.GRUCell(3, 4)
+    model = nn.Sequential(lstm, lstm)
+    model.branch = nn.ModuleDict({"a": lstm, "c": cell})
+    model.other = nn.Sequential(nn.Linear(2, 2), cell)
+    lstm_fused.convert(model)
+    assert isinstance(model[0], lstm_fused.LSTM)
+    assert model[0] is model[1] is model.branch["a"]
+    assert isinstance(model.other[1], lstm_fused.GRUCell) and model.other[1] is model.branch["c"]
+    # One set of parameters: the shared module's parameters are counted once, as before.
+    assert len(list(model.parameters())) == len(list(lstm.parameters())) + len(list(cell.parameters())) + 2
+
+
+def test_hooks_carried_over_and_removable():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4)
+    calls = []
+    pre = lstm.register_forward_pre_hook(lambda m, args: calls.append(("pre", type(m).__name__)))
+    post = lstm.register_forward_hook(lambda m, args, out: calls.append(("post", type(m).__name__)))
+    lstm.register_forward_hook(lambda m, args, kwargs, out: calls.append(("kw", len(kwargs))), with_kwargs=True)
+    lstm.register_full_backward_hook(lambda m, gin, gout: calls.append(("bwd", type(m).__name__)))
+    sd_hook = lstm._register_state_dict_hook(lambda m, sd, prefix, local: sd.update({prefix + "extra": 1}))
+    converted = lstm_fused.convert(lstm)
+    assert isinstance(converted, lstm_fused.LSTM)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    converted(x)[0].sum().backward()
+    assert calls == [("pre", "LSTM"), ("post", "LSTM"), ("kw", 0), ("bwd", "LSTM")]
+    assert "extra" in converted.state_dict()
+    calls.clear()
+    pre.remove()
+    post.remove()
+    sd_hook.remove()
+    converted(x)
+    assert calls == [("kw", 0)]
+    assert "extra" not in converted.state_dict()
+
+
+def test_buffers_and_attributes_carried_over():
+    lstm = nn.LSTM(3, 4)
+    lstm.register_buffer("step", torch.tensor(7))
+    lstm.register_buffer("scratch", torch.zeros(2), persistent=False)
+    lstm.tag = "encoder"
+    converted = lstm_fused.convert(lstm)
+    assert converted.step is lstm.step and converted.tag == "encoder"
+    assert "step" in converted.state_dict() and "scratch" not in converted.state_dict()
+    assert converted.scratch is lstm.scratch

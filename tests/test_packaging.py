@@ -1,0 +1,110 @@
+"""Packaging: the sdist carries every file a build needs, installs into a fresh venv holding only torch and works
+there; the metadata is complete; a _C built against another torch gets a clear rebuild error at import."""
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import pytest
+import torch
+
+import lstm_fused
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLOW = os.environ.get("LSTM_FUSED_SDIST_TEST", "0") == "1"  # .ci/run sets it: a full build in a fresh venv
+
+
+def _checkout_files():
+    """Tracked and untracked-but-not-ignored files: what a clean clone of this work tree holds."""
+    if not os.path.isdir(os.path.join(ROOT, ".git")) or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return [f for f in out.splitlines() if os.path.exists(os.path.join(ROOT, f))]
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory):
+    """An sdist built from a clean copy of the checkout (no build folders, no compiled files)."""
+    files = _checkout_files()
+    src = tmp_path_factory.mktemp("checkout")
+    for f in files:
+        os.makedirs(os.path.join(src, os.path.dirname(f)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, f), os.path.join(src, f))
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(dist)], cwd=src, check=True,
+                   capture_output=True, text=True)
+    (tarball,) = os.listdir(dist)
+    return os.path.join(dist, tarball), files
+
+
+def test_sdist_carries_every_source(sdist):
+    tarball, files = sdist
+    assert os.path.basename(tarball) == f"lstm_fused-{lstm_fused.__version__}.tar.gz"
+    with tarfile.open(tarball) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    needed = [f for f in files if f.startswith("csrc/") or (f.startswith("lstm_fused/") and f.endswith(".py"))]
+    needed += ["setup.py", "pyproject.toml", "README.md", "LICENSE"]
+    assert any(f.endswith(".cu") for f in needed) and any(f.endswith(".h") for f in needed)
+    missing = [f for f in needed if f not in names]
+    assert not missing, f"sdist lacks {missing}"
+    assert "lstm_fused/_build_info.py" not in names  # written by each build, never shipped
+    assert not [n for n in names if n.endswith((".so", ".o"))]
+
+
+def test_metadata_is_complete(sdist):
+    tarball, _ = sdist
+    with tarfile.open(tarball) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/PKG-INFO") and m.name.count("/") == 1)
+        pkg_info = tar.extractfile(member).read().decode()
+    assert f"Version: {lstm_fused.__version__}" in pkg_info
+    assert "License" in pkg_info and "BSD-3-Clause" in pkg_info
+    assert "Classifier: Programming Language :: Python :: 3" in pkg_info
+    assert "Description-Content-Type: text/markdown" in pkg_info
+    assert "# lstm_fused" in pkg_info  # the README is the long description
+
+
+def test_build_torch_version_recorded():
+    from lstm_fused import _build_info
+
+    assert _build_info.TORCH_VERSION == torch.__version__
+
+
+CHECK = textwrap.dedent("""
+    import importlib.metadata, torch, lstm_fused
+    assert lstm_fused.__version__ == importlib.metadata.version("lstm_fused"), lstm_fused.__version__
+    assert "site-packages" in lstm_fused.__file__, lstm_fused.__file__
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True)
+    m = lstm_fused.LSTM(3, 5, num_layers=2, bidirectional=True)
+    m.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 2, 3)
+    torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    print("SDIST-OK", lstm_fused.__version__)
+""")
+
+
+@pytest.mark.skipif(not SLOW, reason="builds the extension in a fresh venv (~2-3 min); set LSTM_FUSED_SDIST_TEST=1")
+def test_sdist_installs_into_a_fresh_venv(sdist, tmp_path):
+    tarball, _ = sdist
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # torch from pip's cache / the local wheel: the same release as this environment's.
+    subprocess.run(pip + [f"torch=={torch.__version__.split('+')[0]}", "setuptools", "wheel", "ninja", "numpy"],
+                   check=True)
+    env = dict(os.environ, MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
+    subprocess.run(pip + ["--no-build-isolation", tarball], check=True, env=env)
+    run = subprocess.run([py, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0 and "SDIST-OK" in run.stdout, run.stdout + run.stderr
+    # A _C built against another torch: the import says so and how to rebuild.
+    info = subprocess.run([py, "-c", "import lstm_fused._build_info as b; print(b.__file__)"], cwd=tmp_path,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with open(info, "a") as f:
+        f.write('TORCH_VERSION = "2.0.0"\n')
+    run = subprocess.run([py, "-c", "import lstm_fused"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "built against torch 2.0.0" in run.stderr and "--no-build-isolation" in run.stderr, run.stderr
