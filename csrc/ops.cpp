@@ -1,17 +1,10 @@
-// Schemas of every lstm_fused op, and the empty Python module whose import runs the static registrars.
-// Each backend adds its kernels with TORCH_LIBRARY_IMPL in its own file; fake kernels and autograd are
-// registered from Python (lstm_fused/ops.py).
-#include <Python.h>
-
+// Schemas of every lstm_fused op. The library holds no Python: lstm_fused/__init__.py loads it with
+// torch.ops.load_library, and a C++ program (an AOTInductor or TorchScript runner) can link or dlopen it as it is;
+// loading runs the static registrars. Each backend adds its kernels with TORCH_LIBRARY_IMPL in its own file; fake
+// kernels and autograd are registered from Python (lstm_fused/ops.py).
 #include <torch/library.h>
 
 #include "autocast_off.h"
-
-// PyMODINIT_FUNC exports the symbol despite -fvisibility=hidden.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
 
 namespace {
 constexpr auto kOps = {"lstm_layer_fwd", "lstm_layer_bwd", "lstm_stack_fwd",

@@ -1,4 +1,7 @@
 """lstm_fused: fused C++/CUDA LSTM kernels behind a drop-in replacement for torch.nn.LSTM."""
+import importlib.machinery
+import os
+
 import torch  # noqa: F401  (the extension links against libtorch; load it first)
 
 from ._version import __version__
@@ -19,10 +22,22 @@ def _check_build_torch():
         )
 
 
+def library_path() -> str:
+    """Path of the compiled library holding the lstm_fused ops (no Python inside: a C++ AOTInductor or TorchScript
+    runner links or dlopens it to register the ops). Empty when the package was never built."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if os.path.exists(os.path.join(here, "_C" + suffix)):
+            return os.path.join(here, "_C" + suffix)
+    return ""
+
+
 _check_build_torch()
-try:
-    from . import _C  # noqa: F401  (its import runs the TORCH_LIBRARY registrations)
-except ImportError as e:  # never fall back to nn.LSTM silently
+try:  # loading the library runs its TORCH_LIBRARY registrations
+    if not library_path():
+        raise ImportError("no compiled library _C*.so next to the package")
+    torch.ops.load_library(library_path())
+except (ImportError, OSError) as e:  # never fall back to nn.LSTM silently
     raise ImportError(
         "lstm_fused: the compiled extension lstm_fused._C could not be loaded "
         f"({e}). Build it against the torch in this environment with "
@@ -35,7 +50,8 @@ from . import ops  # noqa: E402,F401  (fake kernels and autograd)
 from . import reference  # noqa: E402,F401
 from .modules import GRU, LSTM, GRUCell, LSTMCell, convert  # noqa: E402
 
-__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "ops", "reference", "has_cuda_kernels", "__version__"]
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "ops", "reference", "has_cuda_kernels", "library_path",
+           "__version__"]
 
 
 def has_cuda_kernels() -> bool:

@@ -15,19 +15,47 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops
+from . import onnx_export, ops
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert"]
 
 _HAS_CUDA_KERNELS = ops.has_kernel("CUDA")
 
 
-def _result_and_compute_dtype(x: Tensor) -> tuple[torch.dtype, torch.dtype]:
-    result = x.dtype
-    if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
-        result = torch.get_autocast_dtype(x.device.type)
-    compute = torch.float32 if x.device.type == "cpu" and result in (torch.float16, torch.bfloat16) else result
-    return result, compute
+def _autocast_dtype(x: Tensor, rule: str) -> Optional[torch.dtype]:
+    """The dtype nn's counterpart returns under the caller's autocast region, or None where autocast leaves
+    that call alone. Measured against nn (tests/test_autocast.py):
+    - CPU: nn.LSTM's padded op (`lstm.input`) is on autocast's lower-precision list, its packed op is not
+      (except with proj_size, whose path is); nn.GRU and the cells are not cast.
+    - CUDA: cuDNN's RNN (nn.LSTM, nn.GRU, padded or packed) is cast to float16 whatever the autocast dtype
+      (aten/src/ATen/cudnn/AutocastRNN.cpp); the cells (lstm_cell, gru_cell) to the autocast dtype.
+    rule: "lstm", "lstm_packed", "gru" or "cell". Float64 and non-float inputs are never cast."""
+    device = x.device.type
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not torch.is_autocast_enabled(device):
+        return None
+    if device == "cpu":
+        return torch.get_autocast_dtype(device) if rule == "lstm" else None
+    if device == "cuda" and rule != "cell":
+        return torch.float16
+    return torch.get_autocast_dtype(device)
+
+
+def _compute_dtype(result: torch.dtype, device: torch.device) -> torch.dtype:
+    # The CPU kernels run float32/float64: half types compute in float32 (like the GPU path's fp32 accumulate)
+    # and are cast back at the end.
+    return torch.float32 if device.type == "cpu" and result in (torch.float16, torch.bfloat16) else result
+
+
+def _check_hx_tensors(hx, op: str, count: int) -> None:
+    """The argument checks nn's ops (_VF.lstm, _VF.lstm_cell) make on a tuple of hidden states, with their
+    exception types: TypeError for what is not a sequence of tensors, RuntimeError for a wrong count."""
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(f"{op}(): argument 'hx' must be tuple of Tensors, not {type(hx).__name__}")
+    for i, t in enumerate(hx):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}(): expected Tensor as element {i} in argument 'hx', but got {type(t).__name__}")
+    if len(hx) != count:
+        raise RuntimeError(f"{op} expects two hidden states, got {len(hx)}")
 
 
 def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
@@ -132,6 +160,12 @@ class _FusedRNNBase(nn.Module):
     def flatten_parameters(self) -> None:
         """No-op, kept for nn.LSTM compatibility: the kernels read each parameter where it lives."""
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script compiles a TorchScript twin sharing these parameters (lstm_fused/scripting.py)."""
+        from .scripting import scriptable
+
+        return scriptable(self)
+
     def reset_parameters(self) -> None:
         # Same distribution and the same draw order as nn.LSTM: a seeded nn.LSTM and LSTM start equal.
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
@@ -181,12 +215,6 @@ class _FusedRNNBase(nn.Module):
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
-
-    def _dtypes(self, x: Tensor) -> tuple[torch.dtype, torch.dtype]:
-        """(dtype of the results, dtype the kernels compute in). Under autocast the results take the autocast
-        dtype, as nn.LSTM's do. The CPU kernels run float32/float64: half types compute in float32 (like the
-        fp32 accumulate of the GPU path) and are cast back at the end."""
-        return _result_and_compute_dtype(x)
 
     def _layer_weights(self, layer: int, dtype: torch.dtype) -> dict:
         """Per-parameter lists over the layer's directions: {"weight_ih": [fwd, rev], ..., "weight_ph": None}."""
@@ -273,6 +301,8 @@ class LSTM(_FusedRNNBase):
 
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
+        if onnx_export.is_exporting():  # torch.onnx.export: ONNX's own LSTM operator, one node per layer
+            return onnx_export.lstm_forward(self, input, hx)
         orig_input = input
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
@@ -282,9 +312,11 @@ class LSTM(_FusedRNNBase):
             if hx is None:
                 hx = self._zeros_hx(input, mini_batch)
             else:
-                self._check_hidden(hx, mini_batch, from_data=True)
+                # nn.LSTM's order: permute, then the op's argument checks, then the shapes.
                 if sorted_indices is not None:
                     hx = (_apply_permutation(hx[0], sorted_indices), _apply_permutation(hx[1], sorted_indices))
+                _check_hx_tensors(hx, "lstm", 2)
+                self._check_hidden(hx, mini_batch, from_data=True)
             x = input
         else:
             if input.dim() not in (2, 3):
@@ -314,6 +346,7 @@ class LSTM(_FusedRNNBase):
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
                 self._check_input(input, None)
                 self._check_hidden(hx, mini_batch)
+                _check_hx_tensors(hx, "lstm", 2)
             if input.size(0 if not self.batch_first else 1) == 0:
                 raise RuntimeError("LSTM: the input sequence is empty (0 time steps)")
             x = input.transpose(0, 1) if self.batch_first else input
@@ -335,7 +368,12 @@ class LSTM(_FusedRNNBase):
     def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: tuple[Tensor, Tensor]):
         self._check_device(x)
         h0_all, c0_all = hx
-        result_dtype, compute_dtype = self._dtypes(x)
+        packed = batch_sizes is not None
+        result_dtype = _autocast_dtype(x, "lstm_packed" if packed and self.proj_size == 0 else "lstm") or x.dtype
+        # nn.LSTM's projection path under CPU autocast keeps the cell state in float32.
+        c_dtype = torch.float32 if (self.proj_size > 0 and x.device.type == "cpu"
+                                    and result_dtype != x.dtype) else result_dtype
+        compute_dtype = _compute_dtype(result_dtype, x.device)
         num_directions = 2 if self.bidirectional else 1
         if (self.num_layers > 1 and not self.bidirectional and self.proj_size == 0
                 and not (self.dropout > 0 and self.training)):
@@ -346,7 +384,7 @@ class LSTM(_FusedRNNBase):
                                          c0_all.to(compute_dtype), per_layer["weight_ih"], per_layer["weight_hh"],
                                          per_layer["bias_ih"], per_layer["bias_hh"], per_layer["weight_ph"],
                                          self.coupled)
-            return x.to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
+            return x.to(result_dtype), h_n.to(result_dtype), c_n.to(c_dtype)
         h_out, c_out = [], []
         for layer in range(self.num_layers):
             w = self._layer_weights(layer, compute_dtype)
@@ -360,7 +398,7 @@ class LSTM(_FusedRNNBase):
             c_out.append(c_n)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        return x.to(result_dtype), torch.cat(h_out).to(result_dtype), torch.cat(c_out).to(result_dtype)
+        return x.to(result_dtype), torch.cat(h_out).to(result_dtype), torch.cat(c_out).to(c_dtype)
 
 
 class GRU(_FusedRNNBase):
@@ -408,6 +446,8 @@ class GRU(_FusedRNNBase):
             )
 
     def forward(self, input, hx: Optional[Tensor] = None):
+        if onnx_export.is_exporting():  # torch.onnx.export: ONNX's own GRU operator, one node per layer
+            return onnx_export.gru_forward(self, input, hx)
         orig_input = input
         num_directions = 2 if self.bidirectional else 1
         if isinstance(orig_input, PackedSequence):
@@ -466,7 +506,8 @@ class GRU(_FusedRNNBase):
 
     def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor):
         self._check_device(x)
-        result_dtype, compute_dtype = self._dtypes(x)
+        result_dtype = _autocast_dtype(x, "gru") or x.dtype
+        compute_dtype = _compute_dtype(result_dtype, x.device)
         num_directions = 2 if self.bidirectional else 1
         h_out = []
         for layer in range(self.num_layers):
@@ -506,6 +547,12 @@ class _FusedCellBase(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script compiles a TorchScript twin sharing these parameters (lstm_fused/scripting.py)."""
+        from .scripting import scriptable
+
+        return scriptable(self)
+
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
@@ -534,7 +581,8 @@ class _FusedCellBase(nn.Module):
                     f"{type(self).__name__}: expected input, hidden state and weights of one dtype, got input "
                     f"{input.dtype}, hidden {value.dtype}, weights {self.weight_ih.dtype}"
                 )
-        return _result_and_compute_dtype(input)
+        result = _autocast_dtype(input, "cell") or input.dtype
+        return result, _compute_dtype(result, input.device)
 
     def _step_weights(self, dtype: torch.dtype):
         w = [p.to(dtype) if p is not None else None for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
@@ -552,6 +600,8 @@ class LSTMCell(_FusedCellBase):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
+        if onnx_export.is_exporting():  # torch.onnx.export: a one-step ONNX LSTM node
+            return onnx_export.lstm_cell_forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -566,6 +616,7 @@ class LSTMCell(_FusedCellBase):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        _check_hx_tensors(hx, "lstm_cell", 2)
         result_dtype, compute_dtype = self._check_step(input, hx)
         w_ih, w_hh, b_ih, b_hh = self._step_weights(compute_dtype)
         # One time step of the fused layer op: [1, B, I] in, h and c of that step out.
@@ -584,6 +635,8 @@ class GRUCell(_FusedCellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if onnx_export.is_exporting():  # torch.onnx.export: a one-step ONNX GRU node
+            return onnx_export.gru_cell_forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -603,46 +656,86 @@ class GRUCell(_FusedCellBase):
         return h if is_batched else h.squeeze(0)
 
 
+# The hook registries of nn.Module that a replacement takes over (the dicts themselves, so that the handles the
+# user holds still remove their hooks).
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+               "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks")
+_CONVERTIBLE = (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)
+
+
+def _carry_over(old: nn.Module, new: nn.Module) -> None:
+    """Hooks, buffers and the user's own attributes of `old` onto its replacement."""
+    for name in _HOOK_DICTS:
+        if hasattr(old, name):
+            setattr(new, name, getattr(old, name))
+    new._is_full_backward_hook = old._is_full_backward_hook
+    for name, buf in old.named_buffers(recurse=False):
+        new.register_buffer(name, buf, persistent=name not in old._non_persistent_buffers_set)
+    for name, value in vars(old).items():
+        if not name.startswith("_") and name not in vars(new):
+            setattr(new, name, value)
+
+
 def _fused_equivalent(module: nn.Module) -> Optional[nn.Module]:
-    """The lstm_fused module replacing `module` (same weights, device, dtype, train/eval), or None."""
+    """The lstm_fused module replacing `module` (same weights, device, dtype, train/eval, hooks), or None."""
+    if not isinstance(module, _CONVERTIBLE):
+        return None
+    if type(module) not in _CONVERTIBLE:
+        # A subclass may override forward or keep state of its own: swapping it would silently drop both.
+        base = next(c for c in _CONVERTIBLE if isinstance(module, c))
+        warnings.warn(f"lstm_fused.convert: leaving {type(module).__qualname__} (a subclass of nn.{base.__name__}) "
+                      f"unconverted; subclass lstm_fused.{base.__name__} instead to run it on the fused kernels",
+                      stacklevel=4)
+        return None
     if torch.nn.utils.parametrize.is_parametrized(module):
         # Parametrized weights (weight_norm, ...) are computed properties, not parameters to carry over.
         warnings.warn(f"lstm_fused.convert: leaving {type(module).__name__} with parametrized weights unconverted",
-                      stacklevel=3)
+                      stacklevel=4)
         return None
-    if isinstance(module, nn.LSTM):
+    if type(module) is nn.LSTM:
         new = LSTM(module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
                    batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional,
                    proj_size=module.proj_size, device="meta")
-    elif isinstance(module, nn.GRU):
+    elif type(module) is nn.GRU:
         new = GRU(module.input_size, module.hidden_size, num_layers=module.num_layers, bias=module.bias,
                   batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional,
                   device="meta")
-    elif isinstance(module, nn.LSTMCell):
+    elif type(module) is nn.LSTMCell:
         new = LSTMCell(module.input_size, module.hidden_size, bias=module.bias, device="meta")
-    elif isinstance(module, nn.GRUCell):
-        new = GRUCell(module.input_size, module.hidden_size, bias=module.bias, device="meta")
     else:
-        return None
+        new = GRUCell(module.input_size, module.hidden_size, bias=module.bias, device="meta")
     # Take the very parameter objects: optimizers and weight tying keep pointing at them.
     for name, param in module.named_parameters(recurse=False):
         setattr(new, name, param)
     new.train(module.training)
+    _carry_over(module, new)
     return new
 
 
 def convert(module: nn.Module) -> nn.Module:
     """Replaces every nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell inside `module` (recursively, through
     containers) with its lstm_fused equivalent, carrying the parameters themselves (so device, dtype,
-    requires_grad, optimizer state and weight tying stay as they were) and the train/eval mode. Returns the
-    model; a bare recurrent module passed in is returned converted. Hooks registered on a replaced module are
-    not carried over; modules with parametrized weights (torch.nn.utils.parametrize) are left as they are,
-    with a warning."""
+    requires_grad, optimizer state and weight tying stay as they were), buffers, the train/eval mode, the
+    user's own attributes and registered hooks (the handles keep working). A module referenced more than once
+    in the tree becomes one lstm_fused module that every reference points to. Returns the model; a bare
+    recurrent module passed in is returned converted. Only exact nn classes are swapped: subclasses (which may
+    override forward) and modules with parametrized weights (torch.nn.utils.parametrize) are left as they are,
+    with a warning that names them. References held outside nn.Module children (a plain list or dict attribute)
+    are not followed."""
+    return _convert(module, {})
+
+
+def _convert(module: nn.Module, memo: dict) -> nn.Module:
+    if id(module) in memo:
+        return memo[id(module)]
     replaced = _fused_equivalent(module)
+    memo[id(module)] = module if replaced is None else replaced
     if replaced is not None:
         return replaced
-    for name, child in list(module.named_children()):
-        new = convert(child)
-        if new is not child:
-            setattr(module, name, new)
+    for name, child in list(module._modules.items()):
+        if child is not None:
+            new = _convert(child, memo)
+            if new is not child:
+                module._modules[name] = new
     return module

@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 _ops = torch.ops.lstm_fused
 
@@ -19,7 +20,10 @@ def _workspace_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _needs_workspace(*groups) -> bool:
     """The workspace is only kept when autograd will need it; inference runs on a small scratch instead. Groups
-    are tensors, lists of tensors or None."""
+    are tensors, lists of tensors or None. Under torch.jit.trace it is always kept: the bool would be baked into
+    the graph, which must not depend on grad mode (a module traced under no_grad must still train)."""
+    if torch.jit.is_tracing():
+        return True
     if not torch.is_grad_enabled():
         return False
     return any(t.requires_grad for g in groups if g is not None for t in (g if isinstance(g, (list, tuple)) else [g]))
@@ -47,8 +51,8 @@ def lstm_layer(
     Returns output ([T, B, D·P] or [N, D·P], directions side by side), h_n [D, B, P], c_n [D, B, H].
     """
     need_workspace = _needs_workspace(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
-    out, h_n, c_n, _ = _ops.lstm_layer_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                   w_ph, coupled, need_workspace)
+    out, h_n, c_n, _ = _call("lstm_layer_fwd", (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph,
+                                                 coupled, need_workspace))
     return out, h_n, c_n
 
 
@@ -115,10 +119,10 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
     need_grad_input = ctx.needs_input_grad[0]
-    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph = _ops.lstm_layer_bwd.default(
+    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph = _call("lstm_layer_bwd", (
         grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, ctx.coupled, out, ws,
         ctx.has_bias, need_grad_input,
-    )
+    ))
     return (
         gi if need_grad_input else None,
         None,
@@ -173,8 +177,8 @@ def lstm_stack(
     Same results as L calls of lstm_layer (on the CPU it is that loop); on CUDA the layers can run as one
     persistent wavefront launch."""
     need_workspace = _needs_workspace(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph)
-    outs, h_n, c_n, _ = _ops.lstm_stack_fwd.default(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph,
-                                                    coupled, need_workspace)
+    outs, h_n, c_n, _ = _call("lstm_stack_fwd", (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled,
+                                                  need_workspace))
     return outs[-1], h_n, c_n
 
 
@@ -233,11 +237,11 @@ def _stack_backward(ctx, grad_outs, grad_h_n, grad_c_n, _grad_wss):
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
     need_grad_input = lo == 0 and ctx.needs_input_grad[0]
-    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_ph = _ops.lstm_stack_bwd.default(
+    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_ph = _call("lstm_stack_bwd", (
         grad_outs[lo:], grad_h_n[lo:], grad_c_n[lo:], input if lo == 0 else outs[lo - 1], batch_sizes, h0[lo:],
         c0[lo:], list(w_ih[lo:]), list(w_hh[lo:]), w_ph[lo:] if w_ph is not None else None, ctx.coupled,
         list(outs[lo:]), list(wss[lo:]), ctx.has_bias, need_grad_input,
-    )
+    ))
     skipped = [None] * lo
     return (
         gi if need_grad_input else None,
@@ -288,7 +292,7 @@ def gru_layer(
     h_n [D, B, H].
     """
     need_workspace = _needs_workspace(input, h0, w_ih, w_hh, b_ih, b_hh)
-    out, h_n, _ = _ops.gru_layer_fwd.default(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace)
+    out, h_n, _ = _call("gru_layer_fwd", (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace))
     return out, h_n
 
 
@@ -331,9 +335,10 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     need_grad_input = ctx.needs_input_grad[0]
-    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _ops.gru_layer_bwd.default(
-        grad_out, grad_h_n, input, batch_sizes, h0, weights[:d], weights[d:], out, ws, ctx.has_bias, need_grad_input
-    )
+    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _call("gru_layer_bwd", (
+        grad_out, grad_h_n, input, batch_sizes, h0, list(weights[:d]), list(weights[d:]), out, ws, ctx.has_bias,
+        need_grad_input,
+    ))
     return (
         gi if need_grad_input else None,
         None,
@@ -348,3 +353,132 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
 
 torch.library.register_autograd("lstm_fused::gru_layer_fwd", _gru_backward, setup_context=_gru_setup_context)
 torch.library.register_autograd("lstm_fused::gru_layer_bwd", _no_double_backward, setup_context=_no_context)
+
+
+# ---- torch.func (grad, vjp, jacrev, vmap) -----------------------------------------------------------------------
+# register_autograd's formulas serve autograd, torch.compile and export, but torch.func's transforms only accept an
+# autograd.Function with setup_context. Under a transform the ops therefore run through one such Function holding
+# the same setup_context/backward, on flattened arguments (a Function only tracks top-level tensors, and the ops
+# take lists); vmap goes through per-sample batching rules of the ops. Forward-mode AD has no formula.
+_AUTOGRAD_FORMULAS = {
+    "lstm_layer_fwd": (_setup_context, _backward),
+    "lstm_stack_fwd": (_stack_setup_context, _stack_backward),
+    "gru_layer_fwd": (_gru_setup_context, _gru_backward),
+    # The backward ops, called from the formulas above inside a transform: differentiating them fails loudly.
+    "lstm_layer_bwd": (_no_context, _no_double_backward),
+    "lstm_stack_bwd": (_no_context, _no_double_backward),
+    "gru_layer_bwd": (_no_context, _no_double_backward),
+}
+
+
+def _call(name: str, args: tuple):
+    """Runs op `name` on `args`: directly, or through _TransformableOp when a torch.func transform is active."""
+    # (Dynamo traces the ops themselves: their registered autograd is what compiled graphs use.)
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is None:
+        return getattr(_ops, name).default(*args)
+    flat, in_spec = tree_flatten(args)
+    spec = _OpSpec(name, in_spec)
+    return tree_unflatten(list(_TransformableOp.apply(spec, *flat)), spec.out_spec)
+
+
+class _OpSpec:
+    """The non-tensor argument of _TransformableOp: which op, and the structure of its arguments and results."""
+
+    def __init__(self, name, in_spec):
+        self.name, self.in_spec, self.out_spec = name, in_spec, None
+
+
+class _CtxView:
+    """The Function's ctx as the ops' backward formulas expect it: needs_input_grad structured like the op's
+    arguments (lists for list arguments) instead of flat."""
+
+    def __init__(self, ctx, needs_input_grad):
+        self._ctx, self.needs_input_grad = ctx, needs_input_grad
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
+def _flat_grads(grads, args):
+    """Structured gradients (one entry per op argument: None, a tensor or a list) flattened like the arguments."""
+    flat = []
+    for grad, arg in zip(grads, args):
+        count = len(tree_flatten(arg)[0])
+        if grad is None:
+            flat += [None] * count
+        elif isinstance(grad, (list, tuple)):
+            assert len(grad) == count
+            flat += list(grad)
+        else:
+            flat.append(grad)
+    return flat
+
+
+class _TransformableOp(torch.autograd.Function):
+    generate_vmap_rule = True  # from the ops' own batching rules below
+
+    @staticmethod
+    def forward(spec, *flat):
+        result = getattr(_ops, spec.name).default(*tree_unflatten(list(flat), spec.in_spec))
+        flat_out, spec.out_spec = tree_flatten(result)
+        return tuple(flat_out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        spec, *flat = inputs
+        ctx.spec = spec
+        ctx.set_materialize_grads(False)  # the formulas take None for outputs the loss did not use
+        setup, _ = _AUTOGRAD_FORMULAS[spec.name]
+        setup(ctx, tree_unflatten(list(flat), spec.in_spec), tree_unflatten(list(output), spec.out_spec))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        spec = ctx.spec
+        _, formula = _AUTOGRAD_FORMULAS[spec.name]
+        needs = tree_unflatten(list(ctx.needs_input_grad[1:]), spec.in_spec)
+        structured = formula(_CtxView(ctx, needs), *tree_unflatten(list(grads), spec.out_spec))
+        args = tree_unflatten([None] * spec.in_spec.num_leaves, spec.in_spec)
+        return (None, *_flat_grads(structured, args))
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(
+            "lstm_fused: forward-mode AD (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad) is not "
+            "supported by the fused ops; use reverse mode (torch.func.grad, vjp, jacrev), or torch.nn.LSTM/GRU "
+            "for forward-mode derivatives"
+        )
+
+
+def _slice(arg, dim, i):
+    if isinstance(arg, (list, tuple)):
+        dims = dim if isinstance(dim, (list, tuple)) else [dim] * len(arg)
+        return type(arg)(_slice(a, d, i) for a, d in zip(arg, dims))
+    return arg.select(dim, i) if dim is not None else arg
+
+
+def _stack(results):
+    first = results[0]
+    if isinstance(first, (list, tuple)):
+        return type(first)(_stack([r[k] for r in results]) for k in range(len(first)))
+    return torch.stack(results)
+
+
+def _out_dims(result):
+    return type(result)(_out_dims(r) for r in result) if isinstance(result, (list, tuple)) else 0
+
+
+def _per_sample_vmap(name):
+    """Batching rule for torch.vmap: the op once per sample, results stacked. Correct for every op and argument
+    layout (packed input included); it runs the samples one after another."""
+
+    def rule(info, in_dims, *args):
+        op = getattr(_ops, name).default
+        result = _stack([op(*(_slice(a, d, i) for a, d in zip(args, in_dims))) for i in range(info.batch_size)])
+        return result, _out_dims(result)
+
+    return rule
+
+
+for _name in ("lstm_layer_fwd", "lstm_layer_bwd", "lstm_stack_fwd", "lstm_stack_bwd", "gru_layer_fwd",
+              "gru_layer_bwd"):
+    torch.library.register_vmap(f"lstm_fused::{_name}", _per_sample_vmap(_name))

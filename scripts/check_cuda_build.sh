@@ -32,8 +32,15 @@ if grep -E "[1-9][0-9]* bytes spill (stores|loads)" "$report"; then
   exit 1
 fi
 
-echo "-- building lstm_fused with CUDA (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
-FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation "$ROOT"
+echo "-- building lstm_fused with CUDA from its sdist (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+# From the sdist, so a CUDA source or header missing from it fails here. The sdist is made from a copy of the
+# checkout: setup.py run in the tree would leave build records there.
+work="$(mktemp -d)"
+(cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work") 2>/dev/null ||
+  cp -r "$ROOT"/{setup.py,pyproject.toml,MANIFEST.in,README.md,LICENSE,csrc,lstm_fused} "$work"
+(cd "$work" && "$PY" setup.py -q sdist -d "$work/dist" > /dev/null)
+FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation \
+  --force-reinstall --no-deps "$work"/dist/lstm_fused-*.tar.gz
 
 echo "-- import and kernel registration"
 cd "$(mktemp -d)"  # not the source tree: import the installed package

@@ -39,7 +39,7 @@ echo "== CUDA tests"
 # Not -x: one lease should report every failing test, not the first (the full log is in $OUT/tests.log).
 (cd /tmp && timeout 300 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib --maxfail=30 -rf \
   --durations=8 "$ROOT/tests/test_cuda_persistent.py" "$ROOT/tests/test_cuda.py" \
-  "$ROOT/tests/test_persistent_emulation.py" "$ROOT/tests/test_cuda_emulation.py" 2>&1) | tee "$OUT/tests.log" | tail -45
+  "$ROOT/tests/test_persistent_emulation.py" "$ROOT/tests/test_cuda_emulation.py" "$ROOT/tests/test_autocast.py" 2>&1) | tee "$OUT/tests.log" | tail -45
 fi
 [ "$PART" = all ] || [ "$PART" = measure ] || exit 0
 

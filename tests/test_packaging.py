@@ -108,3 +108,30 @@ def test_sdist_installs_into_a_fresh_venv(sdist, tmp_path):
     run = subprocess.run([py, "-c", "import lstm_fused"], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode != 0
     assert "built against torch 2.0.0" in run.stderr and "--no-build-isolation" in run.stderr, run.stderr
+
+
+C_LOADER = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char** argv) {
+  void* h = dlopen(argv[1], RTLD_NOW | RTLD_GLOBAL);  /* every symbol resolved now: none may be Python's */
+  if (!h) { printf("%s\n", dlerror()); return 1; }
+  printf("loaded\n");
+  return 0;
+}
+"""
+
+
+def test_library_loads_in_a_process_without_python(tmp_path):
+    """A C++ AOTInductor/TorchScript runner registers the ops by loading lstm_fused.library_path(): the library
+    must not need libpython (strict binding, as at::DynamicLibrary and LD_BIND_NOW do)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    (tmp_path / "loader.c").write_text(C_LOADER)
+    exe = tmp_path / "loader"
+    subprocess.run([cc, str(tmp_path / "loader.c"), "-o", str(exe), "-ldl"], check=True)
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    env = {"PATH": os.environ.get("PATH", ""), "LD_LIBRARY_PATH": torch_lib, "LD_BIND_NOW": "1"}
+    run = subprocess.run([str(exe), lstm_fused.library_path()], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "loaded" in run.stdout, run.stdout + run.stderr
