@@ -681,16 +681,17 @@ def _fused_equivalent(module: nn.Module) -> Optional[nn.Module]:
     """The lstm_fused module replacing `module` (same weights, device, dtype, train/eval, hooks), or None."""
     if not isinstance(module, _CONVERTIBLE):
         return None
+    if torch.nn.utils.parametrize.is_parametrized(module):
+        # Parametrized weights (weight_norm, ...) are computed properties, not parameters to carry over. (Checked
+        # first: parametrization also turns the module's class into a generated subclass.)
+        warnings.warn(f"lstm_fused.convert: leaving {type(module).__name__} with parametrized weights unconverted",
+                      stacklevel=4)
+        return None
     if type(module) not in _CONVERTIBLE:
         # A subclass may override forward or keep state of its own: swapping it would silently drop both.
         base = next(c for c in _CONVERTIBLE if isinstance(module, c))
         warnings.warn(f"lstm_fused.convert: leaving {type(module).__qualname__} (a subclass of nn.{base.__name__}) "
                       f"unconverted; subclass lstm_fused.{base.__name__} instead to run it on the fused kernels",
-                      stacklevel=4)
-        return None
-    if torch.nn.utils.parametrize.is_parametrized(module):
-        # Parametrized weights (weight_norm, ...) are computed properties, not parameters to carry over.
-        warnings.warn(f"lstm_fused.convert: leaving {type(module).__name__} with parametrized weights unconverted",
                       stacklevel=4)
         return None
     if type(module) is nn.LSTM:

@@ -99,6 +99,9 @@ def _lstm_layer_bwd_fake(
 def _setup_context(ctx, inputs, output):
     input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, _ = inputs
     out, _, _, ws = output
+    # Unused outputs (the workspace, h_n, c_n, a stack's lower outputs) reach the backward as None, not as
+    # zero tensors of their full size (the workspace's alone is as large as all the gates).
+    ctx.set_materialize_grads(False)
     ctx.directions = len(w_ih)
     ctx.has_bias = b_ih is not None
     ctx.has_proj = w_hr is not None
@@ -201,6 +204,7 @@ def _lstm_stack_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_p
 def _stack_setup_context(ctx, inputs, output):
     input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, _ = inputs
     outs, _, _, wss = output
+    ctx.set_materialize_grads(False)  # as in _setup_context
     ctx.layers = len(w_ih)
     ctx.has_bias = b_ih is not None
     ctx.has_peephole = w_ph is not None
@@ -323,6 +327,7 @@ def _gru_layer_bwd_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_h
 def _gru_setup_context(ctx, inputs, output):
     input, batch_sizes, h0, w_ih, w_hh, b_ih, _, _ = inputs
     out, _, ws = output
+    ctx.set_materialize_grads(False)  # as in _setup_context
     ctx.directions = len(w_ih)
     ctx.has_bias = b_ih is not None
     ctx.save_for_backward(input, batch_sizes, h0, out, ws, *w_ih, *w_hh)

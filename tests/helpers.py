@@ -127,3 +127,12 @@ def check_half_type_vs_float64(ref, ours, ref64, x, dtype):
 
 # Every (T, B, H) of the issue's grid, in a fixed order the parity tests cycle through.
 SHAPES = list(itertools.product([1, 2, 17, 50], [1, 3, 16], [1, 5, 33, 128]))
+
+
+def flat_tensors(result):
+    """Every tensor of a module's result, in order (a PackedSequence contributes its data)."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if hasattr(result, "batch_sizes"):
+        return [result.data]
+    return [t for r in result for t in flat_tensors(r)]

@@ -6,9 +6,10 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
+from helpers import flat_tensors
 
 CUDA = torch.cuda.is_available() and lstm_fused.has_cuda_kernels()
 
@@ -53,17 +54,9 @@ def _hx(kind, device):
     return None
 
 
-def _flat(result):
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, PackedSequence):
-        return [result.data]
-    return [t for r in result for t in _flat(r)]
-
-
 def _run(module, x, hx, device_type, dtype):
     with torch.autocast(device_type, dtype=dtype):
-        out = _flat(module(x) if hx is None else module(x, hx))
+        out = flat_tensors(module(x) if hx is None else module(x, hx))
     sum(o.float().sum() for o in out).backward()
     return out, [p.grad for p in module.parameters()]
 

@@ -5,9 +5,10 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
+from helpers import flat_tensors
 
 B, I, H = 3, 4, 8
 
@@ -42,19 +43,11 @@ CASES = [(cls, kind, misuse) for cls in ("LSTM", "GRU", "LSTMCell", "GRUCell") f
          if not (kind.startswith("packed") and misuse == "extra_dim")]
 
 
-def _flat(result):
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, PackedSequence):
-        return [result.data]
-    return [t for r in result for t in _flat(r)]
-
-
 def _call(module, x, hx):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _flat(module(x, hx)), None
+            return flat_tensors(module(x, hx)), None
     except Exception as e:  # noqa: BLE001 (the type is what is compared)
         return None, e
 

@@ -25,14 +25,19 @@ def _checkout_files():
     return [f for f in out.splitlines() if os.path.exists(os.path.join(ROOT, f))]
 
 
+def _copy_checkout(dst):
+    files = _checkout_files()
+    for f in files:
+        os.makedirs(os.path.join(dst, os.path.dirname(f)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, f), os.path.join(dst, f))
+    return files
+
+
 @pytest.fixture(scope="module")
 def sdist(tmp_path_factory):
     """An sdist built from a clean copy of the checkout (no build folders, no compiled files)."""
-    files = _checkout_files()
     src = tmp_path_factory.mktemp("checkout")
-    for f in files:
-        os.makedirs(os.path.join(src, os.path.dirname(f)), exist_ok=True)
-        shutil.copy2(os.path.join(ROOT, f), os.path.join(src, f))
+    files = _copy_checkout(src)
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(dist)], cwd=src, check=True,
                    capture_output=True, text=True)
@@ -76,6 +81,8 @@ CHECK = textwrap.dedent("""
     import importlib.metadata, torch, lstm_fused
     assert lstm_fused.__version__ == importlib.metadata.version("lstm_fused"), lstm_fused.__version__
     assert "site-packages" in lstm_fused.__file__, lstm_fused.__file__
+    from lstm_fused import _build_info
+    assert _build_info.TORCH_VERSION == torch.__version__, _build_info.TORCH_VERSION
     torch.manual_seed(0)
     ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True)
     m = lstm_fused.LSTM(3, 5, num_layers=2, bidirectional=True)
@@ -86,28 +93,59 @@ CHECK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not SLOW, reason="builds the extension in a fresh venv (~2-3 min); set LSTM_FUSED_SDIST_TEST=1")
-def test_sdist_installs_into_a_fresh_venv(sdist, tmp_path):
-    tarball, _ = sdist
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory):
+    """A new venv holding torch (the same release as this environment's, from pip's cache or the local wheel)
+    and the build tools, nothing else."""
+    venv = tmp_path_factory.mktemp("fresh") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
-    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-    # torch from pip's cache / the local wheel: the same release as this environment's.
-    subprocess.run(pip + [f"torch=={torch.__version__.split('+')[0]}", "setuptools", "wheel", "ninja", "numpy"],
-                   check=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    f"torch=={torch.__version__.split('+')[0]}", "setuptools", "wheel", "ninja", "numpy"], check=True)
+    return py
+
+
+def _pip(py, *args):
     env = dict(os.environ, MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
-    subprocess.run(pip + ["--no-build-isolation", tarball], check=True, env=env)
-    run = subprocess.run([py, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True)
+    subprocess.run([py, "-m", "pip", "-q", "--disable-pip-version-check", *args], check=True, env=env)
+
+
+def _check_installed(py, cwd):
+    run = subprocess.run([py, "-c", CHECK], cwd=cwd, capture_output=True, text=True)
     assert run.returncode == 0 and "SDIST-OK" in run.stdout, run.stdout + run.stderr
+
+
+@pytest.mark.skipif(not SLOW, reason="builds the extension in a fresh venv (~2 min); set LSTM_FUSED_SDIST_TEST=1")
+def test_sdist_installs_into_a_fresh_venv(sdist, fresh_venv, tmp_path):
+    tarball, _ = sdist
+    py = fresh_venv
+    _pip(py, "install", "--no-build-isolation", tarball)
+    _check_installed(py, tmp_path)
     # A _C built against another torch: the import says so and how to rebuild.
     info = subprocess.run([py, "-c", "import lstm_fused._build_info as b; print(b.__file__)"], cwd=tmp_path,
                           capture_output=True, text=True, check=True).stdout.strip()
+    with open(info) as f:
+        recorded = f.read()
     with open(info, "a") as f:
         f.write('TORCH_VERSION = "2.0.0"\n')
     run = subprocess.run([py, "-c", "import lstm_fused"], cwd=tmp_path, capture_output=True, text=True)
+    with open(info, "w") as f:
+        f.write(recorded)
     assert run.returncode != 0
     assert "built against torch 2.0.0" in run.stderr and "--no-build-isolation" in run.stderr, run.stderr
+
+
+@pytest.mark.skipif(not SLOW, reason="builds the extension in a fresh venv (~2 min); set LSTM_FUSED_SDIST_TEST=1")
+def test_pip_wheel_from_the_checkout(fresh_venv, tmp_path):
+    """`pip wheel --no-build-isolation .` in a clean checkout gives a wheel that installs and works."""
+    src = tmp_path / "checkout"
+    _copy_checkout(src)
+    _pip(fresh_venv, "wheel", "--no-build-isolation", "--no-deps", "-w", str(tmp_path / "wheels"), str(src))
+    (wheel,) = os.listdir(tmp_path / "wheels")
+    assert wheel.startswith(f"lstm_fused-{lstm_fused.__version__}-")
+    _pip(fresh_venv, "install", "--force-reinstall", "--no-deps", str(tmp_path / "wheels" / wheel))
+    _check_installed(fresh_venv, tmp_path)
+    assert not os.path.exists(src / "lstm_fused" / "_build_info.py")  # the record went into the wheel only
 
 
 C_LOADER = r"""
