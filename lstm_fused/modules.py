@@ -22,22 +22,37 @@ __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert"]
 _HAS_CUDA_KERNELS = ops.has_kernel("CUDA")
 
 
-def _autocast_dtype(x: Tensor, rule: str) -> Optional[torch.dtype]:
+def _autocast_dtype(x: Tensor, rule: str, state: Optional[Tensor] = None) -> Optional[torch.dtype]:
     """The dtype nn's counterpart returns under the caller's autocast region, or None where autocast leaves
     that call alone. Measured against nn (tests/test_autocast.py):
     - CPU: nn.LSTM's padded op (`lstm.input`) is on autocast's lower-precision list, its packed op is not
-      (except with proj_size, whose path is); nn.GRU and the cells are not cast.
+      (except with proj_size, whose path is, and whose c_n keeps c0's dtype); the packed LSTM, nn.GRU and the
+      cells are not cast and return their hidden state's dtype (`state`: h0, or the cell's h; without one, the
+      input's dtype). Not matched: nn's CPU float16 LSTM, which fails in oneDNN or falls back to float32
+      depending on its inputs' dtypes (lstm_fused returns float16).
     - CUDA: cuDNN's RNN (nn.LSTM, nn.GRU, padded or packed) is cast to float16 whatever the autocast dtype
       (aten/src/ATen/cudnn/AutocastRNN.cpp); the cells (lstm_cell, gru_cell) to the autocast dtype.
-    rule: "lstm", "lstm_packed", "gru" or "cell". Float64 and non-float inputs are never cast."""
+    rule: "lstm", "lstm_packed", "gru" or "cell". Float64 and non-float inputs are never cast. Assumes float32
+    parameters (autocast's use) and, on CUDA, cuDNN enabled."""
     device = x.device.type
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not torch.is_autocast_enabled(device):
         return None
     if device == "cpu":
-        return torch.get_autocast_dtype(device) if rule == "lstm" else None
+        if rule == "lstm":
+            return torch.get_autocast_dtype(device)
+        if rule != "lstm" and state is not None and state.dtype != x.dtype:
+            return state.dtype
+        return None
     if device == "cuda" and rule != "cell":
         return torch.float16
     return torch.get_autocast_dtype(device)
+
+
+def _dtypes_compatible(a: torch.dtype, b: torch.dtype) -> bool:
+    """Whether nn accepts input, states and weights of these two dtypes together: equal, or under autocast two
+    of float32/float16/bfloat16 (float64 mixed with another type fails in nn's kernels even then)."""
+    low = (torch.float32, torch.float16, torch.bfloat16)
+    return a == b or (torch._C._is_any_autocast_enabled() and a in low and b in low)
 
 
 def _compute_dtype(result: torch.dtype, device: torch.device) -> torch.dtype:
@@ -201,7 +216,7 @@ class _FusedRNNBase(nn.Module):
                     f"and parameter tensor at {p.device}"
                 )
         weight_dtype = self.weight_ih_l0.dtype
-        if input.dtype != weight_dtype and not torch._C._is_any_autocast_enabled():
+        if not _dtypes_compatible(input.dtype, weight_dtype):
             # nn.LSTM checks dtypes in Python only for padded input (ValueError); for a PackedSequence the
             # mismatch surfaces from its kernels as a RuntimeError. Same types here, clearer message.
             raise (RuntimeError if batch_sizes is not None else ValueError)(
@@ -284,7 +299,7 @@ class LSTM(_FusedRNNBase):
             if hx[1].size() != expected_c:
                 raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(hx[1].size())}")
         for t in hx:
-            if t.dtype != self.weight_ih_l0.dtype and not torch._C._is_any_autocast_enabled():
+            if not _dtypes_compatible(t.dtype, self.weight_ih_l0.dtype):
                 raise RuntimeError(f"Expected hidden dtype {self.weight_ih_l0.dtype}, got {t.dtype}")
             if t.device != self.weight_ih_l0.device:
                 raise RuntimeError(
@@ -369,10 +384,11 @@ class LSTM(_FusedRNNBase):
         self._check_device(x)
         h0_all, c0_all = hx
         packed = batch_sizes is not None
-        result_dtype = _autocast_dtype(x, "lstm_packed" if packed and self.proj_size == 0 else "lstm") or x.dtype
-        # nn.LSTM's projection path under CPU autocast keeps the cell state in float32.
-        c_dtype = torch.float32 if (self.proj_size > 0 and x.device.type == "cpu"
-                                    and result_dtype != x.dtype) else result_dtype
+        result_dtype = (_autocast_dtype(x, "lstm_packed" if packed and self.proj_size == 0 else "lstm", h0_all)
+                        or x.dtype)
+        # nn.LSTM's projection path under CPU autocast returns c_n in c0's dtype (float32 for float32 input).
+        c_dtype = c0_all.dtype if (self.proj_size > 0 and x.device.type == "cpu"
+                                   and _autocast_dtype(x, "lstm") is not None) else result_dtype
         compute_dtype = _compute_dtype(result_dtype, x.device)
         num_directions = 2 if self.bidirectional else 1
         if (self.num_layers > 1 and not self.bidirectional and self.proj_size == 0
@@ -437,7 +453,7 @@ class GRU(_FusedRNNBase):
                 torch._check(g == w)
         elif hx.size() != expected:
             raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
-        if hx.dtype != self.weight_ih_l0.dtype and not torch._C._is_any_autocast_enabled():
+        if not _dtypes_compatible(hx.dtype, self.weight_ih_l0.dtype):
             raise RuntimeError(f"Expected hidden dtype {self.weight_ih_l0.dtype}, got {hx.dtype}")
         if hx.device != self.weight_ih_l0.device:
             raise RuntimeError(
@@ -506,7 +522,7 @@ class GRU(_FusedRNNBase):
 
     def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor):
         self._check_device(x)
-        result_dtype = _autocast_dtype(x, "gru") or x.dtype
+        result_dtype = _autocast_dtype(x, "gru", hx) or x.dtype
         compute_dtype = _compute_dtype(result_dtype, x.device)
         num_directions = 2 if self.bidirectional else 1
         h_out = []
@@ -569,19 +585,18 @@ class _FusedCellBase(nn.Module):
                 f"Input and parameter tensors are not at the same device, found input tensor at {input.device} "
                 f"and parameter tensor at {self.weight_ih.device}"
             )
-        autocast = torch._C._is_any_autocast_enabled()
         for idx, value in enumerate(states):
             if value.shape != (input.size(0), self.hidden_size):
                 raise RuntimeError(
                     f"hx[{idx}] has inconsistent shape: got {list(value.shape)}, expected "
                     f"{[input.size(0), self.hidden_size]}"
                 )
-            if (value.dtype != input.dtype or self.weight_ih.dtype != input.dtype) and not autocast:
+            if not (_dtypes_compatible(value.dtype, input.dtype) and _dtypes_compatible(self.weight_ih.dtype, input.dtype)):
                 raise RuntimeError(
                     f"{type(self).__name__}: expected input, hidden state and weights of one dtype, got input "
                     f"{input.dtype}, hidden {value.dtype}, weights {self.weight_ih.dtype}"
                 )
-        result = _autocast_dtype(input, "cell") or input.dtype
+        result = _autocast_dtype(input, "cell", states[0]) or input.dtype
         return result, _compute_dtype(result, input.device)
 
     def _step_weights(self, dtype: torch.dtype):
@@ -686,6 +701,13 @@ def _fused_equivalent(module: nn.Module) -> Optional[nn.Module]:
         # first: parametrization also turns the module's class into a generated subclass.)
         warnings.warn(f"lstm_fused.convert: leaving {type(module).__name__} with parametrized weights unconverted",
                       stacklevel=4)
+        return None
+    names = getattr(module, "_flat_weights_names", ["weight_ih", "weight_hh", "bias_ih", "bias_hh"])
+    computed = [n for n in names if n not in module._parameters]
+    if computed:
+        # The old torch.nn.utils.weight_norm / spectral_norm replace a parameter by a tensor their hook recomputes.
+        warnings.warn(f"lstm_fused.convert: leaving {type(module).__name__} unconverted: {', '.join(computed)} "
+                      "not plain parameters (weight_norm / spectral_norm?)", stacklevel=4)
         return None
     if type(module) not in _CONVERTIBLE:
         # A subclass may override forward or keep state of its own: swapping it would silently drop both.

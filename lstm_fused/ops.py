@@ -378,12 +378,23 @@ _AUTOGRAD_FORMULAS = {
 
 def _call(name: str, args: tuple):
     """Runs op `name` on `args`: directly, or through _TransformableOp when a torch.func transform is active."""
-    # (Dynamo traces the ops themselves: their registered autograd is what compiled graphs use.)
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is None:
+    # Only a differentiating transform (grad, vjp, jacrev; jvp to raise) needs the Function: vmap uses the ops'
+    # batching rules and functionalize takes the ops as they are. Dynamo traces the ops themselves: their
+    # registered autograd is what compiled graphs use.
+    if torch.compiler.is_compiling() or not _differentiating_transform():
         return getattr(_ops, name).default(*args)
     flat, in_spec = tree_flatten(args)
     spec = _OpSpec(name, in_spec)
     return tree_unflatten(list(_TransformableOp.apply(spec, *flat)), spec.out_spec)
+
+
+def _differentiating_transform() -> bool:
+    if torch._C._functorch.peek_interpreter_stack() is None:  # the common case, cheaply
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
 class _OpSpec:
@@ -448,9 +459,8 @@ class _TransformableOp(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, *tangents):
         raise RuntimeError(
-            "lstm_fused: forward-mode AD (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad) is not "
-            "supported by the fused ops; use reverse mode (torch.func.grad, vjp, jacrev), or torch.nn.LSTM/GRU "
-            "for forward-mode derivatives"
+            "lstm_fused: forward-mode AD (torch.func.jvp, jacfwd, hessian) is not supported by the fused ops; "
+            "use reverse mode (torch.func.grad, vjp, jacrev), or torch.nn.LSTM/GRU for forward-mode derivatives"
         )
 
 

@@ -88,3 +88,20 @@ def test_buffers_and_attributes_carried_over():
     assert converted.step is lstm.step and converted.tag == "encoder"
     assert "step" in converted.state_dict() and "scratch" not in converted.state_dict()
     assert converted.scratch is lstm.scratch
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm"])
+def test_old_style_weight_norm_left_as_is(wrap):
+    torch.manual_seed(0)
+    lstm, cell, plain = nn.LSTM(3, 4), nn.GRUCell(3, 4), nn.LSTM(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated
+        getattr(torch.nn.utils, wrap)(lstm, "weight_hh_l0")
+        getattr(torch.nn.utils, wrap)(cell, "weight_ih")
+    model = nn.ModuleDict({"lstm": lstm, "cell": cell, "plain": plain}).eval()  # spectral_norm: no power step
+    x = torch.randn(5, 2, 3)
+    expected = lstm(x)[0]
+    with pytest.warns(UserWarning, match="weight_hh_l0 not plain parameters"):
+        lstm_fused.convert(model)
+    assert model["lstm"] is lstm and model["cell"] is cell and isinstance(model["plain"], lstm_fused.LSTM)
+    torch.testing.assert_close(model["lstm"](x)[0], expected)

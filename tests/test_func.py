@@ -92,3 +92,15 @@ def test_forward_mode_names_lstm_fused():
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="lstm_fused: forward-mode AD"):
         jvp(lambda xx: ours(xx)[0], (x,), (torch.ones_like(x),))
+
+
+def test_functionalize_keeps_the_ops():
+    """functionalize (and make_fx over it) sees the ops as they are, as torch.export does."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    _, ours, _ = _twins(CONFIGS[0][1])
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    f = torch.func.functionalize(lambda xx: ours(xx)[0])
+    torch.testing.assert_close(f(x), ours(x)[0])
+    targets = {str(n.target) for n in make_fx(f)(x).graph.nodes if n.op == "call_function"}
+    assert "lstm_fused.lstm_stack_fwd.default" in targets or "lstm_fused.lstm_layer_fwd.default" in targets, targets
