@@ -40,7 +40,7 @@ def _autocast_dtype(x: Tensor, rule: str, state: Optional[Tensor] = None) -> Opt
     if device == "cpu":
         if rule == "lstm":
             return torch.get_autocast_dtype(device)
-        if rule != "lstm" and state is not None and state.dtype != x.dtype:
+        if state is not None and state.dtype != x.dtype:
             return state.dtype
         return None
     if device == "cuda" and rule != "cell":
