@@ -1,8 +1,11 @@
-"""Build of lstm_fused._C.
+"""Build of lstm_fused._C (docs/DESIGN.md maps the folders).
 
-CPU sources always; CUDA sources (csrc/cuda/*.cu, *_cuda.cpp) when the installed torch has CUDA and CUDA_HOME
-is found — and either a GPU is visible or FORCE_CUDA=1. TORCH_CUDA_ARCH_LIST picks the GPU architectures
-(torch.utils.cpp_extension reads it). LSTM_FUSED_CPU_ONLY=1 skips the CUDA sources whatever torch has.
+Always: csrc/host/*.cpp (op definitions) and csrc/cpu/*.cpp (the CPU backend). CUDA sources (csrc/cuda/*.cu and
+*.cpp) when the installed torch has CUDA and CUDA_HOME is found — and either a GPU is visible or FORCE_CUDA=1;
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (torch.utils.cpp_extension reads it). LSTM_FUSED_CPU_ONLY=1 skips
+the CUDA sources whatever torch has. LSTM_FUSED_TESTING=1 (scripts/test.sh sets it) adds csrc/testing/*.cpp: the
+test-only ops in their own namespace, lstm_fused_testing (the CUDA path emulated on the CPU, planners, path
+counters); a user's install neither compiles nor registers them.
 Install with `pip install --no-build-isolation .` so the build compiles against the torch that is installed.
 """
 import glob
@@ -23,7 +26,7 @@ def _version():
         return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
-def _write_build_info(path, use_cuda):
+def _write_build_info(path, use_cuda, testing):
     # Read by lstm_fused/__init__.py before it loads _C: a torch other than the one compiled against gets a
     # clear "rebuild" error instead of an undefined-symbol trace (the C++ ABI differs between torch versions).
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -31,6 +34,7 @@ def _write_build_info(path, use_cuda):
         f.write('"""Written by setup.py when _C is built; never part of the source tree or the sdist."""\n')
         f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
         f.write(f"WITH_CUDA = {use_cuda!r}\n")
+        f.write(f"WITH_TESTING = {testing!r}\n")
 
 
 def _flag(name):
@@ -56,18 +60,24 @@ class _BuildExt(cpp_extension.BuildExtension.with_options(use_ninja=True)):
     build folder the wheel is made from), so an sdist or a checkout never carries a stale record."""
 
     use_cuda = False
+    testing = False
 
     def run(self):
         super().run()
         target = ROOT if self.inplace else self.build_lib
-        _write_build_info(os.path.join(target, "lstm_fused", "_build_info.py"), self.use_cuda)
+        _write_build_info(os.path.join(target, "lstm_fused", "_build_info.py"), self.use_cuda, self.testing)
 
 
 def extension():
-    cpu_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")) + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
-    cuda_sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
+    def sources_in(folder, *exts):
+        return _rel(f for ext in exts for f in glob.glob(os.path.join(ROOT, "csrc", folder, "*." + ext)))
+
+    testing = _flag("LSTM_FUSED_TESTING")
+    cpu_sources = sources_in("host", "cpp") + sources_in("cpu", "cpp") + (sources_in("testing", "cpp") if testing else [])
+    cuda_sources = sources_in("cuda", "cu", "cpp")
     opt = ["-O3"] if not _flag("LSTM_FUSED_DEBUG") else ["-O0", "-g"]
-    cxx = opt + ["-std=c++20", "-fopenmp", "-fvisibility=hidden"]
+    defines = ["-DLSTM_FUSED_TESTING"] if testing else []
+    cxx = opt + ["-std=c++20", "-fopenmp", "-fvisibility=hidden"] + defines
     extra = {"cxx": cxx}
     include_dirs = [os.path.join(ROOT, "csrc")]
     use_cuda = _want_cuda() and bool(cuda_sources)
@@ -75,7 +85,7 @@ def extension():
         ext_cls = cpp_extension.CUDAExtension
         sources = cpu_sources + cuda_sources
         extra["cxx"] = cxx + ["-DLSTM_FUSED_WITH_CUDA"]
-        extra["nvcc"] = opt + ["-std=c++20", "-DLSTM_FUSED_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo",
+        extra["nvcc"] = opt + defines + ["-std=c++20", "-DLSTM_FUSED_WITH_CUDA", "--expt-relaxed-constexpr", "-lineinfo",
                                "-Xptxas=-v" if _flag("LSTM_FUSED_PTXAS_VERBOSE") else "-Xptxas=-O3"]
         # cublas_v2.h / cusparse.h (pulled in by ATen/cuda headers) ship in the nvidia-* wheels, not CUDA_HOME.
         site = sysconfig.get_paths()["purelib"]
@@ -84,8 +94,10 @@ def extension():
     else:
         ext_cls = cpp_extension.CppExtension
         sources = cpu_sources
-    print(f"lstm_fused: building {'CPU+CUDA' if use_cuda else 'CPU-only'} extension from {len(sources)} sources")
+    print(f"lstm_fused: building {'CPU+CUDA' if use_cuda else 'CPU-only'} extension{' with test ops' if testing else ''}"
+          f" from {len(sources)} sources")
     _BuildExt.use_cuda = use_cuda
+    _BuildExt.testing = testing
     return ext_cls(
         name="lstm_fused._C",
         sources=sources,

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # CUDA compile-and-link check for machines without a GPU (CI runs it from .ci/run):
 #  1. ptxas report (registers, spills) of the step kernels for sm_80 and sm_90; fails on any spill;
-#  2. builds and installs lstm_fused with its CUDA sources into a torch 2.14.1+cu130 venv (FORCE_CUDA=1);
-#  3. imports it there and checks that every op has a CUDA kernel registered (and that the CPU kernels run).
+#  2. builds and installs lstm_fused with its CUDA sources into a torch 2.14.1+cu130 venv (FORCE_CUDA=1), with the
+#     test-only ops (LSTM_FUSED_TESTING=1), as the GPU check (gpu_check.sh) builds it;
+#  3. imports it there and checks that every op has a CUDA kernel registered (and that the CPU kernels and the
+#     CUDA path's CPU emulation run).
 # Override the venv with LSTM_FUSED_CUDA_VENV, the toolkit with CUDA_HOME, the arches with TORCH_CUDA_ARCH_LIST.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +41,7 @@ work="$(mktemp -d)"
 (cd "$ROOT" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work") 2>/dev/null ||
   cp -r "$ROOT"/{setup.py,pyproject.toml,MANIFEST.in,README.md,LICENSE,csrc,lstm_fused} "$work"
 (cd "$work" && "$PY" setup.py -q sdist -d "$work/dist" > /dev/null)
-FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation \
+FORCE_CUDA=1 LSTM_FUSED_TESTING=1 MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation \
   --force-reinstall --no-deps "$work"/dist/lstm_fused-*.tar.gz
 
 echo "-- import and kernel registration"
@@ -59,6 +61,13 @@ m = lstm_fused.LSTM(3, 5, num_layers=2, bidirectional=True)
 m.load_state_dict(ref.state_dict())
 x = torch.randn(4, 2, 3)
 torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+# The CUDA driver emulated on the CPU (compiled here next to the CUDA binding) matches the CPU kernels.
+args = [x, None, torch.zeros(1, 2, 5), torch.zeros(1, 2, 5), [m.weight_ih_l0], [m.weight_hh_l0], [m.bias_ih_l0],
+        [m.bias_hh_l0], None, None, False, False]
+with torch.no_grad():
+    emu = torch.ops.lstm_fused_testing.emu_lstm_layer_fwd(*args)
+    cpu = torch.ops.lstm_fused.lstm_layer_fwd(*args)
+torch.testing.assert_close(emu[0], cpu[0], rtol=1e-5, atol=1e-6)
 print(f"lstm_fused CUDA build OK: torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"GPU visible: {torch.cuda.is_available()}")
 PYEOF

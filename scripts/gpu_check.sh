@@ -29,7 +29,7 @@ if [ -z "${CUDA_HOME:-}" ]; then
   if command -v nvcc >/dev/null; then CUDA_HOME="$(dirname "$(dirname "$(command -v nvcc)")")"; else CUDA_HOME=/usr/local/cuda; fi
 fi
 export CUDA_HOME
-TORCH_CUDA_ARCH_LIST="$ARCH" FORCE_CUDA=1 MAX_JOBS=16 LSTM_FUSED_PTXAS_VERBOSE=1 \
+TORCH_CUDA_ARCH_LIST="$ARCH" FORCE_CUDA=1 LSTM_FUSED_TESTING=1 MAX_JOBS=16 LSTM_FUSED_PTXAS_VERBOSE=1 \
   timeout 200 "$PY" -m pip install -v --no-build-isolation --no-deps --no-index "$ROOT" >> "$OUT/build.log" 2>&1
 rc=$?; echo "build rc=$rc" | tee -a "$OUT/build.log"
 grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
@@ -37,7 +37,7 @@ grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
 
 echo "== CUDA tests"
 # Not -x: one lease should report every failing test, not the first (the full log is in $OUT/tests.log).
-(cd /tmp && LSTM_FUSED_LARGE_TESTS=1 timeout 300 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib --maxfail=30 -rf \
+(cd /tmp && LSTM_FUSED_TESTING=1 LSTM_FUSED_LARGE_TESTS=1 timeout 300 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib --maxfail=30 -rf \
   --durations=8 "$ROOT/tests/test_cuda_persistent.py" "$ROOT/tests/test_cuda.py" \
   "$ROOT/tests/test_persistent_emulation.py" "$ROOT/tests/test_cuda_emulation.py" "$ROOT/tests/test_autocast.py" \
   "$ROOT/tests/test_large_tensors.py::test_workspace_over_2_31_elements_cuda" 2>&1) | tee "$OUT/tests.log" | tail -45

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds lstm_fused into .venv (see env.sh) and runs the test suite against the installed package.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k packed -x`.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k packed -x`. The build includes the test-only ops
+# (LSTM_FUSED_TESTING=1: the CUDA path emulated on the CPU, planners, path counters; setup.py).
+export LSTM_FUSED_TESTING=1
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 # pytest (not `python -m pytest`, which would put the source folder first on sys.path) in importlib mode

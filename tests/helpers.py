@@ -2,10 +2,16 @@
 import contextlib
 import itertools
 
+import pytest
 import torch
 from torch import nn
 
 import lstm_fused
+
+# The test-only ops (lstm_fused_testing::*) exist only in a build made with LSTM_FUSED_TESTING=1 (conftest.py).
+HAS_TESTING_OPS = hasattr(torch.ops.lstm_fused_testing, "path_counts")
+requires_testing_ops = pytest.mark.skipif(not HAS_TESTING_OPS, reason="needs the test-only ops: build with "
+                                          "LSTM_FUSED_TESTING=1 (scripts/test.sh does)")
 
 
 def twin_lstms(*args, dtype=torch.float32, seed=0, **kwargs):
@@ -85,10 +91,10 @@ PATHS = ("persistent", "wavefront", "step", "gemm_step")
 def paths_taken():
     """How many sequences each recurrent path of the CUDA driver (on a GPU or emulated) ran inside the block:
     a test of one kernel checks that it ran, not a silent fallback."""
-    before = torch.ops.lstm_fused._path_counts()
+    before = torch.ops.lstm_fused_testing.path_counts()
     taken = {}
     yield taken
-    after = torch.ops.lstm_fused._path_counts()
+    after = torch.ops.lstm_fused_testing.path_counts()
     taken.update({name: a - b for name, a, b in zip(PATHS, after, before)})
 
 

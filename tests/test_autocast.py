@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
 from helpers import flat_tensors
+from helpers import requires_testing_ops
 
 CUDA = torch.cuda.is_available() and lstm_fused.has_cuda_kernels()
 
@@ -181,13 +182,14 @@ def test_autocast_is_excluded_in_every_op():
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lstm_fused::{op}", key), (op, key)
 
 
+@requires_testing_ops
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_emulated_cuda_binding_ignores_autocast(dtype):
     """The CUDA driver (run on the CPU by the emulation ops) computes its input projection and weight gradients
     with at::addmm/at::mm, which a caller's autocast region would turn into half GEMMs (the kernels then reject
     the half projection). With autocast excluded the op equals its run outside autocast, bit for bit."""
-    emu_fwd = torch.ops.lstm_fused._emu_layer_fwd.default
-    emu_bwd = torch.ops.lstm_fused._emu_layer_bwd.default
+    emu_fwd = torch.ops.lstm_fused_testing.emu_lstm_layer_fwd.default
+    emu_bwd = torch.ops.lstm_fused_testing.emu_lstm_layer_bwd.default
     x, _, h0, c0, w_ih, w_hh, b_ih, b_hh, _ = [a.detach() if isinstance(a, torch.Tensor) else
                                                ([t.detach() for t in a] if a is not None else None)
                                                for a in _layer_args("cpu")]

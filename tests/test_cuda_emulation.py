@@ -1,5 +1,5 @@
 """The CUDA path's logic, run on the CPU: the CUDA driver (buffers, GEMMs, step loop) with each step kernel's
-phase functions executed block by block and thread by thread (lstm_fused::_emu_layer_*). Compared with the CPU
+phase functions executed block by block and thread by thread (lstm_fused_testing::emu_lstm_layer_*). Compared with the CPU
 kernels at odd sizes that cross the kernels' 32-unit, 8-row and 32-k tiles, padded and packed, both
 directions, with and without projection, in every dtype the GPU path supports."""
 import pytest
@@ -9,8 +9,8 @@ import lstm_fused  # noqa: F401  (registers the ops)
 
 fwd_cpu = torch.ops.lstm_fused.lstm_layer_fwd.default
 bwd_cpu = torch.ops.lstm_fused.lstm_layer_bwd.default
-fwd_emu = torch.ops.lstm_fused._emu_layer_fwd.default
-bwd_emu = torch.ops.lstm_fused._emu_layer_bwd.default
+fwd_emu = torch.ops.lstm_fused_testing.emu_lstm_layer_fwd.default
+bwd_emu = torch.ops.lstm_fused_testing.emu_lstm_layer_bwd.default
 
 CASES = [  # T, B, I, H, proj
     (1, 1, 1, 1, 0),
@@ -166,8 +166,8 @@ def test_emulated_backward_rejects_missing_workspace():
 # ---- GRU ----------------------------------------------------------------------------------------------------
 gru_fwd_cpu = torch.ops.lstm_fused.gru_layer_fwd.default
 gru_bwd_cpu = torch.ops.lstm_fused.gru_layer_bwd.default
-gru_fwd_emu = torch.ops.lstm_fused._emu_gru_layer_fwd.default
-gru_bwd_emu = torch.ops.lstm_fused._emu_gru_layer_bwd.default
+gru_fwd_emu = torch.ops.lstm_fused_testing.emu_gru_layer_fwd.default
+gru_bwd_emu = torch.ops.lstm_fused_testing.emu_gru_layer_bwd.default
 
 
 def _gru_args(T, B, I, H, packed, dtype, seed, directions, bias=True):

@@ -195,7 +195,7 @@ def test_wavefront_stack_parity_with_cudnn(packed, shape):
     # inference forward each take it; otherwise each layer runs persistently.
     prop = torch.cuda.get_device_properties(0)
     sms, smem = prop.multi_processor_count, prop.shared_memory_per_block_optin
-    plan = torch.ops.lstm_fused._persistent_plan.default
+    plan = torch.ops.lstm_fused_testing.persistent_plan.default
     fwd_fits = plan(4, H, 2 * H, B, 3, 4, 4, sms, smem)[0]
     bwd_fits = plan(1, H, 8 * H, B, 3, 4, 4, sms, smem)[0]
     assert taken["wavefront"] == 2 * bool(fwd_fits) + bool(bwd_fits), taken

@@ -36,7 +36,7 @@ GiB = 1 << 30
 LIMIT = 2**31  # one direction's workspace must have more elements than this
 
 # T·B rows; every case keeps one direction's workspace above 2^31 elements, and B under the CUDA kernels' batch
-# limit (65535·8 rows, csrc/cuda/cuda_ops.cpp's check_cuda_args).
+# limit (65535·8 rows, csrc/cuda/cuda_binding.cpp's check_cuda_args).
 CASES = {
     # one direction, projection to 1 feature: the smallest footprint (peak ~2.1x the workspace: 17 GiB)
     "proj1": dict(T=128, B=212_000, I=1, H=16, proj_size=1, bidirectional=False),

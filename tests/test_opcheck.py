@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from lstm_fused import ops
+from helpers import requires_testing_ops
 
 
 def _layer_args(packed, proj, bias, requires_grad, directions=1, dtype=torch.float32, peephole=False, coupled=False):
@@ -67,6 +68,7 @@ def test_every_op_has_cpu_kernel_and_fake():
     assert ops.has_kernel("CPU")
 
 
+@requires_testing_ops
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 64, 256), (3, 5, 7), (8, 513, 33), (9, 31, 32), (17, 1100, 70),
                                    (70, 96, 129), (130, 7, 16)])
 @pytest.mark.parametrize("trans_a", [False, True])
@@ -78,16 +80,17 @@ def test_internal_gemm_matches_matmul(m, k, n, trans_a, trans_b, dtype):
     a = torch.randn((k, m) if trans_a else (m, k), dtype=dtype)
     b = torch.randn((n, k) if trans_b else (k, n), dtype=dtype)
     expected = (a.double().t() if trans_a else a.double()) @ (b.double().t() if trans_b else b.double())
-    got = torch.ops.lstm_fused._gemm(a, b, trans_a, trans_b)
+    got = torch.ops.lstm_fused_testing.gemm(a, b, trans_a, trans_b)
     tol = 2e-6 * k ** 0.5 if dtype == torch.float32 else 1e-12 * k
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol * max(1.0, expected.abs().max().item()))
 
 
+@requires_testing_ops
 def test_internal_gemm_transposed_a_with_a_long_k():
     # A stored [k, m] with k past the 64k rows the packed GEMM copies into k-major blocks: read in place instead.
     torch.manual_seed(0)
     a = torch.randn(70000, 128)  # 64-row tasks: 70000·64 floats per copy, past the 4M-float cap
     b = torch.randn(70000, 40)
-    got = torch.ops.lstm_fused._gemm(a, b, True, False)
+    got = torch.ops.lstm_fused_testing.gemm(a, b, True, False)
     expected = a.double().t() @ b.double()
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

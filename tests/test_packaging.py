@@ -83,6 +83,10 @@ CHECK = textwrap.dedent("""
     assert "site-packages" in lstm_fused.__file__, lstm_fused.__file__
     from lstm_fused import _build_info
     assert _build_info.TORCH_VERSION == torch.__version__, _build_info.TORCH_VERSION
+    # A user's install neither compiles nor registers the test-only ops.
+    assert _build_info.WITH_TESTING is False
+    assert not hasattr(torch.ops.lstm_fused_testing, "emu_lstm_layer_fwd")
+    assert not hasattr(torch.ops.lstm_fused_testing, "path_counts")
     torch.manual_seed(0)
     ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True)
     m = lstm_fused.LSTM(3, 5, num_layers=2, bidirectional=True)
@@ -107,6 +111,7 @@ def fresh_venv(tmp_path_factory):
 
 def _pip(py, *args):
     env = dict(os.environ, MAX_JOBS=os.environ.get("MAX_JOBS", "2"))
+    env.pop("LSTM_FUSED_TESTING", None)  # a user's build: no test-only ops
     subprocess.run([py, "-m", "pip", "-q", "--disable-pip-version-check", *args], check=True, env=env)
 
 

@@ -1,6 +1,6 @@
 """The persistent CUDA kernel's logic, run on the CPU: the CUDA driver with the persistent launch emulated block by
 block and thread by thread, every block's shared memory kept for the whole launch and a grid barrier between steps
-(cpu/cuda_emulation.cpp). LSTM_FUSED_EMU_SMS / LSTM_FUSED_EMU_SMEM shape the emulated device, so the tests reach
+(testing/cuda_emulation.cpp). LSTM_FUSED_EMU_SMS / LSTM_FUSED_EMU_SMEM shape the emulated device, so the tests reach
 several units per block, more work items than threads (rounds), a reduction split in k chunks, and one block per
 unit. Compared with the CPU kernels and with the per-step CUDA kernels (LSTM_FUSED_CUDA_ALGO=step)."""
 import pytest
@@ -12,7 +12,7 @@ from test_cuda_emulation import (VARIANTS, _args, _cast, _close, _gru_args, bwd_
                                  check_half_layer, check_lstm_layer, fwd_cpu, fwd_emu, gru_bwd_cpu, gru_bwd_emu,
                                  gru_fwd_cpu, gru_fwd_emu)
 
-plan = torch.ops.lstm_fused._persistent_plan.default
+plan = torch.ops.lstm_fused_testing.persistent_plan.default
 
 CASES = [  # T, B, I, H (no projection: projection layers always take the per-step kernels)
     (1, 1, 1, 1),
@@ -143,7 +143,7 @@ def test_auto_falls_back_where_the_persistent_kernel_cannot_run(monkeypatch):
 
 
 # ---- tensor-core forward (float16 / bfloat16) -----------------------------------------------------------------
-mma_plan = torch.ops.lstm_fused._persistent_mma_plan.default
+mma_plan = torch.ops.lstm_fused_testing.persistent_mma_plan.default
 MMA_CASES = [  # T, B, I, H: batch 1 (mostly padding), 9 (two forward N tiles), 70 (more tiles than warps);
     (5, 1, 3, 33),  # H not a multiple of the 8-unit tile; P not a multiple of the k step
     (4, 9, 7, 20),
@@ -331,7 +331,7 @@ def test_persistent_gru_half_types_track_float64(monkeypatch, dtype, tol, mma, c
 
 # ---- layer stacks: the wavefront (lstm_stack_fwd) -------------------------------------------------------------
 stack_cpu = torch.ops.lstm_fused.lstm_stack_fwd.default
-stack_emu = torch.ops.lstm_fused._emu_stack_fwd.default
+stack_emu = torch.ops.lstm_fused_testing.emu_lstm_stack_fwd.default
 
 
 def _stack_args(L, T, B, I, H, packed, dtype, seed, peephole=False, coupled=False):
@@ -416,7 +416,7 @@ def test_wavefront_step_mode_and_empty_batch(monkeypatch):
 
 
 stack_bwd_cpu = torch.ops.lstm_fused.lstm_stack_bwd.default
-stack_bwd_emu = torch.ops.lstm_fused._emu_stack_bwd.default
+stack_bwd_emu = torch.ops.lstm_fused_testing.emu_lstm_stack_bwd.default
 
 
 def _stack_grads(args, fwd, seed=5, top_only=False):

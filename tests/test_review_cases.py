@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import lstm_fused
+from helpers import requires_testing_ops
 
 
 @pytest.mark.parametrize("cls", [lstm_fused.LSTM, lstm_fused.GRU])
@@ -90,6 +91,7 @@ def test_test_loss_weights_follow_the_outputs_device():
     torch.testing.assert_close(loss_of(out, h, c), sum((t * wt).sum() for t, wt in zip((out, h, c), w)))
 
 
+@requires_testing_ops
 def test_path_counts_op_reports_four_paths():
-    counts = torch.ops.lstm_fused._path_counts()
+    counts = torch.ops.lstm_fused_testing.path_counts()
     assert len(counts) == 4 and all(isinstance(n, int) and n >= 0 for n in counts)

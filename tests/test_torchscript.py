@@ -258,7 +258,13 @@ def test_script_and_trace_a_model():
     want2 = run(model, model.parameters(), x2, None)
     assert_same(run(scripted, model.parameters(), x2, None), want2)
     assert_same(run(traced, model.parameters(), x2, None), want2)
-    assert_same(run(torch.jit.script(model), model.parameters(), x2, None), want2)  # scripting twice
+    # Scripting twice: the second script shares the first's compiled forward, whose executor has profiled it by now
+    # and runs its optimized graph, which may reassociate the nn.Linear on `y + h2` (every lstm_fused op stays
+    # bitwise equal, checked above; this model's head alone moves by an ulp): equal up to float32 rounding.
+    again = run(torch.jit.script(model), model.parameters(), x2, None)
+    assert len(again) == len(want2)
+    for k, (a, b) in enumerate(zip(again, want2)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"scripted twice, result {k}: {m}")
 
 
 class _PackedModel(nn.Module):

@@ -9,7 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "../lstm_params.h"
+#include "kernels/recurrent_params.h"
 
 namespace lstm_fused {
 namespace cpu {

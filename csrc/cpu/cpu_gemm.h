@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "packed_gemm.h"
+#include "cpu/packed_gemm.h"
 
 namespace lstm_fused {
 

@@ -6,10 +6,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../lstm_checks.h"
-#include "cpu_common.h"
-#include "cpu_gemm.h"
-#include "gru_cpu_pointwise.h"
+#include "host/arg_checks.h"
+#include "cpu/cpu_common.h"
+#include "cpu/cpu_gemm.h"
+#include "cpu/gru_cpu_pointwise.h"
 
 namespace lstm_fused {
 namespace {

@@ -2,7 +2,7 @@
 // rows × H (cell math in cell_math.h). Torch-free; the binding splits the range with at::parallel_for.
 #pragma once
 
-#include "lstm_cpu_pointwise.h"
+#include "cpu/lstm_cpu_pointwise.h"
 
 namespace lstm_fused {
 

@@ -7,11 +7,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../lstm_stack.h"
-#include "../lstm_checks.h"
-#include "cpu_common.h"
-#include "cpu_gemm.h"
-#include "lstm_cpu_pointwise.h"
+#include "host/stack_loop.h"
+#include "host/arg_checks.h"
+#include "cpu/cpu_common.h"
+#include "cpu/cpu_gemm.h"
+#include "cpu/lstm_cpu_pointwise.h"
 
 namespace lstm_fused {
 namespace {

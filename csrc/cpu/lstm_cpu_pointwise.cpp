@@ -1,6 +1,6 @@
 // The float pointwise passes (LSTM and GRU), compiled once per x86-64 level (see LF_CPU_MULTIVERSION).
-#include "gru_cpu_pointwise.h"
-#include "lstm_cpu_pointwise.h"
+#include "cpu/gru_cpu_pointwise.h"
+#include "cpu/lstm_cpu_pointwise.h"
 
 namespace lstm_fused {
 

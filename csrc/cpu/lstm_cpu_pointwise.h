@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../cell_math.h"
-#include "../lstm_params.h"
+#include "kernels/cell_math.h"
+#include "kernels/recurrent_params.h"
 
 namespace lstm_fused {
 

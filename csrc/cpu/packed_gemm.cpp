@@ -1,4 +1,4 @@
-#include "packed_gemm.h"
+#include "cpu/packed_gemm.h"
 
 #include <algorithm>
 

@@ -1,10 +1,10 @@
-// The sequence loop of the CUDA GRU path on tensors (like lstm_cuda_driver.h): cuBLAS GEMMs through ATen and
+// The sequence loop of the CUDA GRU path on tensors (like drivers/lstm_driver.h): cuBLAS GEMMs through ATen and
 // either one persistent launch for the whole sequence (Runner::sequence) or one step launch per time step
 // (Runner::gru_fwd / gru_bwd), on the GPU or in the CPU emulation.
 #pragma once
 
-#include "gru_cuda_step.h"
-#include "lstm_cuda_driver.h"
+#include "kernels/gru_step_phases.h"
+#include "drivers/lstm_driver.h"
 
 namespace lstm_fused {
 namespace cuda_driver {

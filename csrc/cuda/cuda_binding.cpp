@@ -1,5 +1,5 @@
 // CUDA binding of the fused LSTM and GRU layer ops: device guard, current stream, and the sequence loops of
-// lstm_cuda_driver.h / gru_cuda_driver.h with their step kernels. No private streams, no host syncs.
+// drivers/lstm_driver.h / drivers/gru_driver.h with their step kernels. No private streams, no host syncs.
 #include <cstring>
 #include <vector>
 
@@ -10,12 +10,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "gru_cuda_driver.h"
-#include "lstm_cuda_driver.h"
-#include "lstm_stack_driver.h"
-#include "lstm_cuda_launch.h"
-#include "lstm_persistent_launch.h"
-#include "lstm_persistent_mma.h"
+#include "drivers/gru_driver.h"
+#include "drivers/lstm_driver.h"
+#include "drivers/stack_driver.h"
+#include "cuda/step_launch.h"
+#include "cuda/persistent_launch.h"
+#include "kernels/persistent_mma_phases.h"
 
 namespace lstm_fused {
 namespace {
@@ -54,7 +54,7 @@ struct GpuRunner {
     return st != cudaStreamCaptureStatusNone;
   }
 
-  // The whole sequence in one persistent launch (see lstm_cuda_driver.h), or false for the per-step kernels.
+  // The whole sequence in one persistent launch (see drivers/lstm_driver.h), or false for the per-step kernels.
   template <typename Step>
   bool sequence(const persistent::StepTable<Step>& table, int64_t B, bool optional = false) {
     using R = typename persistent::RecurrenceOf<Step>::type;

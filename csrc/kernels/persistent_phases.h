@@ -1,6 +1,6 @@
 // The persistent kernel's work (LSTM, its variants and the GRU), as __host__ __device__ functions of (block,
-// thread) indices: the GPU runs them in lstm_persistent_kernels.cu (one cooperative launch for the whole
-// sequence), the CPU test harness in cpu/cuda_emulation.cpp (block by block, thread by thread, with every
+// thread) indices: the GPU runs them in cuda/persistent_kernels.cu (one cooperative launch for the whole
+// sequence), the CPU test harness in testing/cuda_emulation.cpp (block by block, thread by thread, with every
 // block- and grid-wide barrier kept).
 //
 // Each block owns kj hidden units of one direction and keeps their recurrent weights resident in shared
@@ -18,8 +18,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "gru_cuda_step.h"
-#include "lstm_cuda_step.h"
+#include "kernels/gru_step_phases.h"
+#include "kernels/lstm_step_phases.h"
 
 namespace lstm_fused {
 namespace persistent {
@@ -53,7 +53,7 @@ struct Plan {
   int64_t kj = 0;         // hidden units per block
   int64_t K = 0;          // reduction length: P forward, G backward
   int64_t kp = 0;         // K padded with zero weights (to the MMA k step of 16 on the tensor-core path)
-  bool mma = false;       // tensor-core path (lstm_persistent_mma.h): half types, whole K staged
+  bool mma = false;       // tensor-core path (kernels/persistent_mma_phases.h): half types, whole K staged
   int64_t mt = 0;         // tensor-core path: M tiles of the resident slice (NG·kj / M)
   int64_t ldw = 0;        // row stride of the resident slice
   int64_t kc = 0;         // k chunk of the staged left operand

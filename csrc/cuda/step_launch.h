@@ -5,8 +5,8 @@
 
 #include <cuda_runtime_api.h>
 
-#include "gru_cuda_step.h"
-#include "lstm_cuda_step.h"
+#include "kernels/gru_step_phases.h"
+#include "kernels/lstm_step_phases.h"
 
 namespace lstm_fused {
 namespace cuda_step {

@@ -1,9 +1,9 @@
-// The CUDA step kernels: each is the phase functions of lstm_cuda_step.h between barriers. Lean headers only
+// The CUDA step kernels: each is the phase functions of kernels/lstm_step_phases.h between barriers. Lean headers only
 // (no torch/extension.h): c10's Half/BFloat16 for the storage types.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include "lstm_cuda_launch.h"
+#include "cuda/step_launch.h"
 
 namespace lstm_fused {
 namespace cuda_step {

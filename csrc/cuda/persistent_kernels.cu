@@ -1,5 +1,5 @@
-// The persistent kernels (LSTM and variants, GRU, layer stacks): the phase functions of lstm_persistent.h and
-// lstm_persistent_mma.h between block barriers, a grid-wide barrier (cooperative groups) between time steps.
+// The persistent kernels (LSTM and variants, GRU, layer stacks): the phase functions of kernels/persistent_phases.h and
+// kernels/persistent_mma_phases.h between block barriers, a grid-wide barrier (cooperative groups) between time steps.
 // Lean headers only.
 #include <cooperative_groups.h>
 
@@ -9,8 +9,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include "lstm_persistent_launch.h"
-#include "lstm_persistent_mma.h"
+#include "cuda/persistent_launch.h"
+#include "kernels/persistent_mma_phases.h"
 
 namespace lstm_fused {
 namespace persistent {

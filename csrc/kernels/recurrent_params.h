@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "cell_math.h"
+#include "kernels/cell_math.h"
 
 namespace lstm_fused {
 

@@ -1,19 +1,21 @@
-// CPU emulation of the CUDA path, for tests on machines without a GPU: the ops lstm_fused::_emu_layer_fwd /
-// _emu_layer_bwd run the CUDA driver (lstm_cuda_driver.h: buffers, GEMMs, step loop) on CPU tensors and execute
-// each step kernel's phase functions (lstm_cuda_step.h) block by block, thread by thread, with the barriers
+// CPU emulation of the CUDA path, for tests on machines without a GPU (built only with LSTM_FUSED_TESTING=1): the
+// ops lstm_fused_testing::emu_lstm_layer_fwd / emu_lstm_layer_bwd (and the stack and GRU twins) run the CUDA driver (drivers/lstm_driver.h: buffers, GEMMs, step loop) on CPU tensors and execute
+// each step kernel's phase functions (kernels/lstm_step_phases.h) block by block, thread by thread, with the barriers
 // in between — the same index math, tiling and bounds the GPU runs.
 #include <array>
+#include <string>
 #include <cstdlib>
 #include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "../autocast_off.h"
-#include "../cuda/gru_cuda_driver.h"
-#include "../cuda/lstm_cuda_driver.h"
-#include "../cuda/lstm_stack_driver.h"
-#include "../cuda/lstm_persistent_mma.h"
+#include "host/autocast_off.h"
+#include "host/op_schemas.h"
+#include "drivers/gru_driver.h"
+#include "drivers/lstm_driver.h"
+#include "drivers/stack_driver.h"
+#include "kernels/persistent_mma_phases.h"
 
 namespace lstm_fused {
 namespace {
@@ -280,51 +282,28 @@ std::vector<int64_t> persistent_mma_plan(int64_t ng, int64_t H, int64_t K, int64
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
-  m.def("_persistent_plan(int ng, int H, int K, int B, int D, int elem_w, int elem_a, int sms, int smem) -> int[]",
-        &persistent_plan);
-  m.def(
-      "_emu_stack_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
-      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_ph, bool coupled, bool need_workspace) "
-      "-> (Tensor[], Tensor, Tensor, Tensor[])");
-  m.def(
-      "_emu_stack_bwd(Tensor[] grad_outputs, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_ph, bool coupled, Tensor[] outputs, "
-      "Tensor[] workspaces, bool has_bias, bool need_grad_input) "
-      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
-  m.def("_persistent_mma_plan(int ng, int H, int K, int B, int D, int sms, int smem) -> int[]", &persistent_mma_plan);
-  m.def(
-      "_emu_gru_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor[] w_ih, Tensor[] w_hh, "
-      "Tensor[]? b_ih, Tensor[]? b_hh, bool need_workspace) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "_emu_gru_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, Tensor h0, "
-      "Tensor[] w_ih, Tensor[] w_hh, Tensor output, Tensor workspace, bool has_bias, bool need_grad_input) "
-      "-> (Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[])");
-  // Same schemas as lstm_layer_fwd / lstm_layer_bwd; CPU tensors; for tests of the CUDA path's logic.
-  m.def(
-      "_emu_layer_fwd(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, "
-      "Tensor[]? b_ih, Tensor[]? b_hh, Tensor[]? w_hr, Tensor[]? w_ph, bool coupled, bool need_workspace) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "_emu_layer_bwd(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "
-      "Tensor h0, Tensor c0, Tensor[] w_ih, Tensor[] w_hh, Tensor[]? w_hr, Tensor[]? w_ph, bool coupled, "
-      "Tensor output, Tensor workspace, bool has_bias, bool need_grad_input) "
-      "-> (Tensor, Tensor, Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
-}
-
-TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
-  m.impl("_emu_layer_fwd", &emu_fwd);
-  m.impl("_emu_stack_fwd", &emu_stack_fwd);
-  m.impl("_emu_stack_bwd", &emu_stack_bwd);
-  m.impl("_emu_layer_bwd", &emu_bwd);
-  m.impl("_emu_gru_layer_fwd", &emu_gru_fwd);
-  m.impl("_emu_gru_layer_bwd", &emu_gru_bwd);
-}
-
-// As the CUDA ops (autocast_off.h), so an autocast test on the CPU checks what the GPU bindings do.
-TORCH_LIBRARY_IMPL(lstm_fused, AutocastCPU, m) {
-  register_autocast_off(m, {"_emu_layer_fwd", "_emu_layer_bwd", "_emu_stack_fwd", "_emu_stack_bwd",
-                            "_emu_gru_layer_fwd", "_emu_gru_layer_bwd"});
-}
-
 }  // namespace lstm_fused
+
+// The emulated twins of the product ops (same signatures, host/op_schemas.h; CPU tensors) and the planners.
+TORCH_LIBRARY(lstm_fused_testing, m) {
+  for (const auto& op : lstm_fused::schema::kOps) m.def((std::string("emu_") + op.name + op.signature).c_str());
+  m.def("persistent_plan(int ng, int H, int K, int B, int D, int elem_w, int elem_a, int sms, int smem) -> int[]",
+        &lstm_fused::persistent_plan);
+  m.def("persistent_mma_plan(int ng, int H, int K, int B, int D, int sms, int smem) -> int[]",
+        &lstm_fused::persistent_mma_plan);
+}
+
+TORCH_LIBRARY_IMPL(lstm_fused_testing, CPU, m) {
+  using namespace lstm_fused;
+  m.impl("emu_lstm_layer_fwd", &emu_fwd);
+  m.impl("emu_lstm_layer_bwd", &emu_bwd);
+  m.impl("emu_lstm_stack_fwd", &emu_stack_fwd);
+  m.impl("emu_lstm_stack_bwd", &emu_stack_bwd);
+  m.impl("emu_gru_layer_fwd", &emu_gru_fwd);
+  m.impl("emu_gru_layer_bwd", &emu_gru_bwd);
+}
+
+// As the CUDA ops (host/autocast_off.h), so an autocast test on the CPU checks what the GPU bindings do.
+TORCH_LIBRARY_IMPL(lstm_fused_testing, AutocastCPU, m) {
+  lstm_fused::register_autocast_off(m, lstm_fused::schema::kOps, "emu_");
+}

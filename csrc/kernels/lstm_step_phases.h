@@ -1,6 +1,6 @@
 // The CUDA step kernels' work, written as __host__ __device__ functions of (block, thread) indices so the same
-// code runs on the GPU (lstm_cuda_kernels.cu) and, thread by thread and phase by phase, on the CPU
-// (cpu/cuda_emulation.cpp), where the tests check its index math, tiling and bounds at odd sizes.
+// code runs on the GPU (cuda/lstm_step_kernels.cu) and, thread by thread and phase by phase, on the CPU
+// (testing/cuda_emulation.cpp), where the tests check its index math, tiling and bounds at odd sizes.
 //
 // One launch per time step. A block owns kJT hidden units (or output columns) × kBT batch rows; its threads
 // reduce over k in tiles staged through shared memory, and the epilogue applies the cell math of
@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "../cell_math.h"
-#include "../lstm_params.h"
+#include "kernels/cell_math.h"
+#include "kernels/recurrent_params.h"
 
 namespace lstm_fused {
 namespace cuda_step {

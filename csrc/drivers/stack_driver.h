@@ -7,8 +7,8 @@
 // the stack runs layer by layer through layer_fwd.
 #pragma once
 
-#include "../lstm_stack.h"
-#include "lstm_cuda_driver.h"
+#include "host/stack_loop.h"
+#include "drivers/lstm_driver.h"
 
 namespace lstm_fused {
 namespace cuda_driver {

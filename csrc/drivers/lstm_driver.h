@@ -1,6 +1,6 @@
 // The sequence loop of the CUDA path, on tensors: checks, buffers, the cuBLAS GEMMs (through ATen, on the
-// current stream) and one step launch per time step through a Runner. cuda_ops.cpp instantiates it with the
-// GPU launchers; cpu/cuda_emulation.cpp with a CPU emulation of the same kernels, so everything here but the
+// current stream) and one step launch per time step through a Runner. cuda/cuda_binding.cpp instantiates it with the
+// GPU launchers; testing/cuda_emulation.cpp with a CPU emulation of the same kernels, so everything here but the
 // launches themselves is exercised by the CPU test suite.
 //
 // Runner: template <T, A> void fwd(const DirectionParams<FwdStepParams<T, A>>&) and bwd(..., int mode) launch
@@ -17,10 +17,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
-#include "../lstm_checks.h"
-#include "../path_stats.h"
-#include "lstm_cuda_step.h"
-#include "lstm_persistent.h"
+#include "host/arg_checks.h"
+#include "host/path_stats.h"
+#include "kernels/lstm_step_phases.h"
+#include "kernels/persistent_phases.h"
 
 namespace lstm_fused {
 namespace cuda_driver {
@@ -52,7 +52,7 @@ inline bool gemm_steps(int64_t B) {
   return a == Algo::kGemm || (a == Algo::kAuto && B > kPersistentMaxBatch);
 }
 
-// A layer pass's recurrent path, counted (path_stats.h): the persistent launch of all `steps` where allowed and
+// A layer pass's recurrent path, counted (host/path_stats.h): the persistent launch of all `steps` where allowed and
 // the runner takes it (true), else per-step launches, whose `gemm` says whether each step's product is a GEMM.
 template <typename Runner, typename Steps>
 bool persistent_or_steps(Runner& run, const Steps& steps, int64_t B, bool allow_persistent, bool& gemm) {
@@ -264,7 +264,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
 using LayerGrads = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
                                std::vector<Tensor>, std::vector<Tensor>>;
 
-// The backward of one layer, in three parts so a layer stack (lstm_stack_driver.h) can run the recurrent part
+// The backward of one layer, in three parts so a layer stack (drivers/stack_driver.h) can run the recurrent part
 // of all its layers in one launch: the constructor checks and allocates, steps() builds the per-step kernel
 // parameters, tail() turns the pre-activation gradients into the op's results (GEMMs over all steps).
 struct BwdPass {

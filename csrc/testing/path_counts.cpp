@@ -1,4 +1,5 @@
-#include "path_stats.h"
+// The counters behind count_path (host/path_stats.h) and the op that reads them.
+#include "host/path_stats.h"
 
 #include <atomic>
 #include <cstdint>
@@ -21,10 +22,10 @@ std::vector<int64_t> path_counts() {
 
 void count_path(RecurrentPath p) { g_counts[static_cast<int>(p)].fetch_add(1); }
 
-TORCH_LIBRARY_FRAGMENT(lstm_fused, m) {
+TORCH_LIBRARY_FRAGMENT(lstm_fused_testing, m) {
   // Layer passes run so far by each recurrent path (forward and backward apart; a wavefront stack counts once):
   // [persistent, wavefront stack, per-step, per-step GEMM].
-  m.def("_path_counts() -> int[]", &path_counts);
+  m.def("path_counts() -> int[]", &path_counts);
 }
 
 }  // namespace lstm_fused

@@ -1,9 +1,9 @@
 // The CUDA GRU step kernels' work as __host__ __device__ phase functions of (block, thread) indices, like
-// lstm_cuda_step.h (same tiling and tile reduction): the GPU runs them in gru_cuda_kernels.cu, the CPU
-// emulation (cpu/cuda_emulation.cpp) thread by thread.
+// kernels/lstm_step_phases.h (same tiling and tile reduction): the GPU runs them in cuda/gru_step_kernels.cu, the CPU
+// emulation (testing/cuda_emulation.cpp) thread by thread.
 #pragma once
 
-#include "lstm_cuda_step.h"
+#include "kernels/lstm_step_phases.h"
 
 namespace lstm_fused {
 namespace cuda_step {

@@ -1,4 +1,4 @@
-// Tensor-core variant of the persistent steps for float16 / bfloat16 (lstm_persistent.h has the plan, the
+// Tensor-core variant of the persistent steps for float16 / bfloat16 (kernels/persistent_phases.h has the plan, the
 // shared memory and the float path). Per step a block multiplies its resident slice by the staged left
 // operand with warp-level MMAs (K padded to 16 with zero weights, float accumulation):
 //   forward:  C[4·kj gate rows, rows] = W_slice · h_{t-1}ᵀ in 32×8×16 tiles: 4 gate rows × 8 units fill M,
@@ -19,7 +19,7 @@
 
 #include <c10/util/Half.h>  // header-only: the storage type's name for kNarrowRange
 
-#include "lstm_persistent.h"
+#include "kernels/persistent_phases.h"
 
 namespace lstm_fused {
 namespace persistent {

@@ -4,7 +4,7 @@
 // half before the weight-gradient GEMMs. So each op runs with autocast excluded, in the dtype of its inputs.
 #pragma once
 
-#include <initializer_list>
+#include <string>
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -17,9 +17,12 @@ inline void run_without_autocast(const c10::OperatorHandle& op, c10::DispatchKey
   op.callBoxed(stack);
 }
 
-// For a TORCH_LIBRARY_IMPL(lstm_fused, AutocastCPU / AutocastCUDA, m) block.
-inline void register_autocast_off(torch::Library& m, std::initializer_list<const char*> ops) {
-  for (const char* name : ops) m.impl(name, torch::CppFunction::makeFromBoxedFunction<&run_without_autocast>());
+// For a TORCH_LIBRARY_IMPL(<namespace>, AutocastCPU / AutocastCUDA, m) block: every op of `ops` (host/op_schemas.h),
+// its name prefixed by `prefix`.
+template <typename Ops>
+void register_autocast_off(torch::Library& m, const Ops& ops, const char* prefix = "") {
+  for (const auto& op : ops)
+    m.impl((std::string(prefix) + op.name).c_str(), torch::CppFunction::makeFromBoxedFunction<&run_without_autocast>());
 }
 
 }  // namespace lstm_fused

@@ -1,11 +1,11 @@
-// Launchers of the persistent kernels (lstm_persistent_kernels.cu): torch-free, on the caller's stream. Step is
+// Launchers of the persistent kernels (cuda/persistent_kernels.cu): torch-free, on the caller's stream. Step is
 // one of FwdStepParams, BwdStepParams, GruFwdStepParams, GruBwdStepParams, each for (float, float),
 // (double, double), (c10::Half, float) and (c10::BFloat16, float).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
-#include "lstm_persistent.h"
+#include "kernels/persistent_phases.h"
 
 namespace lstm_fused {
 namespace persistent {

@@ -9,7 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include "lstm_params.h"
+#include "kernels/recurrent_params.h"
 
 namespace lstm_fused {
 

@@ -1,8 +1,8 @@
-// The CUDA GRU step kernels: the phase functions of gru_cuda_step.h between barriers (one launch per step for
+// The CUDA GRU step kernels: the phase functions of kernels/gru_step_phases.h between barriers (one launch per step for
 // both directions, blockIdx.z = direction).
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
-#include "lstm_cuda_launch.h"
+#include "cuda/step_launch.h"
 
 namespace lstm_fused {
 namespace cuda_step {
