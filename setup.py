@@ -2,8 +2,8 @@
 
 Always: csrc/host/*.cpp (op definitions) and csrc/cpu/*.cpp (the CPU backend). CUDA sources (csrc/cuda/*.cu and
 *.cpp) when the installed torch has CUDA and CUDA_HOME is found — and either a GPU is visible or FORCE_CUDA=1;
-TORCH_CUDA_ARCH_LIST picks the GPU architectures (torch.utils.cpp_extension reads it). LSTM_FUSED_CPU_ONLY=1 skips
-the CUDA sources whatever torch has. LSTM_FUSED_TESTING=1 (scripts/test.sh sets it) adds csrc/testing/*.cpp: the
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (torch.utils.cpp_extension reads it; unset without a GPU:
+8.0;9.0+PTX). LSTM_FUSED_CPU_ONLY=1 skips the CUDA sources whatever torch has. LSTM_FUSED_TESTING=1 (scripts/test.sh sets it) adds csrc/testing/*.cpp: the
 test-only ops in their own namespace, lstm_fused_testing (the CUDA path emulated on the CPU, planners, path
 counters); a user's install neither compiles nor registers them.
 Install with `pip install --no-build-isolation .` so the build compiles against the torch that is installed.
@@ -82,6 +82,10 @@ def extension():
     include_dirs = [os.path.join(ROOT, "csrc")]
     use_cuda = _want_cuda() and bool(cuda_sources)
     if use_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            # No GPU to build for (FORCE_CUDA=1): the tensor-core GPUs, plus PTX of the newest so later ones (sm_100,
+            # sm_120) JIT-compile it. With a GPU visible torch picks its architecture and adds PTX itself.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
         ext_cls = cpp_extension.CUDAExtension
         sources = cpu_sources + cuda_sources
         extra["cxx"] = cxx + ["-DLSTM_FUSED_WITH_CUDA"]

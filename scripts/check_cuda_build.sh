@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LSTM_FUSED_CUDA_VENV:-$ROOT/.venv-cuda}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}"
 PY="$VENV/bin/python"
 [ -x "$PY" ] || python3 -m venv "$VENV"
 if ! "$PY" -c "import torch, ninja; assert torch.version.cuda" >/dev/null 2>&1; then

@@ -241,3 +241,19 @@ def test_gemm_step_path_gru_parity_with_cudnn(monkeypatch, bidirectional):
         res.append([out, h, *torch.autograd.grad(out.square().sum() + h.sum(), [x, *m.parameters()])])
     for a, b in zip(res[1], res[0]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("cls", [lstm_fused.LSTM, lstm_fused.GRU])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemm_step_path_half_types_error_vs_float64(cls, dtype):
+    """Auto above batch 64 takes the per-step GEMM path; its recurrent product is a mixed-precision GEMM (half
+    operands, float result), so half types stay within the reference's error at large batch too."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cls.__name__)(64, 256).cuda()
+    ours = cls(64, 256).cuda()
+    ours.load_state_dict(ref.state_dict())
+    ref64 = cls(64, 256, dtype=torch.float64)
+    ref64.load_state_dict(ref.state_dict())
+    with paths_taken() as taken:
+        check_half_type_vs_float64(ref, ours, ref64, torch.randn(30, 96, 64, device="cuda"), dtype)
+    assert_only(taken, "gemm_step")

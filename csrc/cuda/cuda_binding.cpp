@@ -37,14 +37,19 @@ struct GpuRunner {
   cudaStream_t stream;
   at::Device device;
 
-  // Tensor cores where both the GPU and the kernel's compiled code have them (sm_80+).
+  // What the planner may use: the kernel's real shared-memory limits on this device (static as compiled, dynamic
+  // as set), and tensor cores where both the GPU and the kernel's compiled code have them (sm_80+).
   template <typename Step>
   persistent::DeviceLimits limits() const {
     const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device.index());
-    int arch = 0;
-    C10_CUDA_CHECK(persistent::compiled_arch<Step>(arch));
-    return {prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
-            prop->major >= 8 && arch >= 80};
+    persistent::KernelLimits k;
+    C10_CUDA_CHECK(persistent::kernel_limits<Step>(k));
+    persistent::DeviceLimits d;
+    d.sms = prop->multiProcessorCount;
+    d.smem = k.static_smem + k.max_dynamic_smem;
+    d.static_smem = k.static_smem;
+    d.tensor_cores = prop->major >= 8 && k.arch >= 80;
+    return d;
   }
   // A stream being captured into a CUDA graph takes the per-step kernels: the persistent launch reads step
   // parameters uploaded from a host buffer that a replay would not refresh.
@@ -66,7 +71,16 @@ struct GpuRunner {
     args.n_steps = table.n_steps;
     args.count = table.count;
     args.plan = plan;
-    C10_CUDA_CHECK(persistent::launch<Step>(args, stream));
+    const cudaError_t err = persistent::launch<Step>(args, stream);
+    // The occupancy check passed, yet the launch may still find fewer multiprocessors than the grid (an MPS client
+    // limited to part of the GPU): then the per-step kernels take the sequence, unless the persistent kernel was
+    // demanded (a stack's wavefront is optional: its layers then run one by one).
+    if (err == cudaErrorCooperativeLaunchTooLarge &&
+        (optional || cuda_driver::algo_from_env() != cuda_driver::Algo::kPersistent)) {
+      (void)cudaGetLastError();  // a launch-configuration error: clear it, nothing ran
+      return false;
+    }
+    C10_CUDA_CHECK(err);
     return true;
   }
   // Whether sequence() would launch for `count` lanes of H units reducing over K (a layer stack asks before it

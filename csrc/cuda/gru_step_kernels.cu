@@ -1,8 +1,8 @@
-// The CUDA GRU step kernels: the phase functions of kernels/gru_step_phases.h between barriers (one launch per step for
-// both directions, blockIdx.z = direction).
+// The CUDA GRU step kernels: the schedule of kernels/step_schedule.h run by the GPU's threads (GpuExec).
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include "cuda/step_launch.h"
+#include "kernels/step_schedule.h"
 
 namespace lstm_fused {
 namespace cuda_step {
@@ -11,33 +11,15 @@ namespace {
 template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads, 1) gru_fwd_step_kernel(const DirectionParams<GruFwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 3> smem;
-  const GruFwdStepParams<T, A>& p = dp.dir[blockIdx.z];
-  if (!block_has_rows(p, blockIdx.y)) return;  // block-uniform, before any barrier
-  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
-  A acc[3] = {A(0), A(0), A(0)};
-  for (int64_t k0 = 0; k0 < gru_fwd_reduction_length(p); k0 += kKT) {
-    gru_fwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
-    __syncthreads();
-    tile_accumulate(smem, tx, ty, acc);
-    __syncthreads();
-  }
-  gru_fwd_epilogue(p, blockIdx.x, blockIdx.y, tx, ty, acc);
+  GpuExec ex;
+  gru_fwd_step_block(dp, blockIdx.x, blockIdx.y, blockIdx.z, smem, ex);
 }
 
 template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads) gru_bwd_step_kernel(const DirectionParams<GruBwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 1> smem;
-  const GruBwdStepParams<T, A>& p = dp.dir[blockIdx.z];
-  if (!block_has_rows(p, blockIdx.y)) return;
-  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
-  A acc[1] = {A(0)};
-  for (int64_t k0 = 0; k0 < gru_bwd_reduction_length(p); k0 += kKT) {
-    gru_bwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
-    __syncthreads();
-    tile_accumulate(smem, tx, ty, acc);
-    __syncthreads();
-  }
-  gru_bwd_epilogue(p, blockIdx.x, blockIdx.y, tx, ty, acc);
+  GpuExec ex;
+  gru_bwd_step_block(dp, blockIdx.x, blockIdx.y, blockIdx.z, smem, ex);
 }
 
 }  // namespace

@@ -1,9 +1,10 @@
-// The CUDA step kernels: each is the phase functions of kernels/lstm_step_phases.h between barriers. Lean headers only
-// (no torch/extension.h): c10's Half/BFloat16 for the storage types.
+// The CUDA LSTM step kernels: the schedule of kernels/step_schedule.h run by the GPU's threads (GpuExec). Lean
+// headers only (no torch/extension.h): c10's Half/BFloat16 for the storage types.
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include "cuda/step_launch.h"
+#include "kernels/step_schedule.h"
 
 namespace lstm_fused {
 namespace cuda_step {
@@ -12,35 +13,15 @@ namespace {
 template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads, 1) fwd_step_kernel(const DirectionParams<FwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 4> smem;
-  const FwdStepParams<T, A>& p = dp.dir[blockIdx.z];
-  if (!block_has_rows(p, blockIdx.y)) return;  // this direction has fewer rows at this step
-  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
-  A acc[4] = {A(0), A(0), A(0), A(0)};
-  for (int64_t k0 = 0; k0 < fwd_reduction_length(p); k0 += kKT) {
-    fwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
-    __syncthreads();
-    tile_accumulate(smem, tx, ty, acc);
-    __syncthreads();
-  }
-  fwd_epilogue(p, blockIdx.x, blockIdx.y, tx, ty, acc);
+  GpuExec ex;
+  lstm_fwd_step_block(dp, blockIdx.x, blockIdx.y, blockIdx.z, smem, ex);
 }
 
 template <typename T, typename A, int kMode>
 __global__ void __launch_bounds__(kThreads) bwd_step_kernel(const DirectionParams<BwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 1> smem;
-  const BwdStepParams<T, A>& p = dp.dir[blockIdx.z];
-  if (!block_has_rows(p, blockIdx.y)) return;
-  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * kJT + tx;
-  A acc[1] = {A(0)};
-  if (kMode != kPointwiseOnly) {
-    for (int64_t k0 = 0; k0 < bwd_reduction_length(p, kMode); k0 += kKT) {
-      bwd_load_tiles(p, blockIdx.x, blockIdx.y, tid, k0, smem);
-      __syncthreads();
-      tile_accumulate(smem, tx, ty, acc);
-      __syncthreads();
-    }
-  }
-  bwd_epilogue(p, kMode, blockIdx.x, blockIdx.y, tx, ty, acc);
+  GpuExec ex;
+  lstm_bwd_step_block<kMode>(dp, blockIdx.x, blockIdx.y, blockIdx.z, smem, ex);
 }
 
 }  // namespace

@@ -15,11 +15,17 @@ namespace persistent {
 template <typename Step>
 cudaError_t fits(const Plan& plan, int count, bool& ok);
 
-// The architecture the kernel's code was compiled for (e.g. 90 for sm_90; the lower of the binary's and its PTX's,
-// so a PTX-only build JIT-compiled for a newer GPU reports its PTX target), so tensor cores are planned only for
-// code that has them.
+// What the kernel has on the current device, read once per device: the architecture its code was compiled for
+// (e.g. 90 for sm_90; the lower of the binary's and its PTX's, so a PTX-only build JIT-compiled for a newer GPU
+// reports its PTX target; tensor cores are planned only for code that has them), the shared memory it declares
+// statically, and the dynamic shared memory a launch may ask for (the device's opt-in maximum less the static).
+struct KernelLimits {
+  int arch = 0;
+  int64_t static_smem = 0;
+  int64_t max_dynamic_smem = 0;
+};
 template <typename Step>
-cudaError_t compiled_arch(int& version);
+cudaError_t kernel_limits(KernelLimits& out);
 
 // One cooperative launch for the whole sequence. args.steps must point to device memory.
 template <typename Step>

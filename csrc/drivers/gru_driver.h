@@ -70,11 +70,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
     bool gemm = false;
     if (persistent_or_steps(run, steps, B, true, gemm)) return;
     std::vector<Tensor> rec;  // [B, 3H] per direction
-    for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, input.options()));
+    for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, A_opts));
     for (int64_t step = 0; step < n_steps; ++step) {
       for (int64_t d = 0; gemm && d < D; ++d) {
         gemm_prev_hidden(rec[d], lh[d].view(), step, out.narrow(1, d * H, H), h0c[d], w_hh_c[d].t());
-        steps[step].dir[d].rec = rec[d].const_data_ptr<T>();
+        steps[step].dir[d].rec = rec[d].template const_data_ptr<A>();
       }
       run.template gru_fwd<T, A>(steps[step]);
     }

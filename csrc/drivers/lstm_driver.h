@@ -52,11 +52,19 @@ inline bool gemm_steps(int64_t B) {
   return a == Algo::kGemm || (a == Algo::kAuto && B > kPersistentMaxBatch);
 }
 
+// Whether the algorithm and the batch leave the persistent kernel in question at all: decided before a plan is made
+// or the step table is copied (both cost time proportional to the sequence on every call).
+inline bool persistent_considered(int64_t B) {
+  const Algo a = algo_from_env();
+  if (a == Algo::kStep || a == Algo::kGemm || B == 0) return false;
+  return a == Algo::kPersistent || B <= kPersistentMaxBatch;
+}
+
 // A layer pass's recurrent path, counted (host/path_stats.h): the persistent launch of all `steps` where allowed and
 // the runner takes it (true), else per-step launches, whose `gemm` says whether each step's product is a GEMM.
 template <typename Runner, typename Steps>
 bool persistent_or_steps(Runner& run, const Steps& steps, int64_t B, bool allow_persistent, bool& gemm) {
-  if (allow_persistent && run.sequence(persistent::flatten(steps), B)) {
+  if (allow_persistent && persistent_considered(B) && run.sequence(persistent::flatten(steps), B)) {
     count_path(RecurrentPath::kPersistent);
     return true;
   }
@@ -65,9 +73,22 @@ bool persistent_or_steps(Runner& run, const Steps& steps, int64_t B, bool allow_
   return false;
 }
 
+// out = a·b with out in the accumulate type: for half types a mixed-precision GEMM (half operands, float
+// accumulation and result), so the recurrent product keeps float precision up to the cell. The CPU (emulation) has
+// no such GEMM: it multiplies the operands converted to float, which are exact.
+inline void mm_into(Tensor& out, const Tensor& a, const Tensor& b) {
+  if (out.scalar_type() == a.scalar_type()) {
+    at::mm_out(out, a, b);
+  } else if (a.is_cuda()) {
+    at::mm_out(out, a, b, out.scalar_type());
+  } else {
+    at::mm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
+  }
+}
+
 // The GEMM path's recurrent product of step `step` (processing order) for one direction: rec[rows of t] =
-// h_{t-1}·W_hhᵀ, from the previous step's output rows (`out_cols`: this direction's columns of the layer output,
-// [N, P]) or from h0 (`h0d` [B, P]) for rows that start at t. w_t: W_hhᵀ [P, G].
+// h_{t-1}·W_hhᵀ (rec in the accumulate type), from the previous step's output rows (`out_cols`: this direction's
+// columns of the layer output, [N, P]) or from h0 (`h0d` [B, P]) for rows that start at t. w_t: W_hhᵀ [P, G].
 inline void gemm_prev_hidden(Tensor& rec, const SeqLayout& L, int64_t step, const Tensor& out_cols, const Tensor& h0d,
                              const Tensor& w_t) {
   const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
@@ -75,11 +96,11 @@ inline void gemm_prev_hidden(Tensor& rec, const SeqLayout& L, int64_t step, cons
   L.prev_rows(t, prev, n_prev);
   if (n_prev > 0) {
     Tensor r = rec.narrow(0, 0, n_prev);
-    at::mm_out(r, out_cols.narrow(0, L.offsets[prev], n_prev), w_t);
+    mm_into(r, out_cols.narrow(0, L.offsets[prev], n_prev), w_t);
   }
   if (bs > n_prev) {
     Tensor r = rec.narrow(0, n_prev, bs - n_prev);
-    at::mm_out(r, h0d.narrow(0, n_prev, bs - n_prev), w_t);
+    mm_into(r, h0d.narrow(0, n_prev, bs - n_prev), w_t);
   }
 }
 
@@ -102,7 +123,7 @@ inline void gemm_later_grad(Tensor& rec, const SeqLayout& L, int64_t i, const Te
 // LSTM_FUSED_CUDA_ALGO=persistent may decline it.
 inline bool want_persistent(const persistent::Plan& plan, int64_t B, bool fits = true, bool optional = false) {
   const Algo a = algo_from_env();
-  if (a == Algo::kStep || a == Algo::kGemm || B == 0) return false;  // an empty batch has nothing to launch
+  if (!persistent_considered(B)) return false;  // an empty batch has nothing to launch
   const bool ok = plan.ok && fits;
   TORCH_CHECK(ok || optional || a != Algo::kPersistent, "lstm_fused: LSTM_FUSED_CUDA_ALGO=persistent, but the "
               "persistent kernel cannot run this layer: ", plan.ok ? "the grid cannot be co-resident" : plan.why);
@@ -237,11 +258,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
     bool gemm = false;
     if (persistent_or_steps(run, steps, B, !s.proj, gemm)) return;
     std::vector<Tensor> rec;  // [B, G] per direction: h_{t-1}·W_hhᵀ of the GEMM path
-    for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, T_opts));
+    for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, A_opts));
     for (int64_t step = 0; step < n_steps; ++step) {
       for (int64_t d = 0; gemm && d < D; ++d) {
         gemm_prev_hidden(rec[d], lh[d].view(), step, out.narrow(1, d * P, P), h0c[d], w_hh_c[d].t());
-        steps[step].dir[d].rec = rec[d].const_data_ptr<T>();
+        steps[step].dir[d].rec = rec[d].template const_data_ptr<A>();
       }
       run.template fwd<T, A>(steps[step]);  // one launch: this step of every direction
       if (!s.proj) continue;

@@ -19,6 +19,7 @@ bool accepts_stack(Runner& run, const Tensor& input, int64_t K, int64_t B, int64
   const auto t = input.scalar_type();
   // Anything malformed takes the layer loop, whose checks report it.
   if (t != at::kFloat && t != at::kDouble && t != at::kHalf && t != at::kBFloat16) return false;
+  if (!persistent_considered(B)) return false;
   bool ok = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "lstm_fused_stack_accepts", [&] {
     using A = cuda_step::acc_t<scalar_t>;

@@ -23,7 +23,7 @@ struct GruFwdStepParams {
   T* h_out = nullptr;          // [rows, ld_out] out: h_t (this direction's columns of the output)
   int64_t end_lo = 0, end_hi = 0;  // rows [end_lo, end_hi) end their sequence at this step: h_t goes to h_n
   T* h_n = nullptr;                // [B, H]
-  const T* rec = nullptr;          // [rows, 3H] h_{t-1}·W_hhᵀ from a cuBLAS GEMM (large batches), or nullptr
+  const A* rec = nullptr;          // [rows, 3H] h_{t-1}·W_hhᵀ from a cuBLAS GEMM (large batches), or nullptr
 };
 
 // Backward step t: dh_t = gout + dGh_later·W_hh + z_later ⊙ dh_later (or grad_h_n where t is the row's last
@@ -92,8 +92,8 @@ LF_HOST_DEVICE void gru_fwd_epilogue(const GruFwdStepParams<T, A>& p, int bx, in
   const int64_t j = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
   if (b >= p.rows || j >= p.H) return;
   if (p.rec) {
-    const T* r = p.rec + b * 3 * p.H;
-    const A from_gemm[3] = {to_acc<T, A>(r[j]), to_acc<T, A>(r[p.H + j]), to_acc<T, A>(r[2 * p.H + j])};
+    const A* r = p.rec + b * 3 * p.H;
+    const A from_gemm[3] = {r[j], r[p.H + j], r[2 * p.H + j]};
     gru_fwd_cell(p, b, j, from_gemm);
     return;
   }

@@ -1,6 +1,6 @@
-// The CUDA step kernels' work, written as __host__ __device__ functions of (block, thread) indices so the same
-// code runs on the GPU (cuda/lstm_step_kernels.cu) and, thread by thread and phase by phase, on the CPU
-// (testing/cuda_emulation.cpp), where the tests check its index math, tiling and bounds at odd sizes.
+// The CUDA step kernels' work, written as __host__ __device__ functions of (block, thread) indices; their schedule
+// (kernels/step_schedule.h) runs on the GPU (cuda/lstm_step_kernels.cu) and, thread by thread and phase by phase,
+// on the CPU (testing/cuda_emulation.cpp), where the tests check its index math, tiling and bounds at odd sizes.
 //
 // One launch per time step. A block owns kJT hidden units (or output columns) × kBT batch rows; its threads
 // reduce over k in tiles staged through shared memory, and the epilogue applies the cell math of
@@ -43,9 +43,10 @@ struct FwdStepParams {
   int64_t I_in = 0, ld_x = 0;
   const T* x_in = nullptr;    // [rows, ld_x] the layer below's h_t
   const T* w_ih = nullptr;    // [G, I_in]
-  // Large batches: h_{t-1}·W_hhᵀ comes from a cuBLAS GEMM ([rows, G], gate columns as W_hh's rows) and the step
-  // kernel only runs the cell. nullptr: the kernel reduces it itself.
-  const T* rec = nullptr;
+  // Large batches: h_{t-1}·W_hhᵀ comes from a cuBLAS GEMM ([rows, G], gate columns as W_hh's rows; in the accumulate
+  // type, so half types keep the product's float precision) and the step kernel only runs the cell. nullptr: the
+  // kernel reduces it itself.
+  const A* rec = nullptr;
   const T* w_hh = nullptr;    // [G, P]
   const T* peep = nullptr;    // [3 or 2, H] peephole weights, or nullptr
   A* ws = nullptr;            // [rows, ld_ws] out: activated gates (G) then c_t (H)
@@ -203,7 +204,7 @@ LF_HOST_DEVICE void fwd_epilogue(const FwdStepParams<T, A>& p, int bx, int by, i
   A acc[4] = {red[0], red[1], red[2], red[3]};
   if (p.rec) {  // the GEMM's product: gate slot g is column g·H + j
     const int slots = p.coupled ? 3 : 4;
-    for (int g = 0; g < slots; ++g) acc[g] = to_acc<T, A>(p.rec[b * slots * p.H + g * p.H + j]);
+    for (int g = 0; g < slots; ++g) acc[g] = p.rec[b * slots * p.H + g * p.H + j];
   }
   if (p.peep) {
     if (p.coupled) fwd_cell<T, A, true, true>(p, b, j, acc);

@@ -19,6 +19,7 @@
 
 #include <c10/util/Half.h>  // header-only: the storage type's name for kNarrowRange
 
+#include "kernels/block_exec.h"
 #include "kernels/persistent_phases.h"
 
 namespace lstm_fused {
@@ -39,6 +40,15 @@ struct MmaShape<1> {
   static constexpr int M = 8, N = 32;
 };
 
+// Row stride (elements) of a tensor-core operand in shared memory holding k columns (a multiple of 16): the PTX ISA
+// wants every fragment row to start on the fragment's size (32 bytes for 16×16 half tiles), so the stride is a
+// multiple of 16 elements; 16 or 32 past k keeps consecutive rows off one bank period (128 bytes), which
+// would serialise a warp's row loads.
+inline int64_t mma_stride(int64_t k) {
+  const int64_t ld = k + kTileK;
+  return ld % 64 == 0 ? ld + kTileK : ld;
+}
+
 // The tensor-core plan of a launch (ng = NG: 4 forward, 1 backward), or !ok when its slice and a 16-wide k
 // chunk of the staged left operand (in the storage type) do not fit.
 inline Plan make_mma_plan(int ng, int64_t H, int64_t K, int64_t B, int64_t D, const DeviceLimits& dev) {
@@ -55,24 +65,24 @@ inline Plan make_mma_plan(int ng, int64_t H, int64_t K, int64_t B, int64_t D, co
   p.mt = ng * p.kj / tile_m;
   p.K = K;
   p.kp = round_up(K, kTileK);
-  p.ldw = p.kp + 8;  // a multiple of 8 elements (the MMA loads' stride unit), off the 32-bank period
+  p.ldw = mma_stride(p.kp);
   p.rows_pad = round_up(B, tile_n);
   const size_t elem = 2;
   p.w_bytes = align_region(size_t(ng * p.kj * p.ldw) * elem);
   const int64_t tiles = p.mt * (p.rows_pad / tile_n);
   p.red_bytes = align_region(size_t(tiles > kWarps ? tiles : kWarps) * tile_m * tile_n * sizeof(float));
   // The widest k chunk (a multiple of 16, at most kp) whose staged rows fit beside the slice and partials.
-  const int64_t budget = dev.smem - kStaticSmem - int64_t(p.w_bytes + p.red_bytes) - 128;
-  const int64_t fit = budget > 0 ? (budget / (p.rows_pad * int64_t(elem)) - 8) / kTileK * kTileK : 0;
+  const int64_t budget = dev.smem - dev.static_smem - int64_t(p.w_bytes + p.red_bytes) - 128;
+  const int64_t fit = budget > 0 ? (budget / (p.rows_pad * int64_t(elem)) - 2 * kTileK) / kTileK * kTileK : 0;
   p.kc = fit < p.kp ? fit : p.kp;
   if (p.kc < kTileK) {
     p.why = "the recurrent weights and one staged k chunk do not fit in shared memory";
     return p;
   }
-  p.ldl = p.kc + 8;
+  p.ldl = mma_stride(p.kc);
   p.left_bytes = align_region(size_t(p.rows_pad * p.ldl) * elem);
   p.smem = p.w_bytes + p.left_bytes + p.red_bytes;
-  p.ok = int64_t(p.smem) + kStaticSmem <= dev.smem;
+  p.ok = int64_t(p.smem) + dev.static_smem <= dev.smem;
   if (!p.ok) p.why = "shared memory";
   return p;
 }
@@ -156,10 +166,18 @@ struct WmmaType<c10::BFloat16> {
 #endif
 
 // A warp's accumulator tile C[M, N]: a tensor-core fragment on the GPU, the plain tile on the CPU.
+// Tensor cores exist in code compiled for sm_80+; older architectures' code keeps the plain tile and never runs
+// the tensor-core path (GpuRunner plans it only for kernels compiled for sm_80+).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define LF_WMMA 1
+#else
+#define LF_WMMA 0
+#endif
+
 template <int NG>
 struct MmaAcc {
   static constexpr int M = MmaShape<NG>::M, N = MmaShape<NG>::N;
-#if defined(__CUDA_ARCH__)
+#if LF_WMMA
   nvcuda::wmma::fragment<nvcuda::wmma::accumulator, M, N, kTileK, float> f;
 #else
   float f[M][N];
@@ -168,7 +186,7 @@ struct MmaAcc {
 
 template <int NG>
 LF_HOST_DEVICE void mma_zero(MmaAcc<NG>& acc) {
-#if defined(__CUDA_ARCH__)
+#if LF_WMMA
   nvcuda::wmma::fill_fragment(acc.f, 0.0f);
 #else
   for (auto& row : acc.f)
@@ -190,7 +208,7 @@ LF_HOST_DEVICE void mma_accumulate(const Plan& pl, const MmaTiling& mt, int64_t 
   // The chunk's k steps are dealt to the parts round-robin; every step lands in exactly one part.
   int64_t ks = k0 / kTileK + kpart;
 #if defined(__CUDA_ARCH__)
-#if __CUDA_ARCH__ >= 800
+#if LF_WMMA
   namespace wmma = nvcuda::wmma;
   using W = typename WmmaType<T>::type;
   for (; ks < ks_end; ks += mt.splitk) {
@@ -205,6 +223,12 @@ LF_HOST_DEVICE void mma_accumulate(const Plan& pl, const MmaTiling& mt, int64_t 
   __trap();  // never planned: GpuRunner enables tensor cores only for kernels compiled for sm_80+
 #endif
 #else
+  hardware_rule(pl.ldw % kTileK == 0 && pl.ldl % kTileK == 0, "tensor-core operand rows must start on 32 bytes: "
+                "ldw and ldl must be multiples of 16 elements");
+  for (int64_t k = ks; k < ks_end; k += mt.splitk)
+    hardware_rule(reinterpret_cast<uintptr_t>(a + k * kTileK) % 32 == 0 &&
+                      reinterpret_cast<uintptr_t>(b + (k * kTileK - k0)) % 32 == 0,
+                  "a tensor-core fragment load is not 32-byte aligned");
   for (; ks < ks_end; ks += mt.splitk)
     for (int m = 0; m < M; ++m)
       for (int n = 0; n < N; ++n)
@@ -219,9 +243,10 @@ template <int NG, typename T>
 LF_HOST_DEVICE void mma_store(int64_t u, const MmaSmem<T>& s, const MmaAcc<NG>& acc) {
   constexpr int M = MmaShape<NG>::M, N = MmaShape<NG>::N;
   float* c = s.red + u * M * N;
-#if defined(__CUDA_ARCH__)
+#if LF_WMMA
   nvcuda::wmma::store_matrix_sync(c, acc.f, N, nvcuda::wmma::mem_row_major);
 #else
+  hardware_rule(reinterpret_cast<uintptr_t>(c) % 32 == 0, "a tensor-core accumulator store is not 32-byte aligned");
   for (int m = 0; m < M; ++m)
     for (int n = 0; n < N; ++n) c[m * N + n] = acc.f[m][n];
 #endif

@@ -1,7 +1,7 @@
 // The persistent kernel's work (LSTM, its variants and the GRU), as __host__ __device__ functions of (block,
-// thread) indices: the GPU runs them in cuda/persistent_kernels.cu (one cooperative launch for the whole
-// sequence), the CPU test harness in testing/cuda_emulation.cpp (block by block, thread by thread, with every
-// block- and grid-wide barrier kept).
+// thread) indices, and its plan. kernels/persistent_schedule.h puts the phases in order between barriers; the GPU
+// runs that schedule in cuda/persistent_kernels.cu (one cooperative launch for the whole sequence), the CPU
+// emulation in testing/cuda_emulation.cpp.
 //
 // Each block owns kj hidden units of one direction and keeps their recurrent weights resident in shared
 // memory for all T steps: forward, W_hh's rows of those units' gates [NG·kj, P]; backward, W_hh's columns of
@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/block_exec.h"
 #include "kernels/gru_step_phases.h"
 #include "kernels/lstm_step_phases.h"
 
@@ -35,14 +36,15 @@ using cuda_step::to_acc;
 constexpr int kThreads = 256;
 constexpr int kRows = 4;       // batch rows per work item: a thread keeps kRows × NG accumulators
 constexpr int kMaxSplit = 32;  // lanes sharing one work item's reduction (a power of two)
-constexpr int64_t kStaticSmem = 512;  // the kernel's static shared memory (a step's parameters), bytes
+constexpr int64_t kStaticSmem = 512;  // bound on the kernel's static shared memory (a step's parameters), bytes
 
 // ---- plan (host) --------------------------------------------------------------------------------------
 // What the device offers a cooperative launch.
 struct DeviceLimits {
   int64_t sms = 0;        // multiprocessors
-  int64_t smem = 0;       // opt-in shared memory per block, bytes
+  int64_t smem = 0;       // shared memory a block of the kernel may hold, static and dynamic, bytes
   bool tensor_cores = false;  // bf16/fp16 MMA (sm_80+)
+  int64_t static_smem = kStaticSmem;  // of which the kernel declares statically (its step parameters)
 };
 
 // Blocks, units per block and shared-memory layout of one persistent launch. Shapes are in elements.
@@ -108,7 +110,7 @@ inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, 
   p.ldl = (p.rows_pad / kRows) % 2 == 1 ? p.rows_pad : p.rows_pad + kRows;
   p.w_bytes = align_region(size_t(ng_slots * p.kj * p.ldw) * elem_w);
   p.red_bytes = align_region(size_t(kThreads) * kRows * ng_slots * elem_a);
-  const int64_t budget = dev.smem - kStaticSmem - int64_t(p.w_bytes + p.red_bytes);
+  const int64_t budget = dev.smem - dev.static_smem - int64_t(p.w_bytes + p.red_bytes);
   // The largest k chunk (a multiple of 32, at most K rounded up) whose staged rows fit beside the slice.
   const int64_t per_k = p.ldl * int64_t(elem_a);
   int64_t kc = budget > 0 ? budget / per_k : 0;
@@ -120,7 +122,7 @@ inline Plan make_plan(int ng_slots, int64_t H, int64_t K, int64_t B, int64_t D, 
   p.kc = kc;
   p.left_bytes = align_region(size_t(p.kc * p.ldl) * elem_a);
   p.smem = p.w_bytes + p.left_bytes + p.red_bytes;
-  p.ok = int64_t(p.smem) + kStaticSmem <= dev.smem;
+  p.ok = int64_t(p.smem) + dev.static_smem <= dev.smem;
   if (!p.ok) p.why = "shared memory";
   return p;
 }
@@ -369,6 +371,9 @@ LF_HOST_DEVICE void load_rows(const A* p, A (&h)[kRows]) {
     for (int r = 0; r < kRows; ++r) h[r] = p[r];
   }
 #else
+  if constexpr (std::is_same_v<A, float> && kRows == 4)
+    hardware_rule(reinterpret_cast<uintptr_t>(p) % 16 == 0, "persistent kernel: a float4 shared-memory load of "
+                  "staged rows is not 16-byte aligned (ldl, row0 and the region start must be multiples of 4 floats)");
   for (int r = 0; r < kRows; ++r) h[r] = p[r];
 #endif
 }

@@ -1,7 +1,8 @@
 // CPU emulation of the CUDA path, for tests on machines without a GPU (built only with LSTM_FUSED_TESTING=1): the
-// ops lstm_fused_testing::emu_lstm_layer_fwd / emu_lstm_layer_bwd (and the stack and GRU twins) run the CUDA driver (drivers/lstm_driver.h: buffers, GEMMs, step loop) on CPU tensors and execute
-// each step kernel's phase functions (kernels/lstm_step_phases.h) block by block, thread by thread, with the barriers
-// in between — the same index math, tiling and bounds the GPU runs.
+// ops lstm_fused_testing::emu_* run the CUDA drivers (drivers/: buffers, GEMMs, step loop, path choice) on CPU tensors
+// with a runner that executes each launch's blocks through the kernels' own schedules (kernels/step_schedule.h,
+// kernels/persistent_schedule.h) on emulated threads (testing/emulated_exec.h) — the same phases, barriers, index
+// math, tiling and bounds the GPU runs.
 #include <array>
 #include <string>
 #include <cstdlib>
@@ -15,7 +16,9 @@
 #include "drivers/gru_driver.h"
 #include "drivers/lstm_driver.h"
 #include "drivers/stack_driver.h"
-#include "kernels/persistent_mma_phases.h"
+#include "kernels/persistent_schedule.h"
+#include "kernels/step_schedule.h"
+#include "testing/emulated_exec.h"
 
 namespace lstm_fused {
 namespace {
@@ -23,28 +26,19 @@ namespace {
 using at::Tensor;
 using namespace cuda_step;
 
-// Runs one launch's blocks like the GPU: the grid of the widest direction, blocks without rows exiting at
-// once, and per block the load → barrier → accumulate → barrier loop, then the epilogue.
-template <int NG, typename A, typename P, typename Load, typename Epilogue>
-void emulate_launch(const P& p, int64_t gx, int64_t gy, int64_t k_len, const Load& load, const Epilogue& epilogue) {
-  std::vector<A> acc(kThreads * NG);
-  for (int64_t by = 0; by < gy; ++by) {
-    if (!block_has_rows(p, by)) continue;  // the kernel's early exit
-    for (int64_t bx = 0; bx < gx; ++bx) {
-      TileSmem<A, NG> smem;
-      std::fill(acc.begin(), acc.end(), A(0));
-      for (int64_t k0 = 0; k0 < k_len; k0 += kKT) {
-        for (int tid = 0; tid < kThreads; ++tid) load(bx, by, tid, k0, smem);
-        // __syncthreads()
-        for (int ty = 0; ty < kBT; ++ty)
-          for (int tx = 0; tx < kJT; ++tx)
-            tile_accumulate(smem, tx, ty, *reinterpret_cast<A(*)[NG]>(&acc[(ty * kJT + tx) * NG]));
-        // __syncthreads()
+// Runs one step launch like the GPU: grid (gx, gy, directions), each block the kernel's own schedule
+// (kernels/step_schedule.h) on emulated threads, with its own shared memory (static on the GPU: at most 48 KB).
+template <typename A, int NG, typename Block>
+void emulate_step_launch(int64_t gx, int64_t gy, int gz, const char* kernel, const Block& block) {
+  static_assert(sizeof(TileSmem<A, NG>) <= 48 * 1024, "static shared memory over the 48 KB a launch may declare");
+  emulation::EmulatedExec ex;
+  for (int bz = 0; bz < gz; ++bz)
+    for (int64_t by = 0; by < gy; ++by)
+      for (int64_t bx = 0; bx < gx; ++bx) {
+        emulation::SharedMemory smem(sizeof(TileSmem<A, NG>));
+        block(static_cast<int>(bx), static_cast<int>(by), bz, smem.as<TileSmem<A, NG>>(), ex);
+        smem.check_guard(kernel);
       }
-      for (int ty = 0; ty < kBT; ++ty)
-        for (int tx = 0; tx < kJT; ++tx) epilogue(bx, by, tx, ty, *reinterpret_cast<A(*)[NG]>(&acc[(ty * kJT + tx) * NG]));
-    }
-  }
 }
 
 // The emulated device of the persistent kernel: LSTM_FUSED_EMU_SMS multiprocessors (default 132, an H200) with
@@ -58,82 +52,33 @@ persistent::DeviceLimits emulated_device() {
   return {env("LSTM_FUSED_EMU_SMS", 132), env("LSTM_FUSED_EMU_SMEM", 232448), env("LSTM_FUSED_EMU_MMA", 1) != 0};
 }
 
-void check_guard(const std::vector<std::vector<unsigned char>>& mem, const persistent::Plan& pl) {
-  for (const auto& m : mem)
-    for (size_t i = pl.smem; i < m.size(); ++i)
-      TORCH_CHECK(m[i] == 0xFF, "lstm_fused emulation: the persistent kernel wrote past its shared memory");
-}
-
-// Runs one persistent launch like the GPU: every block's shared memory lives for the whole launch (filled with
-// NaNs first, so a read of anything not staged shows in the results, with a guard zone after it); per step each
-// block runs its rounds of stage → barrier → accumulate → barrier ..., partials → barrier → reduce/epilogue →
-// barrier, and the next step starts only when every block has finished this one (the grid barrier).
+// Runs one persistent launch like the GPU: every block's shared memory lives for the whole launch; each block
+// runs the kernel's own schedule (kernels/persistent_schedule.h) on emulated threads, and the next time step starts
+// only when every block has finished this one (the grid barrier).
 template <typename R, typename T, typename A>
-void emulate_persistent(const persistent::StepTable<typename R::Step>& table, const persistent::Plan& pl) {
+void emulate_persistent(const persistent::StepTable<typename R::Step>& table, const persistent::Plan& pl,
+                        const persistent::DeviceLimits& dev) {
   using namespace persistent;
-  constexpr int NG = R::NG;
-  constexpr size_t kGuard = 256;
-  const int count = table.count;
-  auto step_of = [&](int64_t step, int64_t blk) -> const typename R::Step& {
-    return table.steps[step * count + blk / pl.nb];
-  };
-  const int64_t blocks = count * pl.nb;
-  std::vector<std::vector<unsigned char>> mem(blocks, std::vector<unsigned char>(pl.smem + kGuard, 0xFF));
+  TORCH_CHECK(int64_t(pl.smem) + dev.static_smem <= dev.smem, "lstm_fused emulation: the plan's ", pl.smem,
+              " bytes of shared memory exceed the emulated device's ", dev.smem - dev.static_smem);
+  Args<typename R::Step> args;
+  args.steps = table.steps.data();
+  args.n_steps = table.n_steps;
+  args.count = table.count;
+  args.plan = pl;
+  const int64_t blocks = table.count * pl.nb;
+  std::vector<emulation::SharedMemory> mem;
+  mem.reserve(blocks);
+  std::vector<typename R::Step> step_p(blocks);  // __shared__ on the GPU
+  emulation::EmulatedExec ex;
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const Smem<T, A> s = carve<T, A>(pl, mem[blk].data());
-    for (int tid = 0; tid < persistent::kThreads; ++tid)
-      load_resident<R>(pl, step_of(0, blk), blk % pl.nb, tid, s);
+    mem.emplace_back(pl.smem);
+    persistent_block_init<R, T, A>(args, blk, mem[blk].data(), ex);
   }
-  if constexpr (kHasMmaPath<R, T>) {
-    if (pl.mma) {
-      const bool once = pl.kc >= pl.kp;
-      std::vector<MmaAcc<NG>> accs(kWarps);
-      for (int64_t step = 0; step < table.n_steps; ++step) {
-        for (int64_t blk = 0; blk < blocks; ++blk) {
-          const typename R::Step& p = step_of(step, blk);
-          const MmaSmem<T> m = carve_mma<T>(pl, mem[blk].data());
-          const MmaTiling mt = mma_tiling<NG>(pl, p.rows);
-          if (once)
-            for (int tid = 0; tid < persistent::kThreads; ++tid) mma_stage_left<R>(pl, p, 0, tid, m);
-          for (int64_t r0 = 0; r0 < mt.units; r0 += kWarps) {
-            for (auto& a : accs) mma_zero(a);
-            for (int64_t k0 = 0; k0 < pl.kp; k0 += pl.kc) {
-              if (!once)
-                for (int tid = 0; tid < persistent::kThreads; ++tid) mma_stage_left<R>(pl, p, k0, tid, m);
-              for (int warp = 0; warp < kWarps; ++warp)
-                if (r0 + warp < mt.units) mma_accumulate<NG>(pl, mt, r0 + warp, k0, m, accs[warp]);
-            }
-            for (int warp = 0; warp < kWarps; ++warp)
-              if (r0 + warp < mt.units) mma_store<NG>(r0 + warp, m, accs[warp]);
-          }
-          for (int tid = 0; tid < persistent::kThreads; ++tid) mma_reduce_epilogue<R>(pl, p, mt, blk % pl.nb, tid, m);
-        }
-      }
-      check_guard(mem, pl);
-      return;
-    }
-  }
-  std::vector<std::array<std::array<A, NG>, kRows>> acc(persistent::kThreads);
-  auto acc_of = [&](int tid) -> A(&)[kRows][NG] { return *reinterpret_cast<A(*)[kRows][NG]>(acc[tid].data()); };
-  for (int64_t step = 0; step < table.n_steps; ++step) {
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const typename R::Step& p = step_of(step, blk);
-      const int64_t bx = blk % pl.nb;
-      const Smem<T, A> s = carve<T, A>(pl, mem[blk].data());
-      const StepTiling st = step_tiling(pl.kj, p.rows);
-      for (int64_t r0 = 0; r0 < st.items; r0 += st.groups) {
-        for (auto& a : acc)
-          for (auto& row : a) row.fill(A(0));
-        for (int64_t k0 = 0; k0 < R::K(p); k0 += pl.kc) {
-          for (int tid = 0; tid < persistent::kThreads; ++tid) stage_left<R>(pl, p, k0, tid, s);
-          for (int tid = 0; tid < persistent::kThreads; ++tid) accumulate<R>(pl, p, st, r0, k0, tid, s, acc_of(tid));
-        }
-        for (int tid = 0; tid < persistent::kThreads; ++tid) store_partials<NG>(tid, s, acc_of(tid));
-        for (int tid = 0; tid < persistent::kThreads; ++tid) reduce_epilogue<R>(pl, p, st, r0, bx, tid, s);
-      }
-    }
-  }
-  check_guard(mem, pl);
+  for (int64_t step = 0; step < table.n_steps; ++step)
+    for (int64_t blk = 0; blk < blocks; ++blk)  // then the grid barrier
+      persistent_block_step<R, T, A>(args, step, blk, mem[blk].data(), step_p[blk], ex);
+  for (const auto& m : mem) m.check_guard("persistent kernel");
 }
 
 struct EmulationRunner {
@@ -142,7 +87,7 @@ struct EmulationRunner {
     using R = typename persistent::RecurrenceOf<Step>::type;
     persistent::Plan plan;
     if (!accepts<Step>(table.steps[0].H, persistent::max_k<R>(table), B, table.count, optional, &plan)) return false;
-    emulate_persistent<R, typename R::Storage, typename R::Acc>(table, plan);
+    emulate_persistent<R, typename R::Storage, typename R::Acc>(table, plan, emulated_device());
     return true;
   }
   template <typename Step>
@@ -156,55 +101,49 @@ struct EmulationRunner {
   }
 
   template <typename T, typename A>
-  void gru_fwd(const DirectionParams<GruFwdStepParams<T, A>>& dp) {
-    int64_t gx, gy;
-    launch_grid(dp, gx, gy);
-    for (int z = 0; z < dp.count; ++z) {
-      const GruFwdStepParams<T, A>& p = dp.dir[z];
-      emulate_launch<3, A>(
-          p, gx, gy, gru_fwd_reduction_length(p),
-          [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 3>& s) { gru_fwd_load_tiles(p, bx, by, tid, k0, s); },
-          [&](int bx, int by, int tx, int ty, const A(&acc)[3]) { gru_fwd_epilogue(p, bx, by, tx, ty, acc); });
-    }
-  }
-
-  template <typename T, typename A>
-  void gru_bwd(const DirectionParams<GruBwdStepParams<T, A>>& dp) {
-    int64_t gx, gy;
-    launch_grid(dp, gx, gy);
-    for (int z = 0; z < dp.count; ++z) {
-      const GruBwdStepParams<T, A>& p = dp.dir[z];
-      emulate_launch<1, A>(
-          p, gx, gy, gru_bwd_reduction_length(p),
-          [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 1>& s) { gru_bwd_load_tiles(p, bx, by, tid, k0, s); },
-          [&](int bx, int by, int tx, int ty, const A(&acc)[1]) { gru_bwd_epilogue(p, bx, by, tx, ty, acc); });
-    }
-  }
-
-  template <typename T, typename A>
   void fwd(const DirectionParams<FwdStepParams<T, A>>& dp) {
     int64_t gx, gy;
     launch_grid(dp, gx, gy);  // the GPU's grid: the widest direction
-    for (int z = 0; z < dp.count; ++z) {  // blockIdx.z
-      const FwdStepParams<T, A>& p = dp.dir[z];
-      emulate_launch<4, A>(
-          p, gx, gy, fwd_reduction_length(p),
-          [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 4>& s) { fwd_load_tiles(p, bx, by, tid, k0, s); },
-          [&](int bx, int by, int tx, int ty, const A(&acc)[4]) { fwd_epilogue(p, bx, by, tx, ty, acc); });
-    }
+    emulate_step_launch<A, 4>(gx, gy, dp.count, "LSTM forward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
+      lstm_fwd_step_block(dp, bx, by, bz, smem, ex);
+    });
   }
 
   template <typename T, typename A>
   void bwd(const DirectionParams<BwdStepParams<T, A>>& dp, int mode) {
     int64_t gx, gy;
     launch_grid(dp, mode, gx, gy);
-    for (int z = 0; z < dp.count; ++z) {
-      const BwdStepParams<T, A>& p = dp.dir[z];
-      emulate_launch<1, A>(
-          p, gx, gy, bwd_reduction_length(p, mode),
-          [&](int bx, int by, int tid, int64_t k0, TileSmem<A, 1>& s) { bwd_load_tiles(p, bx, by, tid, k0, s); },
-          [&](int bx, int by, int tx, int ty, const A(&acc)[1]) { bwd_epilogue(p, mode, bx, by, tx, ty, acc); });
-    }
+    emulate_step_launch<A, 1>(gx, gy, dp.count, "LSTM backward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
+      switch (mode) {  // a template argument of the GPU kernel, as in cuda/lstm_step_kernels.cu
+        case kFused:
+          lstm_bwd_step_block<kFused>(dp, bx, by, bz, smem, ex);
+          break;
+        case kReduceOnly:
+          lstm_bwd_step_block<kReduceOnly>(dp, bx, by, bz, smem, ex);
+          break;
+        default:
+          lstm_bwd_step_block<kPointwiseOnly>(dp, bx, by, bz, smem, ex);
+          break;
+      }
+    });
+  }
+
+  template <typename T, typename A>
+  void gru_fwd(const DirectionParams<GruFwdStepParams<T, A>>& dp) {
+    int64_t gx, gy;
+    launch_grid(dp, gx, gy);
+    emulate_step_launch<A, 3>(gx, gy, dp.count, "GRU forward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
+      gru_fwd_step_block(dp, bx, by, bz, smem, ex);
+    });
+  }
+
+  template <typename T, typename A>
+  void gru_bwd(const DirectionParams<GruBwdStepParams<T, A>>& dp) {
+    int64_t gx, gy;
+    launch_grid(dp, gx, gy);
+    emulate_step_launch<A, 1>(gx, gy, dp.count, "GRU backward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
+      gru_bwd_step_block(dp, bx, by, bz, smem, ex);
+    });
   }
 };
 
