@@ -90,7 +90,13 @@ struct GpuRunner {
     using R = typename persistent::RecurrenceOf<Step>::type;
     const auto plan = persistent::choose_plan<typename R::Storage, typename R::Acc>(R::NG, H, K, B, count,
                                                                                  limits<Step>());
-    if (!cuda_driver::want_persistent(plan, B, true, optional) || capturing()) return false;
+    if (!cuda_driver::want_persistent(plan, B, true, optional)) return false;
+    if (capturing()) {
+      TORCH_CHECK(optional || cuda_driver::algo_from_env() != cuda_driver::Algo::kPersistent, "lstm_fused: "
+                  "LSTM_FUSED_CUDA_ALGO=persistent, but the persistent kernel cannot run while the stream is being "
+                  "captured into a CUDA graph (a replay would not refresh its step parameters)");
+      return false;
+    }
     bool fits = false;
     C10_CUDA_CHECK(persistent::fits<Step>(plan, count, fits));
     if (!fits && !cuda_driver::want_persistent(plan, B, false, optional)) return false;

@@ -17,8 +17,9 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_step_kernel(const DirectionPa
   lstm_fwd_step_block(dp, blockIdx.x, blockIdx.y, blockIdx.z, smem, ex);
 }
 
+// 4 blocks per multiprocessor: without a bound ptxas aims at 5 and spills (64 registers suffice).
 template <typename T, typename A, int kMode>
-__global__ void __launch_bounds__(kThreads) bwd_step_kernel(const DirectionParams<BwdStepParams<T, A>> dp) {
+__global__ void __launch_bounds__(kThreads, 4) bwd_step_kernel(const DirectionParams<BwdStepParams<T, A>> dp) {
   __shared__ TileSmem<A, 1> smem;
   GpuExec ex;
   lstm_bwd_step_block<kMode>(dp, blockIdx.x, blockIdx.y, blockIdx.z, smem, ex);

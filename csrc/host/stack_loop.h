@@ -1,7 +1,7 @@
 // lstm_stack_fwd: the forward of a stack of unidirectional LSTM layers without projection, in one op, so the
 // CUDA path can run all layers in one persistent launch as a wavefront (layer l at step t next to layer l+1
-// at step t−1: T + L − 1 grid steps instead of L·T). Everywhere else it is the loop below over the layer op,
-// so its results and its backward (lstm_fused/ops.py: the layer backward op, layer by layer) are the layer
+// at step t−1: T + L − 1 grid steps instead of L·T). Everywhere else it is the loop below over the layer op, and
+// its backward (lstm_stack_bwd) the loop over the layer backward op, top layer first, so its results are the layer
 // op's. Returns every layer's output and workspace, which those backwards need.
 #pragma once
 
