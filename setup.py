@@ -77,7 +77,10 @@ def extension():
     cuda_sources = sources_in("cuda", "cu", "cpp")
     opt = ["-O3"] if not _flag("LSTM_FUSED_DEBUG") else ["-O0", "-g"]
     defines = ["-DLSTM_FUSED_TESTING"] if testing else []
-    cxx = opt + ["-std=c++20", "-fopenmp", "-fvisibility=hidden"] + defines
+    # LSTM_FUSED_ASAN=1: AddressSanitizer on the C++ code (scripts/asan_emulation.sh), so the emulated kernels'
+    # writes past their buffers fault at once instead of when the heap happens to notice.
+    asan = ["-fsanitize=address", "-fno-omit-frame-pointer"] if _flag("LSTM_FUSED_ASAN") else []
+    cxx = opt + ["-std=c++20", "-fopenmp", "-fvisibility=hidden"] + defines + asan
     extra = {"cxx": cxx}
     include_dirs = [os.path.join(ROOT, "csrc")]
     use_cuda = _want_cuda() and bool(cuda_sources)
@@ -107,7 +110,7 @@ def extension():
         sources=sources,
         include_dirs=include_dirs,
         extra_compile_args=extra,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + asan,
         py_limited_api=False,
     )
 

@@ -78,14 +78,14 @@ void column_sums(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
 
 // The rows of h_{t-1} each step consumed, as one [N, P] matrix, so dW_hh is a single GEMM.
 template <typename scalar_t>
-void gather_prev_hidden(const SeqLayout& L, int64_t P, const scalar_t* out, int64_t ld_out, const scalar_t* h0,
+void gather_prev_hidden(const SeqLayout& seq, int64_t P, const scalar_t* out, int64_t ld_out, const scalar_t* h0,
                         scalar_t* hprev) {
-  for (int64_t t = 0; t < L.T; ++t) {
+  for (int64_t t = 0; t < seq.T; ++t) {
     int64_t prev, n_prev;
-    L.prev_rows(t, prev, n_prev);
-    const int64_t bs = L.batch_sizes[t];
-    scalar_t* dst = hprev + L.offsets[t] * P;
-    if (n_prev > 0) copy_rows(dst, P, out + L.offsets[prev] * ld_out, ld_out, n_prev, P);
+    seq.prev_rows(t, prev, n_prev);
+    const int64_t bs = seq.batch_sizes[t];
+    scalar_t* dst = hprev + seq.offsets[t] * P;
+    if (n_prev > 0) copy_rows(dst, P, out + seq.offsets[prev] * ld_out, ld_out, n_prev, P);
     copy_rows(dst + n_prev * P, P, h0 + n_prev * P, P, bs - n_prev, P);
   }
 }

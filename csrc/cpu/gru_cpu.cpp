@@ -18,7 +18,7 @@ using at::Tensor;
 using namespace cpu;
 
 template <typename scalar_t>
-void gru_fwd_loop(const SeqLayout& L, int64_t I, int64_t H,
+void gru_fwd_loop(const SeqLayout& seq, int64_t I, int64_t H,
                   const scalar_t* x,     // [N, I]
                   const scalar_t* w_ih,  // [3H, I]
                   const scalar_t* w_hh,  // [3H, H]
@@ -32,15 +32,15 @@ void gru_fwd_loop(const SeqLayout& L, int64_t I, int64_t H,
   const GemmOperand<scalar_t> w_ih_t(true, I, G, w_ih, I);
   const GemmOperand<scalar_t> w_hh_t(true, H, G, w_hh, H);
   const int64_t chunk_steps =
-      std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t) * G * std::max<int64_t>(1, L.B)));
-  std::vector<scalar_t> xw(std::min(L.T, chunk_steps) * L.B * G), hh(L.B * G);
-  std::vector<scalar_t> ws_step(ws ? 0 : L.B * 4 * H);  // inference: one step's gates, not kept
-  const bool split_rows = rows_per_thread(L.B, H, G, sizeof(scalar_t), w_hh_t.packed);
-  for (int64_t s0 = 0; s0 < L.T; s0 += chunk_steps) {
-    const int64_t s1 = std::min(L.T, s0 + chunk_steps);
-    const int64_t ta = L.time_at(s0), tb = L.time_at(s1 - 1);
-    const int64_t row_lo = std::min(L.offsets[ta], L.offsets[tb]);
-    const int64_t row_hi = std::max(L.offsets[ta] + L.batch_sizes[ta], L.offsets[tb] + L.batch_sizes[tb]);
+      std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t) * G * std::max<int64_t>(1, seq.B)));
+  std::vector<scalar_t> xw(std::min(seq.T, chunk_steps) * seq.B * G), hh(seq.B * G);
+  std::vector<scalar_t> ws_step(ws ? 0 : seq.B * 4 * H);  // inference: one step's gates, not kept
+  const bool split_rows = rows_per_thread(seq.B, H, G, sizeof(scalar_t), w_hh_t.packed);
+  for (int64_t s0 = 0; s0 < seq.T; s0 += chunk_steps) {
+    const int64_t s1 = std::min(seq.T, s0 + chunk_steps);
+    const int64_t ta = seq.time_at(s0), tb = seq.time_at(s1 - 1);
+    const int64_t row_lo = std::min(seq.offsets[ta], seq.offsets[tb]);
+    const int64_t row_hi = std::max(seq.offsets[ta] + seq.batch_sizes[ta], seq.offsets[tb] + seq.batch_sizes[tb]);
     // Input projection of the chunk's steps in one GEMM, then b_ih.
     gemm<scalar_t>(false, row_hi - row_lo, x + row_lo * I, I, w_ih_t, false, xw.data(), G);
     at::parallel_for(0, row_hi - row_lo, 64, [&](int64_t r0, int64_t r1) {
@@ -49,8 +49,8 @@ void gru_fwd_loop(const SeqLayout& L, int64_t I, int64_t H,
     });
     // Rows [r0, r1) of one step (clipped to its active rows); rows never interact (see run_steps).
     auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
-      const int64_t t = L.time_at(step), off = L.offsets[t];
-      r1 = std::min(r1, L.batch_sizes[t]);
+      const int64_t t = seq.time_at(step), off = seq.offsets[t];
+      r1 = std::min(r1, seq.batch_sizes[t]);
       if (r0 >= r1) return;
       gemm<scalar_t>(false, r1 - r0, h_state + r0 * H, H, w_hh_t, false, hh.data() + r0 * G, G);
       GruFwdStep<scalar_t> p;
@@ -64,12 +64,12 @@ void gru_fwd_loop(const SeqLayout& L, int64_t I, int64_t H,
       p.ld_h = ld_out;
       at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { gru_fwd_pointwise_dispatch(p, b, e); });
     };
-    run_steps(L.B, s0, s1, step_rows, split_rows);
+    run_steps(seq.B, s0, s1, step_rows, split_rows);
   }
 }
 
 template <typename scalar_t>
-void gru_bwd_loop(const SeqLayout& L, int64_t H,
+void gru_bwd_loop(const SeqLayout& seq, int64_t H,
                   const scalar_t* gout,  // [N, ld] this direction's columns of the output gradient
                   const scalar_t* out,   // [N, ld] this direction's columns of the output (h_t)
                   int64_t ld,            // D·H
@@ -82,15 +82,15 @@ void gru_bwd_loop(const SeqLayout& L, int64_t H,
   const int64_t G = 3 * H;
   const GemmOperand<scalar_t> w_hh_op(false, G, H, w_hh, H);
   auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
-    const int64_t t = L.time_at(step), off = L.offsets[t];
-    r1 = std::min(r1, L.batch_sizes[t]);
+    const int64_t t = seq.time_at(step), off = seq.offsets[t];
+    r1 = std::min(r1, seq.batch_sizes[t]);
     if (r0 >= r1) return;
     int64_t prev, n_prev;
-    L.prev_rows(t, prev, n_prev);
+    seq.prev_rows(t, prev, n_prev);
     GruBwdStep<scalar_t> p;
     p.H = H;
     p.ws = ws + off * 4 * H;
-    p.h_prev = n_prev > 0 ? out + L.offsets[prev] * ld : nullptr;
+    p.h_prev = n_prev > 0 ? out + seq.offsets[prev] * ld : nullptr;
     p.ld_hp = ld;
     p.n_prev = n_prev;
     p.h0 = h0;
@@ -104,8 +104,8 @@ void gru_bwd_loop(const SeqLayout& L, int64_t H,
     gemm<scalar_t>(false, r1 - r0, p.dgh + r0 * G, G, w_hh_op, true, dh_state + r0 * H, H);
   };
   // Processing order backwards: steps T-1 .. 0 of step_rows' numbering.
-  run_steps(L.B, 0, L.T, [&](int64_t i, int64_t r0, int64_t r1) { step_rows(L.T - 1 - i, r0, r1); },
-            rows_per_thread(L.B, H, G, sizeof(scalar_t), w_hh_op.packed));
+  run_steps(seq.B, 0, seq.T, [&](int64_t i, int64_t r0, int64_t r1) { step_rows(seq.T - 1 - i, r0, r1); },
+            rows_per_thread(seq.B, H, G, sizeof(scalar_t), w_hh_op.packed));
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cpu(const Tensor& input, const std::optional<Tensor>& batch_sizes,
@@ -125,12 +125,12 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cpu(const Tensor& input, const 
   const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = dirs[d];
-    const SeqLayout L = layouts[d].view();
+    const SeqLayout seq = layouts[d].view();
     const Tensor zeros = at::zeros({3 * H}, input.options());
     const Tensor bi = w.b_ih ? w.b_ih->contiguous() : zeros, bh = w.b_hh ? w.b_hh->contiguous() : zeros;
     const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_fwd_cpu", [&] {
-      gru_fwd_loop<scalar_t>(L, s.I, H, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
+      gru_fwd_loop<scalar_t>(seq, s.I, H, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
                              w_hh_c.const_data_ptr<scalar_t>(), bi.const_data_ptr<scalar_t>(),
                              bh.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + d * H, D * H,
                              h_n[d].data_ptr<scalar_t>(), need_workspace ? ws[d].data_ptr<scalar_t>() : nullptr);
@@ -165,7 +165,7 @@ gru_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tenso
   std::vector<Tensor> d_w_ih, d_w_hh, d_b_ih, d_b_hh;
   const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
   for (int64_t d = 0; d < D; ++d) {
-    const SeqLayout L = layouts[d].view();
+    const SeqLayout seq = layouts[d].view();
     const Tensor w_ih_c = dirs[d].w_ih.contiguous(), w_hh_c = dirs[d].w_hh.contiguous();
     d_w_ih.push_back(at::empty({G, s.I}, opts));
     d_w_hh.push_back(at::empty({G, H}, opts));
@@ -175,7 +175,7 @@ gru_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tenso
     }
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "gru_layer_bwd_cpu", [&] {
       const scalar_t* outp = out_c.const_data_ptr<scalar_t>() + d * H;
-      gru_bwd_loop<scalar_t>(L, H, gout.const_data_ptr<scalar_t>() + d * H, outp, D * H,
+      gru_bwd_loop<scalar_t>(seq, H, gout.const_data_ptr<scalar_t>() + d * H, outp, D * H,
                              h0_c[d].const_data_ptr<scalar_t>(), w_hh_c.const_data_ptr<scalar_t>(),
                              ws[d].const_data_ptr<scalar_t>(), dh0[d].data_ptr<scalar_t>(),
                              dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>());
@@ -183,16 +183,16 @@ gru_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tenso
       const scalar_t* gh = dgh.const_data_ptr<scalar_t>();
       // Both directions read the same input, so its gradient is their sum (in direction order).
       if (need_grad_input)
-        gemm<scalar_t>(false, L.N, gx, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_c.const_data_ptr<scalar_t>(), s.I),
+        gemm<scalar_t>(false, seq.N, gx, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_c.const_data_ptr<scalar_t>(), s.I),
                        d > 0, d_input.data_ptr<scalar_t>(), s.I);
-      gemm<scalar_t>(true, G, gx, G, GemmOperand<scalar_t>(false, L.N, s.I, x.const_data_ptr<scalar_t>(), s.I), false,
+      gemm<scalar_t>(true, G, gx, G, GemmOperand<scalar_t>(false, seq.N, s.I, x.const_data_ptr<scalar_t>(), s.I), false,
                      d_w_ih[d].data_ptr<scalar_t>(), s.I);
-      gather_prev_hidden<scalar_t>(L, H, outp, D * H, h0_c[d].const_data_ptr<scalar_t>(), hprev.data_ptr<scalar_t>());
-      gemm<scalar_t>(true, G, gh, G, GemmOperand<scalar_t>(false, L.N, H, hprev.const_data_ptr<scalar_t>(), H), false,
+      gather_prev_hidden<scalar_t>(seq, H, outp, D * H, h0_c[d].const_data_ptr<scalar_t>(), hprev.data_ptr<scalar_t>());
+      gemm<scalar_t>(true, G, gh, G, GemmOperand<scalar_t>(false, seq.N, H, hprev.const_data_ptr<scalar_t>(), H), false,
                      d_w_hh[d].data_ptr<scalar_t>(), H);
       if (has_bias) {
-        column_sums<scalar_t>(gx, L.N, G, d_b_ih[d].data_ptr<scalar_t>());
-        column_sums<scalar_t>(gh, L.N, G, d_b_hh[d].data_ptr<scalar_t>());
+        column_sums<scalar_t>(gx, seq.N, G, d_b_ih[d].data_ptr<scalar_t>());
+        column_sums<scalar_t>(gh, seq.N, G, d_b_hh[d].data_ptr<scalar_t>());
       }
     });
   }

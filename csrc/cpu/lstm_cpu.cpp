@@ -20,7 +20,7 @@ using at::Tensor;
 using namespace cpu;
 
 template <typename scalar_t>
-void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
+void lstm_fwd_loop(const SeqLayout& seq, const LayerSizes& s,
                    const scalar_t* x,     // [N, I]
                    const scalar_t* w_ih,  // [4H, I]
                    const scalar_t* w_hh,  // [4H, P]
@@ -38,27 +38,27 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
   const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);              // W_hhᵀ [P, 4H], reused every step
   const GemmOperand<scalar_t> w_hr_t(true, H, w_hr ? P : 0, w_hr, H);  // W_hrᵀ [H, P]
   const int64_t chunk_steps =
-      std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t) * ld_ws * std::max<int64_t>(1, L.B)));
-  std::vector<scalar_t> scratch(ws ? 0 : std::min(L.T, chunk_steps) * L.B * ld_ws);
+      std::max<int64_t>(1, kChunkBytes / static_cast<int64_t>(sizeof(scalar_t) * ld_ws * std::max<int64_t>(1, seq.B)));
+  std::vector<scalar_t> scratch(ws ? 0 : std::min(seq.T, chunk_steps) * seq.B * ld_ws);
   const bool split_rows =
-      rows_per_thread(L.B, P, G, sizeof(scalar_t), w_hh_t.packed && (!w_hr || w_hr_t.packed));
-  for (int64_t s0 = 0; s0 < L.T; s0 += chunk_steps) {
-    const int64_t s1 = std::min(L.T, s0 + chunk_steps);
+      rows_per_thread(seq.B, P, G, sizeof(scalar_t), w_hh_t.packed && (!w_hr || w_hr_t.packed));
+  for (int64_t s0 = 0; s0 < seq.T; s0 += chunk_steps) {
+    const int64_t s1 = std::min(seq.T, s0 + chunk_steps);
     // The chunk's steps are one contiguous row range in either direction.
-    const int64_t ta = L.time_at(s0), tb = L.time_at(s1 - 1);
-    const int64_t row_lo = std::min(L.offsets[ta], L.offsets[tb]);
-    const int64_t row_hi = std::max(L.offsets[ta] + L.batch_sizes[ta], L.offsets[tb] + L.batch_sizes[tb]);
+    const int64_t ta = seq.time_at(s0), tb = seq.time_at(s1 - 1);
+    const int64_t row_lo = std::min(seq.offsets[ta], seq.offsets[tb]);
+    const int64_t row_hi = std::max(seq.offsets[ta] + seq.batch_sizes[ta], seq.offsets[tb] + seq.batch_sizes[tb]);
     scalar_t* base = ws ? ws + row_lo * ld_ws : scratch.data();  // gates of row row_lo
     // Input projection of the chunk's steps in one GEMM; biases are added in the pointwise pass.
     gemm<scalar_t>(false, row_hi - row_lo, x + row_lo * s.I, s.I, w_ih_t, false, base, ld_ws);
     // Rows [r0, r1) of one step (clipped to the rows active at it): every product and the cell update of a
     // row read only that row's state, so a thread that owns rows needs nobody else's.
     auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
-      const int64_t t = L.time_at(step);
-      r1 = std::min(r1, L.batch_sizes[t]);
+      const int64_t t = seq.time_at(step);
+      r1 = std::min(r1, seq.batch_sizes[t]);
       if (r0 >= r1) return;
-      scalar_t* g = base + (L.offsets[t] - row_lo) * ld_ws;
-      scalar_t* o = out + L.offsets[t] * ld_out;
+      scalar_t* g = base + (seq.offsets[t] - row_lo) * ld_ws;
+      scalar_t* o = out + seq.offsets[t] * ld_out;
       gemm<scalar_t>(false, r1 - r0, h_state + r0 * P, P, w_hh_t, true, g + r0 * ld_ws, ld_ws);
       LstmFwdStep<scalar_t> p;
       p.H = H;
@@ -79,12 +79,12 @@ void lstm_fwd_loop(const SeqLayout& L, const LayerSizes& s,
         copy_rows(h_state + r0 * P, P, o + r0 * ld_out, ld_out, r1 - r0, P);
       }
     };
-    run_steps(L.B, s0, s1, step_rows, split_rows);
+    run_steps(seq.B, s0, s1, step_rows, split_rows);
   }
 }
 
 template <typename scalar_t>
-void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
+void lstm_bwd_loop(const SeqLayout& seq, const LayerSizes& s,
                    const scalar_t* gout,  // [N, ld_gout] this direction's columns of the output gradient
                    int64_t ld_gout,       // D·P
                    const scalar_t* c0,    // [B, H]
@@ -102,12 +102,12 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
   const GemmOperand<scalar_t> w_hh_op(false, G, P, w_hh, P);          // W_hh [G, P]
   const GemmOperand<scalar_t> w_hr_op(false, w_hr ? P : 0, H, w_hr, H);  // W_hr [P, H]
   auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
-    const int64_t t = L.time_at(step);
-    r1 = std::min(r1, L.batch_sizes[t]);
+    const int64_t t = seq.time_at(step);
+    r1 = std::min(r1, seq.batch_sizes[t]);
     if (r0 >= r1) return;
-    const int64_t row0 = L.offsets[t];
+    const int64_t row0 = seq.offsets[t];
     int64_t prev, n_prev;
-    L.prev_rows(t, prev, n_prev);
+    seq.prev_rows(t, prev, n_prev);
     LstmBwdStep<scalar_t> p;
     p.H = H;
     p.coupled = s.coupled;
@@ -115,7 +115,7 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
     p.gates = ws + row0 * ld_ws;
     p.cells = p.gates + G;
     p.ld_ws = ld_ws;
-    p.c_prev = n_prev > 0 ? ws + L.offsets[prev] * ld_ws + G : nullptr;
+    p.c_prev = n_prev > 0 ? ws + seq.offsets[prev] * ld_ws + G : nullptr;
     p.n_prev = n_prev;
     p.c_init = c0;
     p.dc_state = dc_state;
@@ -141,25 +141,25 @@ void lstm_bwd_loop(const SeqLayout& L, const LayerSizes& s,
     gemm<scalar_t>(false, r1 - r0, p.dgates + r0 * G, G, w_hh_op, false, dh_state + r0 * P, P);
   };
   // Processing order backwards: steps T-1 .. 0 of step_rows' numbering.
-  run_steps(L.B, 0, L.T, [&](int64_t i, int64_t r0, int64_t r1) { step_rows(L.T - 1 - i, r0, r1); },
-            rows_per_thread(L.B, P, G, sizeof(scalar_t), w_hh_op.packed && (!w_hr || w_hr_op.packed)));
+  run_steps(seq.B, 0, seq.T, [&](int64_t i, int64_t r0, int64_t r1) { step_rows(seq.T - 1 - i, r0, r1); },
+            rows_per_thread(seq.B, P, G, sizeof(scalar_t), w_hh_op.packed && (!w_hr || w_hr_op.packed)));
 }
 
 // Peephole weight gradients [3 or 2, H]: per unit, the fixed-order sum over all rows of dpre_i·c_{t-1},
 // dpre_f·c_{t-1} and dpre_o·c_t (c_{t-1} from the previous step's workspace row, or c0).
 template <typename scalar_t>
-void peephole_grads(const SeqLayout& L, const LayerSizes& s, const scalar_t* dg, const scalar_t* ws,
+void peephole_grads(const SeqLayout& seq, const LayerSizes& s, const scalar_t* dg, const scalar_t* ws,
                     const scalar_t* c0, scalar_t* out) {
   const int64_t H = s.H, G = s.G(), ld_ws = G + H;
   const int64_t ci = 0, cf = H, co = s.coupled ? 2 * H : 3 * H;
   at::parallel_for(0, H, 64, [&](int64_t j0, int64_t j1) {
     std::vector<double> acc_i(j1 - j0, 0.0), acc_f(j1 - j0, 0.0), acc_o(j1 - j0, 0.0);
-    for (int64_t t = 0; t < L.T; ++t) {
+    for (int64_t t = 0; t < seq.T; ++t) {
       int64_t prev, n_prev;
-      L.prev_rows(t, prev, n_prev);
-      for (int64_t b = 0; b < L.batch_sizes[t]; ++b) {
-        const int64_t r = L.offsets[t] + b;
-        const scalar_t* cp = b < n_prev ? ws + (L.offsets[prev] + b) * ld_ws + G : c0 + b * H;
+      seq.prev_rows(t, prev, n_prev);
+      for (int64_t b = 0; b < seq.batch_sizes[t]; ++b) {
+        const int64_t r = seq.offsets[t] + b;
+        const scalar_t* cp = b < n_prev ? ws + (seq.offsets[prev] + b) * ld_ws + G : c0 + b * H;
         const scalar_t* c = ws + r * ld_ws + G;
         const scalar_t* d = dg + r * G;
         for (int64_t j = j0; j < j1; ++j) {
@@ -184,7 +184,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(
     const std::optional<at::TensorList>& b_hh, const std::optional<at::TensorList>& w_hr,
     const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
   std::vector<DirectionWeights> dirs;
-  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, dirs);
+  const LayerSizes s = check_lstm_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, dirs);
   check_cpu_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
   Tensor out = at::empty(with_last(input, D * P), input.options());
@@ -197,14 +197,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(
   const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = dirs[d];
-    const SeqLayout L = layouts[d].view();
+    const SeqLayout seq = layouts[d].view();
     const Tensor bias = w.b_ih ? (*w.b_ih + *w.b_hh).contiguous() : at::zeros({G}, input.options());
     const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
     const Tensor w_ph_c = s.peephole ? w.w_ph->contiguous() : Tensor();
-    Tensor r_buf = s.proj ? at::empty({L.B, H}, input.options()) : Tensor();
+    Tensor r_buf = s.proj ? at::empty({seq.B, H}, input.options()) : Tensor();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd_cpu", [&] {
-      lstm_fwd_loop<scalar_t>(L, s, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
+      lstm_fwd_loop<scalar_t>(seq, s, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
                               w_hh_c.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
                               s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr,
                               s.peephole ? w_ph_c.const_data_ptr<scalar_t>() : nullptr,
@@ -227,7 +227,7 @@ LayerGrads lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
                               bool coupled, const Tensor& output, const Tensor& workspace, bool has_bias,
                               bool need_grad_input) {
   std::vector<DirectionWeights> dirs;
-  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
+  const LayerSizes s = check_lstm_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
                                         w_ph, coupled, dirs);
   check_cpu_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
@@ -258,10 +258,10 @@ LayerGrads lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
     const DirectionWeights& w = dirs[d];
     const Tensor w_ph_c = s.peephole ? w.w_ph->contiguous() : Tensor();
     if (s.peephole) d_w_ph.push_back(at::empty(w_ph_c.sizes(), opts));
-    const SeqLayout L = layouts[d].view();
+    const SeqLayout seq = layouts[d].view();
     const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
-    Tensor dr_buf = s.proj ? at::empty({L.B, H}, opts) : Tensor();
+    Tensor dr_buf = s.proj ? at::empty({seq.B, H}, opts) : Tensor();
     d_w_ih.push_back(at::empty({G, s.I}, opts));
     d_w_hh.push_back(at::empty({G, P}, opts));
     if (has_bias) d_bias.push_back(at::empty({G}, opts));
@@ -270,7 +270,7 @@ LayerGrads lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
       const scalar_t* w_hr_p = s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr;
       scalar_t* dg = dgates.data_ptr<scalar_t>();
       const scalar_t* w_ph_p = s.peephole ? w_ph_c.const_data_ptr<scalar_t>() : nullptr;
-      lstm_bwd_loop<scalar_t>(L, s, gout.const_data_ptr<scalar_t>() + d * P, D * P, c0_c[d].const_data_ptr<scalar_t>(),
+      lstm_bwd_loop<scalar_t>(seq, s, gout.const_data_ptr<scalar_t>() + d * P, D * P, c0_c[d].const_data_ptr<scalar_t>(),
                               w_hh_c.const_data_ptr<scalar_t>(), w_hr_p, w_ph_p, ws[d].const_data_ptr<scalar_t>(),
                               dh0[d].data_ptr<scalar_t>(), dc0[d].data_ptr<scalar_t>(), dg,
                               s.proj ? dh_total.data_ptr<scalar_t>() : nullptr,
@@ -279,21 +279,21 @@ LayerGrads lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n,
       // Everything below is one GEMM or reduction over all steps. Both directions read the same input, so
       // its gradient is their sum (accumulated in direction order).
       if (need_grad_input)
-        gemm<scalar_t>(false, L.N, dg, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_c.const_data_ptr<scalar_t>(), s.I),
+        gemm<scalar_t>(false, seq.N, dg, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_c.const_data_ptr<scalar_t>(), s.I),
                        d > 0, d_input.data_ptr<scalar_t>(), s.I);
-      gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, s.I, x.const_data_ptr<scalar_t>(), s.I), false,
+      gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, seq.N, s.I, x.const_data_ptr<scalar_t>(), s.I), false,
                      d_w_ih[d].data_ptr<scalar_t>(), s.I);
-      gather_prev_hidden<scalar_t>(L, P, out_c.const_data_ptr<scalar_t>() + d * P, D * P,
+      gather_prev_hidden<scalar_t>(seq, P, out_c.const_data_ptr<scalar_t>() + d * P, D * P,
                                    h0_c[d].const_data_ptr<scalar_t>(), hprev.data_ptr<scalar_t>());
-      gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, L.N, P, hprev.const_data_ptr<scalar_t>(), P), false,
+      gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, seq.N, P, hprev.const_data_ptr<scalar_t>(), P), false,
                      d_w_hh[d].data_ptr<scalar_t>(), P);
-      if (has_bias) column_sums<scalar_t>(dg, L.N, G, d_bias[d].data_ptr<scalar_t>());
+      if (has_bias) column_sums<scalar_t>(dg, seq.N, G, d_bias[d].data_ptr<scalar_t>());
       if (s.peephole)
-        peephole_grads<scalar_t>(L, s, dg, ws[d].const_data_ptr<scalar_t>(), c0_c[d].const_data_ptr<scalar_t>(),
+        peephole_grads<scalar_t>(seq, s, dg, ws[d].const_data_ptr<scalar_t>(), c0_c[d].const_data_ptr<scalar_t>(),
                                  d_w_ph[d].data_ptr<scalar_t>());
       if (s.proj)
         gemm<scalar_t>(true, P, dh_total.const_data_ptr<scalar_t>(), P,
-                       GemmOperand<scalar_t>(false, L.N, H, r_all.const_data_ptr<scalar_t>(), H), false,
+                       GemmOperand<scalar_t>(false, seq.N, H, r_all.const_data_ptr<scalar_t>(), H), false,
                        d_w_hr[d].data_ptr<scalar_t>(), H);
     });
   }

@@ -45,23 +45,23 @@ std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd(const Tensor& input, const std:
       auto& dp = steps[step];
       dp.count = static_cast<int>(D);
       for (int64_t d = 0; d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), off = L.offsets[t];
+        const SeqLayout seq = lh[d].view();
+        const int64_t t = seq.time_at(step), off = seq.offsets[t];
         int64_t prev, n_prev;
-        L.prev_rows(t, prev, n_prev);
+        seq.prev_rows(t, prev, n_prev);
         cuda_step::GruFwdStepParams<T, A>& p = dp.dir[d];
         p.H = H;
-        p.rows = L.batch_sizes[t];
+        p.rows = seq.batch_sizes[t];
         p.n_prev = n_prev;
         p.ld_out = D * H;
-        p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + L.offsets[prev] * D * H + d * H : nullptr;
+        p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + seq.offsets[prev] * D * H + d * H : nullptr;
         p.h0 = h0c.const_data_ptr<T>() + d * B * H;
         p.xw = xw[d].const_data_ptr<T>() + off * G;
         p.w_hh = w_hh_c[d].const_data_ptr<T>();
         p.b_hh = b_hh_c[d].defined() ? b_hh_c[d].const_data_ptr<T>() : nullptr;
         p.ws = ws.data_ptr<A>() + (need_workspace ? d * N + off : d * B) * 4 * H;
         p.h_out = out.data_ptr<T>() + off * D * H + d * H;
-        ending_rows(L, t, p.end_lo, p.end_hi);
+        ending_rows(seq, t, p.end_lo, p.end_hi);
         p.h_n = h_n.data_ptr<T>() + d * B * H;
       }
     }
@@ -122,17 +122,17 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
       auto& dp = steps[i];
       dp.count = static_cast<int>(D);
       for (int64_t d = 0; d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), bs = L.batch_sizes[t], off = L.offsets[t];
+        const SeqLayout seq = lh[d].view();
+        const int64_t t = seq.time_at(step), bs = seq.batch_sizes[t], off = seq.offsets[t];
         int64_t prev, n_prev;
-        L.prev_rows(t, prev, n_prev);
-        const int64_t later = L.reverse ? t - 1 : t + 1;  // processed just before this step here
+        seq.prev_rows(t, prev, n_prev);
+        const int64_t later = seq.reverse ? t - 1 : t + 1;  // processed just before this step here
         const bool has_later = later >= 0 && later < n_steps;
-        const int64_t later_off = has_later ? L.offsets[later] : 0;
+        const int64_t later_off = has_later ? seq.offsets[later] : 0;
         cuda_step::GruBwdStepParams<T, A>& p = dp.dir[d];
         p.H = H;
         p.rows = bs;
-        p.n_later = has_later ? std::min(bs, L.batch_sizes[later]) : 0;
+        p.n_later = has_later ? std::min(bs, seq.batch_sizes[later]) : 0;
         p.n_prev = n_prev;
         p.ld_out = D * H;
         p.dgh_later = has_later ? dgh.const_data_ptr<A>() + (d * N + later_off) * G : nullptr;
@@ -142,7 +142,7 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
         p.gout = gout.const_data_ptr<T>() + off * D * H + d * H;
         p.grad_hn = ghn.const_data_ptr<T>() + d * B * H;
         p.ws = ws.const_data_ptr<A>() + (d * N + off) * 4 * H;
-        p.h_prev = n_prev > 0 ? out2d.const_data_ptr<T>() + L.offsets[prev] * D * H + d * H : nullptr;
+        p.h_prev = n_prev > 0 ? out2d.const_data_ptr<T>() + seq.offsets[prev] * D * H + d * H : nullptr;
         p.h0 = h0c.const_data_ptr<T>() + d * B * H;
         p.dh = dh.data_ptr<A>() + (d * N + off) * H;
         p.dgx = dgx.data_ptr<A>() + (d * N + off) * G;
@@ -170,14 +170,14 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
   Tensor d_input;
   std::vector<Tensor> d_w_ih, d_w_hh, d_b_ih, d_b_hh;
   for (int64_t d = 0; d < D; ++d) {
-    const SeqLayout L = lh[d].view();
+    const SeqLayout seq = lh[d].view();
     const Tensor w_hh_a = dirs[d].w_hh.to(At);
     for (int64_t t = 0; t < n_steps; ++t) {
       int64_t prev, n_prev;
-      L.prev_rows(t, prev, n_prev);
-      const int64_t bs = L.batch_sizes[t];
+      seq.prev_rows(t, prev, n_prev);
+      const int64_t bs = seq.batch_sizes[t];
       if (bs > n_prev) {  // rows [n_prev, bs) started from h0 at step t: dh0 = dGh·W_hh + z ⊙ dh
-        const int64_t r0 = L.offsets[t] + n_prev, n = bs - n_prev;
+        const int64_t r0 = seq.offsets[t] + n_prev, n = bs - n_prev;
         Tensor rows = dh0[d].narrow(0, n_prev, n);
         at::mm_out(rows, dgh[d].narrow(0, r0, n), w_hh_a);
         rows.add_(ws[d].narrow(0, r0, n).narrow(1, H, H) * dh[d].narrow(0, r0, n));
@@ -188,7 +188,7 @@ gru_layer_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& i
       d_input = d == 0 ? part : d_input.add_(part);
     }
     d_w_ih.push_back(at::mm(dgx[d].t(), x2d.to(At)).to(Tt));
-    const Tensor hprev = gather_prev_hidden(L, batch_sizes.has_value(), out2d.narrow(1, d * H, H), h0c[d]);
+    const Tensor hprev = gather_prev_hidden(seq, batch_sizes.has_value(), out2d.narrow(1, d * H, H), h0c[d]);
     d_w_hh.push_back(at::mm(dgh[d].t(), hprev.to(At)).to(Tt));
     if (has_bias) {
       d_b_ih.push_back(dgx[d].sum(0).to(Tt));

@@ -89,14 +89,14 @@ inline void mm_into(Tensor& out, const Tensor& a, const Tensor& b) {
 // The GEMM path's recurrent product of step `step` (processing order) for one direction: rec[rows of t] =
 // h_{t-1}·W_hhᵀ (rec in the accumulate type), from the previous step's output rows (`out_cols`: this direction's
 // columns of the layer output, [N, P]) or from h0 (`h0d` [B, P]) for rows that start at t. w_t: W_hhᵀ [P, G].
-inline void gemm_prev_hidden(Tensor& rec, const SeqLayout& L, int64_t step, const Tensor& out_cols, const Tensor& h0d,
+inline void gemm_prev_hidden(Tensor& rec, const SeqLayout& seq, int64_t step, const Tensor& out_cols, const Tensor& h0d,
                              const Tensor& w_t) {
-  const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
+  const int64_t t = seq.time_at(step), bs = seq.batch_sizes[t];
   int64_t prev, n_prev;
-  L.prev_rows(t, prev, n_prev);
+  seq.prev_rows(t, prev, n_prev);
   if (n_prev > 0) {
     Tensor r = rec.narrow(0, 0, n_prev);
-    mm_into(r, out_cols.narrow(0, L.offsets[prev], n_prev), w_t);
+    mm_into(r, out_cols.narrow(0, seq.offsets[prev], n_prev), w_t);
   }
   if (bs > n_prev) {
     Tensor r = rec.narrow(0, n_prev, bs - n_prev);
@@ -107,13 +107,13 @@ inline void gemm_prev_hidden(Tensor& rec, const SeqLayout& L, int64_t step, cons
 // The GEMM path's backward product of the i-th backward step for one direction: rec = dG_later·W_hh over the
 // rows the step after t continues (`dg_d` [N, G], `w` [G, P]); rows without a later step are zero (they take
 // grad_h_n instead).
-inline void gemm_later_grad(Tensor& rec, const SeqLayout& L, int64_t i, const Tensor& dg_d, const Tensor& w) {
-  const int64_t n_steps = L.T, t = L.time_at(n_steps - 1 - i), bs = L.batch_sizes[t];
-  const int64_t later = L.reverse ? t - 1 : t + 1;
-  const int64_t n_later = later >= 0 && later < n_steps ? std::min(bs, L.batch_sizes[later]) : 0;
+inline void gemm_later_grad(Tensor& rec, const SeqLayout& seq, int64_t i, const Tensor& dg_d, const Tensor& w) {
+  const int64_t n_steps = seq.T, t = seq.time_at(n_steps - 1 - i), bs = seq.batch_sizes[t];
+  const int64_t later = seq.reverse ? t - 1 : t + 1;
+  const int64_t n_later = later >= 0 && later < n_steps ? std::min(bs, seq.batch_sizes[later]) : 0;
   if (n_later > 0) {
     Tensor r = rec.narrow(0, 0, n_later);
-    at::mm_out(r, dg_d.narrow(0, L.offsets[later], n_later), w);
+    at::mm_out(r, dg_d.narrow(0, seq.offsets[later], n_later), w);
   }
   if (bs > n_later) rec.narrow(0, n_later, bs - n_later).zero_();
 }
@@ -145,19 +145,19 @@ inline void check_dtype(const Tensor& input) {
 }
 
 // Rows of h_{t-1} each step consumed, as one [N, P] matrix (for W_hh's gradient).
-inline Tensor gather_prev_hidden(const SeqLayout& L, bool packed, const Tensor& out2d, const Tensor& h0) {
+inline Tensor gather_prev_hidden(const SeqLayout& seq, bool packed, const Tensor& out2d, const Tensor& h0) {
   if (!packed) {  // uniform batch: a shifted copy of the output with h0 at the first processed step
-    const int64_t B = L.B, N = L.N;
-    if (!L.reverse) return at::cat({h0, out2d.narrow(0, 0, N - B)}, 0);
+    const int64_t B = seq.B, N = seq.N;
+    if (!seq.reverse) return at::cat({h0, out2d.narrow(0, 0, N - B)}, 0);
     return at::cat({out2d.narrow(0, B, N - B), h0}, 0);
   }
   // Packed: device-to-device row copies per step (capturable in a CUDA graph, no host buffer involved).
-  Tensor hprev = at::empty({L.N, out2d.size(1)}, out2d.options());
-  for (int64_t t = 0; t < L.T; ++t) {
+  Tensor hprev = at::empty({seq.N, out2d.size(1)}, out2d.options());
+  for (int64_t t = 0; t < seq.T; ++t) {
     int64_t prev, n_prev;
-    L.prev_rows(t, prev, n_prev);
-    const int64_t bs = L.batch_sizes[t], off = L.offsets[t];
-    if (n_prev > 0) hprev.narrow(0, off, n_prev).copy_(out2d.narrow(0, L.offsets[prev], n_prev));
+    seq.prev_rows(t, prev, n_prev);
+    const int64_t bs = seq.batch_sizes[t], off = seq.offsets[t];
+    if (n_prev > 0) hprev.narrow(0, off, n_prev).copy_(out2d.narrow(0, seq.offsets[prev], n_prev));
     if (bs > n_prev) hprev.narrow(0, off + n_prev, bs - n_prev).copy_(h0.narrow(0, n_prev, bs - n_prev));
   }
   return hprev;
@@ -166,13 +166,13 @@ inline Tensor gather_prev_hidden(const SeqLayout& L, bool packed, const Tensor& 
 
 // Rows whose sequence ends at step t hand their state to h_n/c_n: in forward order those no longer active at
 // t+1; in reverse every row, at t = 0.
-inline void ending_rows(const SeqLayout& L, int64_t t, int64_t& e0, int64_t& e1) {
+inline void ending_rows(const SeqLayout& seq, int64_t t, int64_t& e0, int64_t& e1) {
   e0 = e1 = 0;
-  if (!L.reverse) {
-    e0 = t + 1 < L.T ? L.batch_sizes[t + 1] : 0;
-    e1 = L.batch_sizes[t];
+  if (!seq.reverse) {
+    e0 = t + 1 < seq.T ? seq.batch_sizes[t + 1] : 0;
+    e1 = seq.batch_sizes[t];
   } else if (t == 0) {
-    e1 = L.batch_sizes[t];
+    e1 = seq.batch_sizes[t];
   }
 }
 
@@ -185,7 +185,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
                                                      const std::optional<at::TensorList>& w_ph, bool coupled,
                                                      bool need_workspace, Runner& run) {
   std::vector<DirectionWeights> dirs;
-  const LayerSizes s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, dirs);
+  const LayerSizes s = check_lstm_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, dirs);
   check_dtype(input);
   const int64_t D = static_cast<int64_t>(dirs.size());
   const std::vector<SeqLayoutHolder> lh = direction_layouts(input, batch_sizes, h0.size(1), D);
@@ -224,21 +224,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
       auto& dp = steps[step];
       dp.count = static_cast<int>(D);
       for (int64_t d = 0; d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), off = L.offsets[t];
+        const SeqLayout seq = lh[d].view();
+        const int64_t t = seq.time_at(step), off = seq.offsets[t];
         int64_t prev, n_prev;
-        L.prev_rows(t, prev, n_prev);
+        seq.prev_rows(t, prev, n_prev);
         cuda_step::FwdStepParams<T, A>& p = dp.dir[d];
         p.H = H;
         p.P = P;
-        p.rows = L.batch_sizes[t];
+        p.rows = seq.batch_sizes[t];
         p.n_prev = n_prev;
         p.coupled = s.coupled;
         p.peep = s.peephole ? w_ph_c[d].const_data_ptr<T>() : nullptr;
         p.ld_ws = LW;
         p.ld_out = D * P;
         p.ld_h = s.proj ? H : D * P;
-        p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + L.offsets[prev] * D * P + d * P : nullptr;
+        p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + seq.offsets[prev] * D * P + d * P : nullptr;
         p.h0 = h0c.const_data_ptr<T>() + d * h0c.stride(0);
         p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + step_rows(d, step - 1, prev) + G : nullptr;
         p.c0 = c0c.const_data_ptr<T>() + d * c0c.stride(0);
@@ -247,7 +247,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
         p.w_hh = w_hh_c[d].const_data_ptr<T>();
         p.ws = ws.data_ptr<A>() + step_rows(d, step, t);
         p.h_out = s.proj ? r_buf[d].data_ptr<T>() : out.data_ptr<T>() + off * D * P + d * P;
-        ending_rows(L, t, p.end_lo, p.end_hi);
+        ending_rows(seq, t, p.end_lo, p.end_hi);
         p.c_n = c_n.data_ptr<T>() + d * B * H;
         p.h_n = s.proj ? nullptr : h_n.data_ptr<T>() + d * B * P;
       }
@@ -267,12 +267,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(const Tensor& input, const 
       run.template fwd<T, A>(steps[step]);  // one launch: this step of every direction
       if (!s.proj) continue;
       for (int64_t d = 0; d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), off = L.offsets[t], bs = L.batch_sizes[t];
+        const SeqLayout seq = lh[d].view();
+        const int64_t t = seq.time_at(step), off = seq.offsets[t], bs = seq.batch_sizes[t];
         Tensor o = out.narrow(0, off, bs).narrow(1, d * P, P);
         at::mm_out(o, r_buf[d].narrow(0, 0, bs), w_hr_t[d]);
         int64_t e0, e1;
-        ending_rows(L, t, e0, e1);
+        ending_rows(seq, t, e0, e1);
         if (e1 > e0) h_n[d].narrow(0, e0, e1 - e0).copy_(o.narrow(0, e0, e1 - e0));
       }
     }
@@ -307,7 +307,7 @@ struct BwdPass {
           bool coupled, const Tensor& output, const Tensor& workspace, bool has_bias_, bool need_grad_input_)
       : input(input_), batch_sizes(batch_sizes_), h0(h0_), c0(c0_), has_bias(has_bias_),
         need_grad_input(need_grad_input_) {
-    s = check_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, w_ph, coupled,
+    s = check_lstm_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, w_ph, coupled,
                          dirs);
     check_dtype(input);
     D = static_cast<int64_t>(dirs.size());
@@ -353,29 +353,29 @@ struct BwdPass {
       auto& dp = steps[i];
       dp.count = static_cast<int>(D);
       for (int64_t d = 0; d < D; ++d) {
-        const SeqLayout L = lh[d].view();
-        const int64_t t = L.time_at(step), bs = L.batch_sizes[t], off = L.offsets[t];
+        const SeqLayout seq = lh[d].view();
+        const int64_t t = seq.time_at(step), bs = seq.batch_sizes[t], off = seq.offsets[t];
         int64_t prev, n_prev;
-        L.prev_rows(t, prev, n_prev);
+        seq.prev_rows(t, prev, n_prev);
         // The step after t in forward order was processed just before this one here.
-        const int64_t later = L.reverse ? t - 1 : t + 1;
+        const int64_t later = seq.reverse ? t - 1 : t + 1;
         const bool has_later = later >= 0 && later < n_steps;
         cuda_step::BwdStepParams<T, A>& p = dp.dir[d];
         p.H = H;
         p.P = P;
         p.rows = bs;
-        p.n_later = has_later ? std::min(bs, L.batch_sizes[later]) : 0;
+        p.n_later = has_later ? std::min(bs, seq.batch_sizes[later]) : 0;
         p.n_prev = n_prev;
         p.coupled = s.coupled;
         p.peep = s.peephole ? w_ph_c[d].const_data_ptr<T>() : nullptr;
         p.ld_ws = LW;
         p.ld_gout = D * P;
-        p.dg_later = has_later ? dg.const_data_ptr<A>() + (d * N + L.offsets[later]) * G : nullptr;
+        p.dg_later = has_later ? dg.const_data_ptr<A>() + (d * N + seq.offsets[later]) * G : nullptr;
         p.w_hh_t = w_hh_t[d].const_data_ptr<T>();
         p.gout = gout.defined() ? gout.const_data_ptr<T>() + off * D * P + d * P : nullptr;
         p.grad_hn = ghn.const_data_ptr<T>() + d * B * P;
         p.ws = ws.const_data_ptr<A>() + (d * N + off) * LW;
-        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + L.offsets[prev]) * LW + G : nullptr;
+        p.c_prev = n_prev > 0 ? ws.const_data_ptr<A>() + (d * N + seq.offsets[prev]) * LW + G : nullptr;
         p.c0 = c0c.const_data_ptr<T>() + d * B * H;
         p.dc_state = dc_state.data_ptr<A>() + d * B * H;
         p.dg = dg.data_ptr<A>() + (d * N + off) * G;
@@ -419,10 +419,10 @@ struct BwdPass {
         }
         run.template bwd<T, A>(steps[i], cuda_step::kReduceOnly);
         for (int64_t d = 0; d < D; ++d) {
-          const SeqLayout L = lh[d].view();
-          const int64_t t = L.time_at(step), bs = L.batch_sizes[t];
+          const SeqLayout seq = lh[d].view();
+          const int64_t t = seq.time_at(step), bs = seq.batch_sizes[t];
           Tensor dr_rows = dr[d].narrow(0, 0, bs);
-          at::mm_out(dr_rows, dh_tot[d].narrow(0, L.offsets[t], bs), w_hr_a[d]);
+          at::mm_out(dr_rows, dh_tot[d].narrow(0, seq.offsets[t], bs), w_hr_a[d]);
         }
         run.template bwd<T, A>(steps[i], cuda_step::kPointwiseOnly);
       }
@@ -438,16 +438,16 @@ struct BwdPass {
   Tensor d_input;
   std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph;
   for (int64_t d = 0; d < D; ++d) {
-    const SeqLayout L = lh[d].view();
+    const SeqLayout seq = lh[d].view();
     const Tensor dgd = dg[d];
     const Tensor w_hh_a = dirs[d].w_hh.to(At);
     for (int64_t t = 0; t < n_steps; ++t) {
       int64_t prev, n_prev;
-      L.prev_rows(t, prev, n_prev);
-      const int64_t bs = L.batch_sizes[t];
+      seq.prev_rows(t, prev, n_prev);
+      const int64_t bs = seq.batch_sizes[t];
       if (bs > n_prev) {  // rows [n_prev, bs) started from h0 at step t
         Tensor rows = dh0[d].narrow(0, n_prev, bs - n_prev);
-        at::mm_out(rows, dgd.narrow(0, L.offsets[t] + n_prev, bs - n_prev), w_hh_a);
+        at::mm_out(rows, dgd.narrow(0, seq.offsets[t] + n_prev, bs - n_prev), w_hh_a);
       }
     }
     if (need_grad_input) {
@@ -455,14 +455,14 @@ struct BwdPass {
       d_input = d == 0 ? part : d_input.add_(part);
     }
     d_w_ih.push_back(at::mm(dgd.t(), x2d.to(At)).to(Tt));
-    const Tensor hprev = gather_prev_hidden(L, batch_sizes.has_value(), out2d.narrow(1, d * P, P), h0[d].contiguous());
+    const Tensor hprev = gather_prev_hidden(seq, batch_sizes.has_value(), out2d.narrow(1, d * P, P), h0[d].contiguous());
     d_w_hh.push_back(at::mm(dgd.t(), hprev.to(At)).to(Tt));
     if (has_bias) d_bias.push_back(dgd.sum(0).to(Tt));
     if (s.proj) d_w_hr.push_back(at::mm(dh_tot[d].t(), r_all[d]).to(Tt));
     if (s.peephole) {
       // Peephole gradients: per unit, sums over rows of dpre_i·c_{t-1}, dpre_f·c_{t-1} and dpre_o·c_t.
       const Tensor cells = ws[d].narrow(1, G, H);
-      const Tensor c_prev = gather_prev_hidden(L, batch_sizes.has_value(), cells, c0[d].to(At).contiguous());
+      const Tensor c_prev = gather_prev_hidden(seq, batch_sizes.has_value(), cells, c0[d].to(At).contiguous());
       const int64_t co = s.coupled ? 2 * H : 3 * H;
       std::vector<Tensor> rows{(dgd.narrow(1, 0, H) * c_prev).sum(0)};
       if (!s.coupled) rows.push_back((dgd.narrow(1, H, H) * c_prev).sum(0));

@@ -49,14 +49,14 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
   check_dtype(input);
   const int64_t H = w_hh[0].size(1), B = h0.size(1);
   const SeqLayoutHolder lh = direction_layouts(input, batch_sizes, B, 1)[0];
-  const SeqLayout Lay = lh.view();
-  const int64_t N = Lay.N, n_t = Lay.T;
+  const SeqLayout seq = lh.view();
+  const int64_t N = seq.N, n_t = seq.T;
   std::vector<Tensor> outs;
   LayerSizes s;
   for (int64_t l = 0; l < L; ++l) {
     const Tensor x = l == 0 ? input : outs.back().view(with_last(input, H));
     std::vector<DirectionWeights> dirs;
-    s = check_directions(x, batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1), w_ih.slice(l, 1), w_hh.slice(l, 1),
+    s = check_lstm_directions(x, batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1), w_ih.slice(l, 1), w_hh.slice(l, 1),
                          layer_of(b_ih, l), layer_of(b_hh, l), std::nullopt, layer_of(w_ph, l), coupled, dirs);
     TORCH_CHECK(s.H == H, "lstm_fused: lstm_stack_fwd expects one hidden size for all layers");
     outs.push_back(at::empty({N, H}, input.options()));
@@ -76,7 +76,7 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
   Tensor h_n = at::empty({L, B, H}, input.options()), c_n = at::empty({L, B, H}, input.options());
   const Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
   auto step_rows = [&](int64_t t) -> int64_t {  // element offset of step t's row 0 in a layer's workspace
-    return need_workspace ? Lay.offsets[t] * LW : (t % 2) * B * LW;
+    return need_workspace ? seq.offsets[t] * LW : (t % 2) * B * LW;
   };
 
   bool done = false;
@@ -111,11 +111,11 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
         p.h_out = outs[l].data_ptr<T>();
         if (t < 0 || t >= n_t) continue;  // no rows: this layer idles at grid step g
         int64_t prev, n_prev;
-        Lay.prev_rows(t, prev, n_prev);
-        const int64_t off = Lay.offsets[t];
-        p.rows = Lay.batch_sizes[t];
+        seq.prev_rows(t, prev, n_prev);
+        const int64_t off = seq.offsets[t];
+        p.rows = seq.batch_sizes[t];
         p.n_prev = n_prev;
-        p.h_prev = n_prev > 0 ? outs[l].const_data_ptr<T>() + Lay.offsets[prev] * H : nullptr;
+        p.h_prev = n_prev > 0 ? outs[l].const_data_ptr<T>() + seq.offsets[prev] * H : nullptr;
         p.c_prev = n_prev > 0 ? wss[l].const_data_ptr<A>() + step_rows(prev) + G : nullptr;
         if (l == 0) {
           p.xw += off * G;
@@ -124,7 +124,7 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
         if (l > 0) p.x_in = outs[l - 1].const_data_ptr<T>() + off * H;
         p.ws += step_rows(t);
         p.h_out += off * H;
-        ending_rows(Lay, t, p.end_lo, p.end_hi);
+        ending_rows(seq, t, p.end_lo, p.end_hi);
       }
     }
     done = run.sequence(table, B, /*optional=*/true);
@@ -174,7 +174,7 @@ StackGrads stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const 
   for (const auto& p : passes) TORCH_CHECK(p.H == H && p.D == 1, "lstm_fused: lstm_stack_bwd: one hidden size, one direction");
   std::vector<Tensor> w_ih_up_t;  // [H, G] per layer below the top: W_ih of the layer above, transposed
   for (int64_t l = 0; l + 1 < L; ++l) w_ih_up_t.push_back(w_ih[l + 1].t().contiguous());
-  const SeqLayout Lay = passes[0].lh[0].view();
+  const SeqLayout seq = passes[0].lh[0].view();
 
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lstm_fused_stack_bwd", [&] {
@@ -193,10 +193,10 @@ StackGrads stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const 
         const bool active = i >= 0 && i < n;
         Step p = per_layer[l][active ? i : 0].dir[0];
         if (l + 1 < L) {
-          const int64_t G_up = passes[l + 1].G, t = Lay.time_at(n - 1 - (active ? i : 0));
+          const int64_t G_up = passes[l + 1].G, t = seq.time_at(n - 1 - (active ? i : 0));
           p.K_up = G_up;
           p.w_ih_up_t = w_ih_up_t[l].const_data_ptr<T>();
-          p.dg_up = passes[l + 1].dg.template const_data_ptr<A>() + Lay.offsets[t] * G_up;
+          p.dg_up = passes[l + 1].dg.template const_data_ptr<A>() + seq.offsets[t] * G_up;
         }
         if (!active) p.rows = 0;  // this layer idles at grid step g
         table.steps[g * L + l] = p;

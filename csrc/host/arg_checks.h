@@ -4,6 +4,7 @@
 #pragma once
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -18,9 +19,10 @@ struct LayerSizes {
   int64_t H = 0;  // hidden units (cell size)
   int64_t P = 0;  // recurrent/output size: proj_size, or H without a projection
   bool proj = false;
-  bool coupled = false;   // coupled input-forget gate: gates i, g, o
+  bool coupled = false;   // LSTM with a coupled input-forget gate: gates i, g, o
   bool peephole = false;  // peephole weights w_ph
-  int64_t gates() const { return coupled ? 3 : 4; }
+  int64_t n_gates = 4;    // gate blocks of W_ih / W_hh (LSTM 4, coupled LSTM 3, GRU 3)
+  int64_t gates() const { return n_gates; }
   int64_t G() const { return gates() * H; }  // gate rows of W_ih / W_hh
 };
 
@@ -53,29 +55,42 @@ inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const cha
   TORCH_CHECK(t.sizes() == expected, "lstm_fused: expected ", name, " of shape ", expected, ", got ", t.sizes());
 }
 
-// Validates one layer's tensors and returns its sizes. B is the batch (h0.size(0)).
-inline LayerSizes check_layer_args(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
-                                   const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-                                   const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                                   const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-                                   const std::optional<at::Tensor>& w_ph = std::nullopt, bool coupled = false) {
+// The cell a layer op runs, as the checks see it: how many gate blocks its weights have and whether it carries a
+// cell state c beside h (LSTM: 4, or 3 when coupled, with c; GRU: 3 — r, z, n — without).
+struct CellKind {
+  int64_t gates = 4;
+  bool has_cell_state = true;
+  bool coupled = false;
+  const char* states() const { return has_cell_state ? "h0 and c0" : "h0"; }
+};
+inline CellKind lstm_cell(bool coupled) { return {coupled ? 3 : 4, true, coupled}; }
+inline CellKind gru_cell() { return {3, false, false}; }
+
+// Validates one layer's tensors for `cell` and returns its sizes. B is the batch (h0.size(0)); c0 is checked only
+// for a cell with a cell state.
+inline LayerSizes check_layer_args(const CellKind& cell, const at::Tensor& input,
+                                   const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+                                   const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                   const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                                   const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& w_ph) {
   const bool packed = batch_sizes.has_value();
-  const int64_t ng = coupled ? 3 : 4;
+  const int64_t ng = cell.gates;
   TORCH_CHECK(input.dim() == (packed ? 2 : 3), "lstm_fused: input must have ", packed ? 2 : 3,
               " dimensions, got ", input.dim());
   TORCH_CHECK(w_ih.dim() == 2 && w_hh.dim() == 2, "lstm_fused: weights must be 2-D");
   TORCH_CHECK(w_ih.size(0) % ng == 0 && w_ih.size(0) > 0, "lstm_fused: weight_ih must have ", ng,
               "*hidden_size rows, got ", w_ih.size(0));
   LayerSizes s;
-  s.coupled = coupled;
+  s.coupled = cell.coupled;
+  s.n_gates = ng;
   s.peephole = w_ph.has_value();
   s.I = input.size(-1);
   s.H = w_ih.size(0) / ng;
   s.proj = w_hr.has_value();
   s.P = s.proj ? w_hr->size(0) : s.H;
   const int64_t B = h0.dim() == 2 ? h0.size(0) : -1;
-  check_shape(w_ih, {s.G(), s.I}, "weight_ih (input.size(-1) must be equal to input_size)");
-  check_shape(w_hh, {s.G(), s.P}, "weight_hh");
+  check_shape(w_ih, {ng * s.H, s.I}, "weight_ih (input.size(-1) must be equal to input_size)");
+  check_shape(w_hh, {ng * s.H, s.P}, "weight_hh");
   if (s.proj) check_shape(*w_hr, {s.P, s.H}, "weight_hr");
   if (s.peephole) {
     check_shape(*w_ph, {ng - 1, s.H}, "weight_ph");
@@ -83,17 +98,19 @@ inline LayerSizes check_layer_args(const at::Tensor& input, const std::optional<
   }
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "lstm_fused: pass both biases or neither");
   if (b_ih) {
-    check_shape(*b_ih, {s.G()}, "bias_ih");
-    check_shape(*b_hh, {s.G()}, "bias_hh");
+    check_shape(*b_ih, {ng * s.H}, "bias_ih");
+    check_shape(*b_hh, {ng * s.H}, "bias_hh");
   }
-  TORCH_CHECK(h0.dim() == 2 && c0.dim() == 2, "lstm_fused: h0 and c0 must be 2-D [batch, features]");
+  TORCH_CHECK(h0.dim() == 2 && (!cell.has_cell_state || c0.dim() == 2), "lstm_fused: ", cell.states(),
+              " must be 2-D [batch, features]");
   check_shape(h0, {B, s.P}, "h0");
-  check_shape(c0, {B, s.H}, "c0");
+  if (cell.has_cell_state) check_shape(c0, {B, s.H}, "c0");
   if (!packed) {
     TORCH_CHECK(input.size(1) == B, "lstm_fused: input batch ", input.size(1), " does not match h0 batch ", B);
   }
-  for (auto [t, name] : {std::pair{&h0, "h0"}, {&c0, "c0"}, {&w_ih, "weight_ih"}, {&w_hh, "weight_hh"}})
-    check_same_dtype_device(input, *t, name);
+  check_same_dtype_device(input, h0, "h0");
+  if (cell.has_cell_state) check_same_dtype_device(input, c0, "c0");
+  for (auto [t, name] : {std::pair{&w_ih, "weight_ih"}, {&w_hh, "weight_hh"}}) check_same_dtype_device(input, *t, name);
   if (b_ih) {
     check_same_dtype_device(input, *b_ih, "bias_ih");
     check_same_dtype_device(input, *b_hh, "bias_hh");
@@ -115,15 +132,15 @@ struct DirectionWeights {
   std::optional<at::Tensor> b_ih, b_hh, w_hr, w_ph;
 };
 
-// Validates a layer of D directions (h0 [D, B, P], c0 [D, B, H], lists of D weights) and returns its sizes
-// and each direction's weights.
-inline LayerSizes check_directions(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
-                                   const at::Tensor& h0, const at::Tensor& c0, at::TensorList w_ih,
-                                   at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
+// Validates a layer of D directions (h0 [D, B, P], c0 [D, B, H] where the cell has one, lists of D weights) and
+// returns its sizes and each direction's weights.
+inline LayerSizes check_directions(const CellKind& cell, const at::Tensor& input,
+                                   const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+                                   const at::Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
+                                   const std::optional<at::TensorList>& b_ih,
                                    const std::optional<at::TensorList>& b_hh,
                                    const std::optional<at::TensorList>& w_hr,
-                                   const std::optional<at::TensorList>& w_ph, bool coupled,
-                                   std::vector<DirectionWeights>& dirs) {
+                                   const std::optional<at::TensorList>& w_ph, std::vector<DirectionWeights>& dirs) {
   const int64_t D = static_cast<int64_t>(w_ih.size());
   TORCH_CHECK(D == 1 || D == 2, "lstm_fused: a layer has 1 or 2 directions, got ", D, " weight_ih tensors");
   auto same_len = [&](const std::optional<at::TensorList>& l, const char* name) {
@@ -134,9 +151,10 @@ inline LayerSizes check_directions(const at::Tensor& input, const std::optional<
   same_len(b_hh, "bias_hh");
   same_len(w_hr, "weight_hr");
   same_len(w_ph, "weight_ph");
-  TORCH_CHECK(h0.dim() == 3 && c0.dim() == 3 && h0.size(0) == D && c0.size(0) == D,
-              "lstm_fused: h0 and c0 must be [directions, batch, features] with ", D, " directions, got ",
-              h0.sizes(), " and ", c0.sizes());
+  const bool c_ok = !cell.has_cell_state || (c0.dim() == 3 && c0.size(0) == D);
+  TORCH_CHECK(h0.dim() == 3 && h0.size(0) == D && c_ok, "lstm_fused: ", cell.states(),
+              " must be [directions, batch, features] with ", D, " directions, got ", h0.sizes(),
+              cell.has_cell_state ? " and " + c10::str(c0.sizes()) : std::string());
   dirs.clear();
   LayerSizes s;
   for (int64_t d = 0; d < D; ++d) {
@@ -145,8 +163,8 @@ inline LayerSizes check_directions(const at::Tensor& input, const std::optional<
     if (b_hh) w.b_hh = (*b_hh)[d];
     if (w_hr) w.w_hr = (*w_hr)[d];
     if (w_ph) w.w_ph = (*w_ph)[d];
-    const LayerSizes sd =
-        check_layer_args(input, batch_sizes, h0[d], c0[d], w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.w_ph, coupled);
+    const LayerSizes sd = check_layer_args(cell, input, batch_sizes, h0[d], cell.has_cell_state ? c0[d] : h0[d],
+                                           w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.w_ph);
     TORCH_CHECK(d == 0 || (sd.H == s.H && sd.P == s.P), "lstm_fused: directions differ in size");
     s = sd;
     dirs.push_back(std::move(w));
@@ -154,17 +172,25 @@ inline LayerSizes check_directions(const at::Tensor& input, const std::optional<
   return s;
 }
 
-// A GRU layer: h0 [D, B, H], weights with 3 gate blocks (r, z, n) and no projection or peepholes. The LSTM
-// checks with the three-block layout (`coupled`) and h0 standing in for c0 check exactly that.
+// An LSTM layer (coupled: gate blocks i, g, o).
+inline LayerSizes check_lstm_directions(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                                        const at::Tensor& h0, const at::Tensor& c0, at::TensorList w_ih,
+                                        at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
+                                        const std::optional<at::TensorList>& b_hh,
+                                        const std::optional<at::TensorList>& w_hr,
+                                        const std::optional<at::TensorList>& w_ph, bool coupled,
+                                        std::vector<DirectionWeights>& dirs) {
+  return check_directions(lstm_cell(coupled), input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, dirs);
+}
+
+// A GRU layer: h0 [D, B, H], weights with gate blocks r, z, n, no projection or peepholes.
 inline LayerSizes check_gru_directions(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
                                        const at::Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
                                        const std::optional<at::TensorList>& b_ih,
                                        const std::optional<at::TensorList>& b_hh,
                                        std::vector<DirectionWeights>& dirs) {
-  LayerSizes s = check_directions(input, batch_sizes, h0, h0, w_ih, w_hh, b_ih, b_hh, std::nullopt, std::nullopt,
-                                  /*three gate blocks*/ true, dirs);
-  s.coupled = false;
-  return s;
+  return check_directions(gru_cell(), input, batch_sizes, h0, at::Tensor(), w_ih, w_hh, b_ih, b_hh, std::nullopt,
+                          std::nullopt, dirs);
 }
 
 // Builds the row layout of a padded [T, B, ...] or packed [N, ...] sequence, validating batch_sizes.
