@@ -9,7 +9,20 @@ export LSTM_FUSED_VENV="${LSTM_FUSED_ASAN_VENV:-$ROOT/.venv-asan}"
 export LSTM_FUSED_TESTING=1 LSTM_FUSED_ASAN=1
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-LIBASAN="$(gcc -print-file-name=libasan.so)"
-# Python and torch are not instrumented: leaks at exit and their allocator pairing are not ours to report.
-export ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:new_delete_type_mismatch=0:halt_on_error=1:abort_on_error=0"
-LD_PRELOAD="$LIBASAN" "$VENV/bin/pytest" -q -p no:logging tests/test_cuda_emulation.py tests/test_persistent_emulation.py "$@"
+# The ASan runtime first, then libstdc++ (else ASan cannot find the real __cxa_throw and every C++ exception, such
+# as a TORCH_CHECK the tests provoke, aborts). Python and torch are not instrumented: leaks at exit and their
+# allocator pairing are not ours to report. Reports go to stderr and to $ASAN_LOG.<pid> (pytest captures stderr).
+ASAN_LOG="${ASAN_LOG:-$ROOT/build/asan_report}"
+mkdir -p "$(dirname "$ASAN_LOG")"
+rm -f "$ASAN_LOG".*
+export ASAN_OPTIONS="detect_leaks=0:alloc_dealloc_mismatch=0:new_delete_type_mismatch=0:halt_on_error=1:log_path=$ASAN_LOG"
+set +e
+LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)" \
+  "$VENV/bin/pytest" -q -p no:logging tests/test_cuda_emulation.py tests/test_persistent_emulation.py "$@"
+rc=$?
+set -e
+if compgen -G "$ASAN_LOG.*" > /dev/null; then
+  cat "$ASAN_LOG".* >&2
+  exit 1
+fi
+exit "$rc"
