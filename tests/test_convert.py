@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import lstm_fused
 
@@ -105,3 +106,12 @@ def test_old_style_weight_norm_left_as_is(wrap):
         lstm_fused.convert(model)
     assert model["lstm"] is lstm and model["cell"] is cell and isinstance(model["plain"], lstm_fused.LSTM)
     torch.testing.assert_close(model["lstm"](x)[0], expected)
+
+
+def test_convert_leaves_parametrized_modules_with_a_warning():
+    model = nn.Sequential(nn.LSTM(3, 5), nn.LSTM(5, 5))
+    parametrize.register_parametrization(model[0], "weight_hh_l0", nn.Identity())
+    with pytest.warns(UserWarning, match="parametrized"):
+        lstm_fused.convert(model)
+    assert isinstance(model[0], nn.LSTM) and isinstance(model[1], lstm_fused.LSTM)
+    model[1](model[0](torch.randn(2, 1, 3))[0])

@@ -144,3 +144,13 @@ def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
     m = lstm_fused.LSTM(I, H).cuda()
     with pytest.raises(RuntimeError, match="built without CUDA"):
         m(torch.randn(4, 2, I, device="cuda"))
+
+
+@pytest.mark.parametrize("make", [lambda: lstm_fused.LSTM(3, 5, device="meta"),
+                                  lambda: lstm_fused.GRU(3, 5, device="meta"),
+                                  lambda: lstm_fused.LSTMCell(3, 5, device="meta"),
+                                  lambda: lstm_fused.GRUCell(3, 5, device="meta")])
+def test_parameters_on_another_device_raise_like_nn(make):
+    x = torch.randn(2, 1, 3) if not isinstance(make(), (lstm_fused.LSTMCell, lstm_fused.GRUCell)) else torch.randn(1, 3)
+    with pytest.raises(RuntimeError, match="same device"):
+        make()(x)

@@ -2,6 +2,7 @@
 import pickle
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -146,3 +147,11 @@ def test_missing_extension_fails_loudly_at_import(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode != 0
     assert "ImportError" in proc.stderr and "--no-build-isolation" in proc.stderr
+
+
+def test_numpy_integers_accepted_like_nn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nn.LSTM(3, 4, num_layers=np.int64(2))
+    m = lstm_fused.LSTM(3, 4, num_layers=np.int64(2))
+    assert m(torch.randn(2, 1, 3))[0].shape == (2, 1, 4)
