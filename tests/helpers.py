@@ -294,3 +294,31 @@ def check_gru_layer(args, bias, inference=False, need_grad_inputs=(True,)):
         e = gru_bwd_emu(*grads, x, bs, h0, w_ih, w_hh, emu[0], emu[2], bias, need_grad_input)
         for name, a, b in zip(GRU_GRAD_NAMES, e, r):
             assert_nested_close(a, b, 1e-10, name)
+
+
+def twin_grus(*args, dtype=torch.float32, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    ref = nn.GRU(*args, dtype=dtype, **kwargs)
+    torch.manual_seed(seed)
+    ours = lstm_fused.GRU(*args, dtype=dtype, **kwargs)
+    for (n1, a), (n2, b) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert n1 == n2 and torch.equal(a, b)  # same names, order and seeded init
+    return ref, ours
+
+
+def compare_grus(ref, ours, x, h0, leaves, dtype):
+    results = []
+    for m in (ref, ours):
+        out, h_n = m(x, h0)
+        data = out.data if hasattr(out, "batch_sizes") else out
+        g = torch.Generator().manual_seed(1)
+        loss = (data * torch.randn(data.shape, generator=g, dtype=dtype)).sum() + \
+            (h_n * torch.randn(h_n.shape, generator=g, dtype=dtype)).sum()
+        grads = torch.autograd.grad(loss, leaves + list(m.parameters()), retain_graph=True)
+        results.append((data, h_n, grads))
+    (o1, h1, g1), (o2, h2, g2) = results
+    assert o1.shape == o2.shape and h1.shape == h2.shape
+    assert_close(o2, o1, dtype, "output")
+    assert_close(h2, h1, dtype, "h_n")
+    for i, (a, b) in enumerate(zip(g2, g1)):
+        assert_close(a, b, dtype, f"grad {i}", grad=True)
