@@ -131,8 +131,17 @@ def check_half_type_vs_float64(ref, ours, ref64, x, dtype):
         assert err_mine <= 10 * err_theirs + 1e-2 * e.abs().max().item(), (name, err_mine, err_theirs)
 
 
-# Every (T, B, H) of the issue's grid, in a fixed order the parity tests cycle through.
+# The shared parity grid. Every (T, B, H) of the issue's grid, in a fixed order the parity tests cycle through.
 SHAPES = list(itertools.product([1, 2, 17, 50], [1, 3, 16], [1, 5, 33, 128]))
+# A sample of SHAPES for backends where each case costs more (CUDA): one of each size class, every H.
+SHAPE_SAMPLE = [(1, 1, 1), (2, 3, 5), (17, 16, 33), (50, 3, 128)]
+assert set(SHAPE_SAMPLE) <= set(SHAPES)
+# Beyond SHAPES: a batch over 64 (the CUDA driver's per-step GEMM path) with H off the kernels' 32-unit tiles.
+LARGE_BATCH_SHAPES = [(9, 70, 65)]
+# Module structures: (num_layers, bidirectional, batch_first, bias, use_proj) for LSTM, the same less use_proj for
+# GRU (which has no projection).
+LSTM_STRUCTURES = list(itertools.product([1, 2, 3], [False, True], [False, True], [True, False], [False, True]))
+GRU_STRUCTURES = list(itertools.product([1, 2, 3], [False, True], [False, True], [True, False]))
 
 
 def flat_tensors(result):
@@ -142,3 +151,174 @@ def flat_tensors(result):
     if hasattr(result, "batch_sizes"):
         return [result.data]
     return [t for r in result for t in flat_tensors(r)]
+
+
+# ---- op-level helpers: the layer ops on the CPU and (test-only ops) the CUDA path emulated on the CPU ----------
+fwd_cpu = torch.ops.lstm_fused.lstm_layer_fwd.default
+bwd_cpu = torch.ops.lstm_fused.lstm_layer_bwd.default
+gru_fwd_cpu = torch.ops.lstm_fused.gru_layer_fwd.default
+gru_bwd_cpu = torch.ops.lstm_fused.gru_layer_bwd.default
+if HAS_TESTING_OPS:
+    fwd_emu = torch.ops.lstm_fused_testing.emu_lstm_layer_fwd.default
+    bwd_emu = torch.ops.lstm_fused_testing.emu_lstm_layer_bwd.default
+    gru_fwd_emu = torch.ops.lstm_fused_testing.emu_gru_layer_fwd.default
+    gru_bwd_emu = torch.ops.lstm_fused_testing.emu_gru_layer_bwd.default
+else:  # a build without the test-only ops: the emulation test modules are not collected (conftest.py)
+    fwd_emu = bwd_emu = gru_fwd_emu = gru_bwd_emu = None
+
+VARIANTS = [(False, False), (True, False), (False, True), (True, True)]  # (peephole, coupled)
+VARIANT_IDS = ["lstm", "peephole", "coupled", "peephole+coupled"]
+
+LSTM_GRAD_NAMES = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
+GRU_GRAD_NAMES = ("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh")
+
+
+def layer_args(T, B, I, H, proj, packed, dtype, seed, directions=1, peephole=False, coupled=False):
+    """Arguments of lstm_layer_fwd (x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled), drawn
+    in float64 from `seed` and cast to `dtype`; packed: random lengths, the longest T."""
+    g = torch.Generator().manual_seed(seed)
+
+    def t(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    P = proj or H
+    D = directions
+    if packed:
+        lengths = torch.randint(1, T + 1, (B,), generator=g).sort(descending=True).values
+        lengths[0] = T
+        batch_sizes = torch.tensor([int((lengths > t_).sum()) for t_ in range(T)])
+        x = t(int(batch_sizes.sum()), I)
+    else:
+        batch_sizes = None
+        x = t(T, B, I)
+    k = H ** -0.5
+    G = (3 if coupled else 4) * H
+    return [x, batch_sizes, t(D, B, P), t(D, B, H), [t(G, I, scale=k) for _ in range(D)],
+            [t(G, P, scale=k) for _ in range(D)], [t(G, scale=k) for _ in range(D)],
+            [t(G, scale=k) for _ in range(D)], [t(P, H, scale=k) for _ in range(D)] if proj else None,
+            [t(2 if coupled else 3, H) for _ in range(D)] if peephole else None, coupled]
+
+
+def gru_layer_args(T, B, I, H, packed, dtype, seed, directions, bias=True):
+    """Arguments of gru_layer_fwd (x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh), as layer_args draws them."""
+    x, bs, h0, *_ = layer_args(T, B, I, H, 0, packed, dtype, seed, directions)
+    g = torch.Generator().manual_seed(seed + 1)
+    k = H ** -0.5
+
+    def t(*s):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * k).to(dtype)
+
+    D = directions
+    return [x, bs, h0, [t(3 * H, I) for _ in range(D)], [t(3 * H, H) for _ in range(D)],
+            [t(3 * H) for _ in range(D)] if bias else None, [t(3 * H) for _ in range(D)] if bias else None]
+
+
+def assert_nested_close(a, b, tol, name):
+    """Tensors or (nested) lists of tensors: same lengths, same shapes, equal within rtol = atol = tol."""
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b), name
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_nested_close(x, y, tol, f"{name}[{i}]")
+        return
+    assert a.shape == b.shape, name
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=name)
+
+
+def cast_args(a, dtype):
+    """Every floating tensor of an op's argument list (nested lists too) cast to dtype; the rest unchanged."""
+    if isinstance(a, list):
+        return [cast_args(x, dtype) for x in a]
+    return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+
+def check_half_layer(args64, dtype, tol, backward=True, ws_float32=False):
+    """The emulated layer at `dtype` against the CPU kernels in float64: outputs within tol, and (backward) every
+    gradient within 4·tol of its scale. ws_float32: also check the half-type workspace is kept in float32."""
+    args = cast_args(args64, dtype)
+    ref = fwd_cpu(*args64, True)
+    emu = fwd_emu(*args, True)
+    if ws_float32:
+        assert emu[3].dtype == torch.float32
+    for a, b in zip(emu[:3], ref[:3]):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+    if not backward:
+        return
+    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
+    grads = [t.to(dtype) for t in grads64]
+    x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
+    x6, _, h06, c06, w_ih6, w_hh6, _, _, w_hr6, w_ph6, _ = args64
+    r = bwd_cpu(*grads64, x6, bs, h06, c06, w_ih6, w_hh6, w_hr6, w_ph6, cpl, ref[0], ref[3], True, True)
+    e = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, emu[0], emu[3], True, True)
+    flat_e = [e[0], e[1], e[2], *e[3], *e[4], *e[5], *e[6], *e[7]]
+    flat_r = [r[0], r[1], r[2], *r[3], *r[4], *r[5], *r[6], *r[7]]
+    for a, b in zip(flat_e, flat_r):
+        assert a.dtype == dtype
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+
+
+def check_lstm_layer(args, inference=False, need_grad_inputs=(True,)):
+    """float64 layer: the emulated CUDA path (whatever LSTM_FUSED_CUDA_ALGO selects) equals the CPU kernels in
+    outputs, workspace and every gradient; `inference` also runs the forward without a workspace."""
+    ref = fwd_cpu(*args, True)
+    emu = fwd_emu(*args, True)
+    for name, a, b in zip(("output", "h_n", "c_n", "workspace"), emu, ref):
+        assert_nested_close(a, b, 1e-12, name)
+    if inference:
+        assert_nested_close(list(fwd_emu(*args, False)[:3]), list(ref[:3]), 1e-12, "inference")
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled = args
+    g = torch.Generator().manual_seed(5)
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:3]]
+    common = (x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled)
+    for need_grad_input in need_grad_inputs:
+        r = bwd_cpu(*grads, *common, ref[0], ref[3], True, need_grad_input)
+        e = bwd_emu(*grads, *common, emu[0], emu[3], True, need_grad_input)
+        for name, a, b in zip(LSTM_GRAD_NAMES, e, r):
+            assert_nested_close(a, b, 1e-10, name)
+
+
+def check_gru_layer(args, bias, inference=False, need_grad_inputs=(True,)):
+    """The GRU counterpart of check_lstm_layer."""
+    ref = gru_fwd_cpu(*args, True)
+    emu = gru_fwd_emu(*args, True)
+    for name, a, b in zip(("output", "h_n", "workspace"), emu, ref):
+        assert_nested_close(a, b, 1e-12, name)
+    if inference:
+        assert_nested_close(list(gru_fwd_emu(*args, False)[:2]), list(ref[:2]), 1e-12, "inference")
+    x, bs, h0, w_ih, w_hh, _, _ = args
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ref[:2]]
+    for need_grad_input in need_grad_inputs:
+        r = gru_bwd_cpu(*grads, x, bs, h0, w_ih, w_hh, ref[0], ref[2], bias, need_grad_input)
+        e = gru_bwd_emu(*grads, x, bs, h0, w_ih, w_hh, emu[0], emu[2], bias, need_grad_input)
+        for name, a, b in zip(GRU_GRAD_NAMES, e, r):
+            assert_nested_close(a, b, 1e-10, name)
+
+
+def twin_grus(*args, dtype=torch.float32, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    ref = nn.GRU(*args, dtype=dtype, **kwargs)
+    torch.manual_seed(seed)
+    ours = lstm_fused.GRU(*args, dtype=dtype, **kwargs)
+    for (n1, a), (n2, b) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert n1 == n2 and torch.equal(a, b)  # same names, order and seeded init
+    return ref, ours
+
+
+def compare_grus(ref, ours, x, h0, leaves, dtype):
+    results = []
+    for m in (ref, ours):
+        out, h_n = m(x, h0)
+        data = out.data if hasattr(out, "batch_sizes") else out
+        g = torch.Generator().manual_seed(1)
+        loss = (data * torch.randn(data.shape, generator=g, dtype=dtype)).sum() + \
+            (h_n * torch.randn(h_n.shape, generator=g, dtype=dtype)).sum()
+        grads = torch.autograd.grad(loss, leaves + list(m.parameters()), retain_graph=True)
+        results.append((data, h_n, grads))
+    (o1, h1, g1), (o2, h2, g2) = results
+    assert o1.shape == o2.shape and h1.shape == h2.shape
+    assert_close(o2, o1, dtype, "output")
+    assert_close(h2, h1, dtype, "h_n")
+    for i, (a, b) in enumerate(zip(g2, g1)):
+        assert_close(a, b, dtype, f"grad {i}", grad=True)

@@ -210,3 +210,22 @@ def test_emulated_cuda_binding_ignores_autocast(dtype):
     assert len(flat) == len(flat_a)
     for a, b in zip(flat_a, flat):
         assert torch.equal(a, b)
+
+
+def test_autocast_matches_nn_dtypes_and_accepts_its_own_states():
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, num_layers=2)
+    ours = lstm_fused.LSTM(3, 4, num_layers=2)
+    ours.load_state_dict(ref.state_dict())
+    gru = lstm_fused.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o1, hc1 = ref(x)
+        o2, hc2 = ours(x)
+        assert o2.dtype == o1.dtype == torch.bfloat16 and hc2[0].dtype == hc1[0].dtype
+        torch.testing.assert_close(o2.float(), o1.float(), rtol=0.05, atol=0.05)
+        ours(x.bfloat16(), hc2)  # its own bf16 states go back in
+        g, h = gru(x.bfloat16())
+        gru(x.bfloat16(), h)
+        lstm_fused.LSTMCell(3, 4)(torch.randn(2, 3).bfloat16())
+        lstm_fused.GRUCell(3, 4)(torch.randn(2, 3).bfloat16())

@@ -1,10 +1,12 @@
-"""lstm_fused.convert edge cases: exact classes only (subclasses left with a warning), shared modules stay shared,
+"""lstm_fused.convert: nested models and bare modules (LSTM, LSTMCell, GRU, GRUCell) keep outputs, training and
+parameter objects; edge cases: exact classes only (subclasses left with a warning), shared modules stay shared,
 hooks, buffers and the user's attributes carried over."""
 import warnings
 
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import lstm_fused
 
@@ -105,3 +107,73 @@ def test_old_style_weight_norm_left_as_is(wrap):
         lstm_fused.convert(model)
     assert model["lstm"] is lstm and model["cell"] is cell and isinstance(model["plain"], lstm_fused.LSTM)
     torch.testing.assert_close(model["lstm"](x)[0], expected)
+
+
+def test_convert_leaves_parametrized_modules_with_a_warning():
+    model = nn.Sequential(nn.LSTM(3, 5), nn.LSTM(5, 5))
+    parametrize.register_parametrization(model[0], "weight_hh_l0", nn.Identity())
+    with pytest.warns(UserWarning, match="parametrized"):
+        lstm_fused.convert(model)
+    assert isinstance(model[0], nn.LSTM) and isinstance(model[1], lstm_fused.LSTM)
+    model[1](model[0](torch.randn(2, 1, 3))[0])
+
+
+def test_convert_gru_modules():
+    model = nn.Sequential(nn.GRU(3, 4, batch_first=True), nn.ModuleList([nn.GRUCell(4, 4)]))
+    params = list(model.parameters())
+    lstm_fused.convert(model)
+    assert isinstance(model[0], lstm_fused.GRU) and isinstance(model[1][0], lstm_fused.GRUCell)
+    assert all(a is b for a, b in zip(model.parameters(), params))
+
+
+class _Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 6)
+        self.encoder = nn.ModuleDict({"rnn": nn.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True)})
+        self.decoder = nn.ModuleList([nn.LSTMCell(16, 8)])
+        self.head = nn.Sequential(nn.Linear(8, 5))
+
+    def forward(self, tokens):
+        out, _ = self.encoder["rnn"](self.embed(tokens))
+        h, c = self.decoder[0](out[:, -1])
+        return self.head(h)
+
+
+def test_convert_nested_model_same_outputs_and_training():
+    torch.manual_seed(0)
+    ref = _Model().double()
+    torch.manual_seed(0)
+    model = _Model().double()
+    model.eval()
+    params_before = {n: p for n, p in model.named_parameters()}
+    converted = lstm_fused.convert(model)
+    assert converted is model
+    assert isinstance(model.encoder["rnn"], lstm_fused.LSTM) and isinstance(model.decoder[0], lstm_fused.LSTMCell)
+    assert not model.encoder["rnn"].training  # eval mode carried
+    # The very same parameter objects (device, dtype, requires_grad and optimizer state follow).
+    for n, p in model.named_parameters():
+        assert p is params_before[n]
+    model.train()
+    ref.train()
+    tokens = torch.randint(0, 20, (3, 9))
+    torch.testing.assert_close(model(tokens), ref(tokens))
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        for m, o in ((ref, opt_ref), (model, opt)):
+            o.zero_grad()
+            m(tokens).square().mean().backward()
+            o.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_convert_bare_modules():
+    lstm = nn.LSTM(3, 4, proj_size=2, batch_first=True)
+    fused = lstm_fused.convert(lstm)
+    assert isinstance(fused, lstm_fused.LSTM) and fused.proj_size == 2 and fused.batch_first
+    x = torch.randn(2, 5, 3)
+    torch.testing.assert_close(fused(x)[0], lstm(x)[0], rtol=1e-5, atol=1e-6)
+    cell = lstm_fused.convert(nn.LSTMCell(3, 4, bias=False))
+    assert isinstance(cell, lstm_fused.LSTMCell) and cell.bias_ih is None

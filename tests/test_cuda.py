@@ -1,13 +1,12 @@
 """The CUDA kernels against nn.LSTM on CUDA (cuDNN) and against float64 references. Skipped without a GPU or
 without a CUDA build; the CUDA path's logic is also covered on the CPU by test_cuda_emulation.py."""
-import itertools
-
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
-from helpers import check_half_type_vs_float64, compare_modules, outputs_and_grads, twin_lstms
+from helpers import (GRU_STRUCTURES, LARGE_BATCH_SHAPES, LSTM_STRUCTURES, SHAPE_SAMPLE, check_half_type_vs_float64,
+                     compare_modules, outputs_and_grads, twin_lstms)
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and lstm_fused.has_cuda_kernels()), reason="needs a GPU and a CUDA build"
@@ -29,8 +28,10 @@ def _cuda_twins(*args, dtype=torch.float32, **kwargs):
     return ref.cuda(), ours.cuda()
 
 
-STRUCTURES = list(itertools.product([1, 2, 3], [False, True], [False, True], [False, True]))
-SHAPES = [(1, 1, 1), (2, 3, 5), (17, 16, 33), (50, 3, 128), (9, 70, 65)]
+# The helpers' parity grid: every structure with bias (num_layers, bidirectional, batch_first, use_proj), over a
+# sample of its shapes plus a batch over 64.
+STRUCTURES = [(layers, bidir, batch_first, proj) for layers, bidir, batch_first, bias, proj in LSTM_STRUCTURES if bias]
+SHAPES = SHAPE_SAMPLE + LARGE_BATCH_SHAPES
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -186,8 +187,13 @@ def _cuda_twin_grus(*args, **kwargs):
     return ref.cuda(), ours.cuda()
 
 
-@pytest.mark.parametrize("structure", list(itertools.product([1, 2], [False, True], [False, True])), ids=str)
-@pytest.mark.parametrize("shape", [(1, 1, 1), (17, 16, 33), (9, 70, 65)], ids=str)
+GRU_STRUCTURES_1_2 = [(layers, bidir, batch_first) for layers, bidir, batch_first, bias in GRU_STRUCTURES
+                      if bias and layers <= 2]  # (num_layers, bidirectional, batch_first), with bias, up to 2 layers
+GRU_SHAPES = [SHAPE_SAMPLE[0], SHAPE_SAMPLE[2], *LARGE_BATCH_SHAPES]
+
+
+@pytest.mark.parametrize("structure", GRU_STRUCTURES_1_2, ids=str)
+@pytest.mark.parametrize("shape", GRU_SHAPES, ids=str)
 def test_cuda_gru_parity(structure, shape):
     num_layers, bidirectional, batch_first = structure
     T, B, H = shape

@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_fused
-from helpers import twin_lstms
+from helpers import twin_grus, twin_lstms
 
 I, H, P = 3, 6, 4
 
@@ -144,3 +144,40 @@ def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
     m = lstm_fused.LSTM(I, H).cuda()
     with pytest.raises(RuntimeError, match="built without CUDA"):
         m(torch.randn(4, 2, I, device="cuda"))
+
+
+@pytest.mark.parametrize("make", [lambda: lstm_fused.LSTM(3, 5, device="meta"),
+                                  lambda: lstm_fused.GRU(3, 5, device="meta"),
+                                  lambda: lstm_fused.LSTMCell(3, 5, device="meta"),
+                                  lambda: lstm_fused.GRUCell(3, 5, device="meta")])
+def test_parameters_on_another_device_raise_like_nn(make):
+    x = torch.randn(2, 1, 3) if not isinstance(make(), (lstm_fused.LSTMCell, lstm_fused.GRUCell)) else torch.randn(1, 3)
+    with pytest.raises(RuntimeError, match="same device"):
+        make()(x)
+
+
+GRU_ERRORS = {
+    "wrong_feature_size": lambda: (torch.randn(5, 2, 4), None),
+    "input_1d": lambda: (torch.randn(5), None),
+    "wrong_h0_shape": lambda: (torch.randn(5, 2, 3), torch.randn(1, 2, 6)),
+    "batched_input_2d_hx": lambda: (torch.randn(5, 2, 3), torch.randn(4, 6)),
+    "unbatched_input_3d_hx": lambda: (torch.randn(5, 3), torch.randn(4, 1, 6)),
+    "dtype_mismatch": lambda: (torch.randn(5, 2, 3, dtype=torch.float64), None),
+    "empty_sequence": lambda: (torch.randn(0, 2, 3), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRU_ERRORS))
+def test_gru_errors_match(name):
+    ref, ours = twin_grus(3, 6, num_layers=2, bidirectional=True)
+    x, hx = GRU_ERRORS[name]()
+    try:
+        ref(x, hx)
+    except Exception as e:  # noqa: BLE001
+        expected = type(e)
+    else:
+        pytest.fail("nn.GRU accepted the case")
+    with pytest.raises(expected):
+        ours(x, hx)
+    good = torch.randn(4, 2, 3)
+    torch.testing.assert_close(ours(good)[0], ref(good)[0], rtol=1e-5, atol=1e-6)

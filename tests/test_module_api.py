@@ -1,13 +1,15 @@
-"""lstm_fused.LSTM exposes nn.LSTM's interface: constructor, parameters, init, attributes, state_dict."""
+"""lstm_fused.LSTM and GRU expose nn.LSTM's and nn.GRU's interface: constructor, parameters, init, attributes,
+state_dict, dropout."""
 import pickle
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lstm_fused
-from helpers import twin_lstms
+from helpers import twin_grus, twin_lstms
 
 CONFIGS = [
     dict(input_size=3, hidden_size=5),
@@ -146,3 +148,39 @@ def test_missing_extension_fails_loudly_at_import(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode != 0
     assert "ImportError" in proc.stderr and "--no-build-isolation" in proc.stderr
+
+
+def test_numpy_integers_accepted_like_nn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nn.LSTM(3, 4, num_layers=np.int64(2))
+    m = lstm_fused.LSTM(3, 4, num_layers=np.int64(2))
+    assert m(torch.randn(2, 1, 3))[0].shape == (2, 1, 4)
+
+
+def test_gru_dropout_matches_nn_gru_rng_and_eval():
+    ref, ours = twin_grus(4, 6, num_layers=3, dropout=0.4, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    torch.manual_seed(11)
+    o1 = ref(x)[0]
+    torch.manual_seed(11)
+    o2 = ours(x)[0]
+    torch.testing.assert_close(o2, o1)
+    ref.eval(), ours.eval()
+    torch.testing.assert_close(ours(x)[0], ref(x)[0])
+
+
+def test_gru_api_and_state_dicts():
+    ref, ours = twin_grus(3, 5, num_layers=2, bidirectional=True, batch_first=True)
+    assert repr(ours).replace("lstm_fused.", "") == repr(ref)
+    assert ours._all_weights == ref._all_weights and ours.mode == "GRU"
+    back = nn.GRU(3, 5, num_layers=2, bidirectional=True, batch_first=True)
+    back.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 4, 3)
+    torch.testing.assert_close(back(x)[0], ours(x)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="proj_size"):  # as nn.GRU
+        lstm_fused.GRU(3, 5, proj_size=2)
+    with pytest.raises(TypeError):
+        lstm_fused.GRU(3, 5, peephole=True)
+    with pytest.raises(RuntimeError):  # LSTM weights do not load into a GRU
+        ours.load_state_dict(nn.LSTM(3, 5, num_layers=2, bidirectional=True).state_dict())

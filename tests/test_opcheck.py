@@ -94,3 +94,30 @@ def test_internal_gemm_transposed_a_with_a_long_k():
     got = torch.ops.lstm_fused_testing.gemm(a, b, True, False)
     expected = a.double().t() @ b.double()
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def _gru_op_args(packed, bias, directions, requires_grad):
+    g = torch.Generator().manual_seed(0)
+
+    def t(*s):
+        return torch.randn(*s, generator=g).requires_grad_(requires_grad)
+
+    T, B, I, H, D = 4, 3, 5, 6, directions
+    bs = torch.tensor([3, 2, 2, 1]) if packed else None
+    x = t(int(bs.sum()), I) if packed else t(T, B, I)
+    return [x, bs, t(D, B, H), [t(3 * H, I) for _ in range(D)], [t(3 * H, H) for _ in range(D)],
+            [t(3 * H) for _ in range(D)] if bias else None, [t(3 * H) for _ in range(D)] if bias else None]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("directions", [1, 2])
+def test_gru_opcheck(packed, bias, directions):
+    args = _gru_op_args(packed, bias, directions, True)
+    torch.library.opcheck(torch.ops.lstm_fused.gru_layer_fwd.default, args + [True])
+    torch.library.opcheck(torch.ops.lstm_fused.gru_layer_fwd.default, _gru_op_args(packed, bias, directions, False)
+                          + [False])
+    x, bs, h0, w_ih, w_hh, b_ih, b_hh = _gru_op_args(packed, bias, directions, False)
+    out, h_n, ws = torch.ops.lstm_fused.gru_layer_fwd.default(x, bs, h0, w_ih, w_hh, b_ih, b_hh, True)
+    torch.library.opcheck(torch.ops.lstm_fused.gru_layer_bwd.default,
+                          [torch.randn_like(out), torch.randn_like(h_n), x, bs, h0, w_ih, w_hh, out, ws, bias, True])

@@ -6,11 +6,9 @@ unit. Compared with the CPU kernels and with the per-step CUDA kernels (LSTM_FUS
 import pytest
 import torch
 
-from helpers import paths_taken
-
-from test_cuda_emulation import (VARIANTS, _args, _cast, _close, _gru_args, bwd_cpu, bwd_emu, check_gru_layer,
-                                 check_half_layer, check_lstm_layer, fwd_cpu, fwd_emu, gru_bwd_cpu, gru_bwd_emu,
-                                 gru_fwd_cpu, gru_fwd_emu)
+from helpers import (VARIANT_IDS, VARIANTS, assert_nested_close, bwd_cpu, bwd_emu, cast_args, check_gru_layer,
+                     check_half_layer, check_lstm_layer, fwd_cpu, fwd_emu, gru_bwd_cpu, gru_bwd_emu, gru_fwd_cpu,
+                     gru_fwd_emu, gru_layer_args, layer_args, paths_taken)
 
 plan = torch.ops.lstm_fused_testing.persistent_plan.default
 
@@ -73,13 +71,13 @@ def test_emulated_devices_reach_every_tiling():
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("directions", [1, 2])
-@pytest.mark.parametrize("variant", VARIANTS, ids=["lstm", "peephole", "coupled", "peephole+coupled"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_persistent_matches_cpu_kernels(monkeypatch, device, case, packed, directions, variant):
     T, B, I, H = case
     fits = all(p[0] for p in _plans(case, directions, variant[1], device))
     _device(monkeypatch, device)
-    args = _args(T, B, I, H, 0, packed, torch.float64, seed=hash((case, packed, directions)) % 1000, directions=directions,
-                 peephole=variant[0], coupled=variant[1])
+    args = layer_args(T, B, I, H, 0, packed, torch.float64, seed=hash((case, packed, directions)) % 1000,
+                      directions=directions, peephole=variant[0], coupled=variant[1])
     if not fits:
         with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
             fwd_emu(*args, True)
@@ -95,13 +93,13 @@ def test_persistent_matches_cpu_kernels(monkeypatch, device, case, packed, direc
 def test_persistent_half_types_track_float64(monkeypatch, dtype, tol, packed):
     # Half types stay half in the resident slice and the outputs; staging, sums and cells are float32.
     _device(monkeypatch, "5sm")
-    args64 = _args(6, 5, 12, 20, 0, packed, torch.float64, seed=3, directions=2, peephole=True)
+    args64 = layer_args(6, 5, 12, 20, 0, packed, torch.float64, seed=3, directions=2, peephole=True)
     check_half_layer(args64, dtype, tol)
 
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_persistent_and_step_kernels_agree_in_float32(monkeypatch, packed):
-    args = _args(8, 13, 6, 45, 0, packed, torch.float32, seed=11, directions=2, peephole=True)
+    args = layer_args(8, 13, 6, 45, 0, packed, torch.float32, seed=11, directions=2, peephole=True)
     results = {}
     for algo in ("step", "persistent"):
         _device(monkeypatch, "5sm", algo)
@@ -112,21 +110,21 @@ def test_persistent_and_step_kernels_agree_in_float32(monkeypatch, packed):
             bwd = bwd_emu(*grads, x, bs, h0, c0, w_ih, w_hh, w_hr, w_ph, cpl, fwd[0], fwd[3], True, True)
         assert taken == {**dict.fromkeys(taken, 0), algo: 2}, taken
         results[algo] = (fwd, bwd)
-    _close(list(results["persistent"][0]), list(results["step"][0]), 1e-5, "forward")
-    _close([results["persistent"][1][i] for i in (0, 1, 2, 3, 4, 5, 7)],
-           [results["step"][1][i] for i in (0, 1, 2, 3, 4, 5, 7)], 1e-5, "backward")
+    assert_nested_close(list(results["persistent"][0]), list(results["step"][0]), 1e-5, "forward")
+    assert_nested_close([results["persistent"][1][i] for i in (0, 1, 2, 3, 4, 5, 7)],
+                        [results["step"][1][i] for i in (0, 1, 2, 3, 4, 5, 7)], 1e-5, "backward")
 
 
 def test_forcing_persistent_where_it_cannot_run_raises(monkeypatch):
     _device(monkeypatch, "h200")
     with pytest.raises(RuntimeError, match="proj_size"):
-        fwd_emu(*_args(3, 2, 4, 8, 5, False, torch.float32, seed=0), True)
+        fwd_emu(*layer_args(3, 2, 4, 8, 5, False, torch.float32, seed=0), True)
     _device(monkeypatch, "small-smem")
     with pytest.raises(RuntimeError, match="shared memory"):
-        fwd_emu(*_args(3, 2, 4, 300, 0, False, torch.float32, seed=0), True)
+        fwd_emu(*layer_args(3, 2, 4, 300, 0, False, torch.float32, seed=0), True)
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "fastest")
     with pytest.raises(RuntimeError, match="auto, step, gemm or persistent"):
-        fwd_emu(*_args(3, 2, 4, 8, 0, False, torch.float32, seed=0), True)
+        fwd_emu(*layer_args(3, 2, 4, 8, 0, False, torch.float32, seed=0), True)
 
 
 def test_auto_falls_back_where_the_persistent_kernel_cannot_run(monkeypatch):
@@ -134,11 +132,11 @@ def test_auto_falls_back_where_the_persistent_kernel_cannot_run(monkeypatch):
     for device, case, proj, path in (("h200", (3, 2, 4, 8), 5, "step"), ("small-smem", (3, 2, 4, 300), 0, "step"),
                                      ("h200", (2, 70, 3, 9), 0, "gemm_step"), ("h200", (2, 64, 3, 9), 0, "persistent")):
         _device(monkeypatch, device, "auto")
-        args = _args(*case, proj, False, torch.float64, seed=1)
+        args = layer_args(*case, proj, False, torch.float64, seed=1)
         ref = fwd_cpu(*args, True)
         with paths_taken() as taken:
             got = fwd_emu(*args, True)
-        _close(list(got), list(ref), 1e-12, str(case))
+        assert_nested_close(list(got), list(ref), 1e-12, str(case))
         assert taken == {**dict.fromkeys(taken, 0), path: 1}, (case, taken)
 
 
@@ -178,15 +176,15 @@ def test_mma_plans_reach_every_tiling():
 @pytest.mark.parametrize("case", MMA_CASES)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("directions", [1, 2])
-@pytest.mark.parametrize("variant", VARIANTS, ids=["lstm", "peephole", "coupled", "peephole+coupled"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_mma_forward_tracks_float64_and_the_float_path(monkeypatch, dtype, tol, sms, case, packed, directions,
                                                        variant):
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "persistent")
     monkeypatch.setenv("LSTM_FUSED_EMU_SMS", str(sms))
     monkeypatch.setenv("LSTM_FUSED_EMU_SMEM", "232448")
-    args64 = _args(*case, 0, packed, torch.float64, seed=sum(case) + sms, directions=directions,
-                   peephole=variant[0], coupled=variant[1])
-    args = _cast(args64, dtype)
+    args64 = layer_args(*case, 0, packed, torch.float64, seed=sum(case) + sms, directions=directions,
+                        peephole=variant[0], coupled=variant[1])
+    args = cast_args(args64, dtype)
     ref = fwd_cpu(*args64, False)
     monkeypatch.setenv("LSTM_FUSED_EMU_MMA", "1")
     mma = fwd_emu(*args, False)
@@ -205,8 +203,8 @@ def test_mma_backward_with_k_chunks_and_two_batch_tiles():
     T, B, I, H = 3, 40, 5, 40
     ok, _, _, _, kc, _ = mma_plan(1, H, 4 * H, B, 1, 4, 24000)
     assert ok and kc < 4 * H and B > 32
-    args64 = _args(T, B, I, H, 0, False, torch.float64, seed=9)
-    args = _cast(args64, torch.bfloat16)
+    args64 = layer_args(T, B, I, H, 0, False, torch.float64, seed=9)
+    args = cast_args(args64, torch.bfloat16)
     ref = fwd_cpu(*args64, True)
     grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:3]]
     x, bs, h0, c0, w_ih, w_hh, _, _, w_hr, w_ph, cpl = args
@@ -241,8 +239,8 @@ def test_mma_k_chunks_track_float64(monkeypatch, dtype, tol, sms, smem, packed):
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "persistent")
     monkeypatch.setenv("LSTM_FUSED_EMU_SMS", str(sms))
     monkeypatch.setenv("LSTM_FUSED_EMU_SMEM", str(smem))
-    args64 = _args(T, B, I, H, 0, packed, torch.float64, seed=7, peephole=True)
-    args = _cast(args64, dtype)
+    args64 = layer_args(T, B, I, H, 0, packed, torch.float64, seed=7, peephole=True)
+    args = cast_args(args64, dtype)
     ref = fwd_cpu(*args64, True)
     fwd = fwd_emu(*args, True)
     for a, r in zip(fwd[:3], ref[:3]):
@@ -272,9 +270,9 @@ def test_mma_backward_tracks_float64_and_the_float_path(monkeypatch, dtype, tol,
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "persistent")
     monkeypatch.setenv("LSTM_FUSED_EMU_SMS", str(sms))
     monkeypatch.setenv("LSTM_FUSED_EMU_SMEM", str(smem))
-    args64 = _args(*case, 0, packed, torch.float64, seed=sum(case) + sms, directions=directions,
-                   peephole=variant[0], coupled=variant[1])
-    args = _cast(args64, dtype)
+    args64 = layer_args(*case, 0, packed, torch.float64, seed=sum(case) + sms, directions=directions,
+                        peephole=variant[0], coupled=variant[1])
+    args = cast_args(args64, dtype)
     ref = fwd_cpu(*args64, True)
     monkeypatch.setenv("LSTM_FUSED_EMU_MMA", "0")
     fwd = fwd_emu(*args, True)
@@ -302,7 +300,7 @@ def test_mma_backward_tracks_float64_and_the_float_path(monkeypatch, dtype, tol,
 @pytest.mark.parametrize("algo", ["auto", "persistent"])
 def test_empty_batch_runs_without_a_launch(monkeypatch, algo):
     _device(monkeypatch, "h200", algo)
-    args = _args(3, 0, 4, 5, 0, False, torch.float32, seed=0)
+    args = layer_args(3, 0, 4, 5, 0, False, torch.float32, seed=0)
     assert plan(4, 5, 5, 0, 1, 4, 4, *DEVICES["h200"])[0] == 0
     out = fwd_emu(*args, True)
     assert out[0].shape == (3, 0, 5) and out[1].shape == (1, 0, 5)
@@ -325,7 +323,8 @@ def test_persistent_gru_matches_cpu_kernels(monkeypatch, device, case, packed, d
     sms, smem = DEVICES[device]
     fits = plan(4, H, H, B, directions, 8, 8, sms, smem)[0] and plan(1, H, 3 * H, B, directions, 8, 8, sms, smem)[0]
     _device(monkeypatch, device)
-    args = _gru_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions, directions=directions, bias=bias)
+    args = gru_layer_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions,
+                          directions=directions, bias=bias)
     if not fits:
         with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
             gru_fwd_emu(*args, True)
@@ -340,8 +339,8 @@ def test_persistent_gru_half_types_track_float64(monkeypatch, dtype, tol, mma, c
     _device(monkeypatch, "5sm")
     monkeypatch.setenv("LSTM_FUSED_EMU_MMA", mma)
     T, B, I, H = case
-    args64 = _gru_args(T, B, I, H, True, torch.float64, seed=4, directions=2)
-    args = _cast(args64, dtype)
+    args64 = gru_layer_args(T, B, I, H, True, torch.float64, seed=4, directions=2)
+    args = cast_args(args64, dtype)
     ref = gru_fwd_cpu(*args64, True)
     emu = gru_fwd_emu(*args, True)
     for a, b in zip(emu[:2], ref[:2]):
@@ -363,7 +362,7 @@ stack_emu = torch.ops.lstm_fused_testing.emu_lstm_stack_fwd.default
 
 
 def _stack_args(L, T, B, I, H, packed, dtype, seed, peephole=False, coupled=False):
-    x, bs, *_ = _args(T, B, I, H, 0, packed, torch.float64, seed)
+    x, bs, *_ = layer_args(T, B, I, H, 0, packed, torch.float64, seed)
     g = torch.Generator().manual_seed(seed + 1)
     k = H ** -0.5
     G = (3 if coupled else 4) * H
@@ -400,10 +399,10 @@ def test_wavefront_matches_the_cpu_stack(monkeypatch, device, L, case, packed, v
             got = stack_emu(*args, need_workspace)
         # One wavefront launch where it fits, else a persistent launch per layer: never per-step kernels.
         assert taken == {**dict.fromkeys(taken, 0), **({"wavefront": 1} if wavefront else {"persistent": L})}, taken
-        _close(list(got[0]), list(ref[0]), 1e-12, "outputs")
-        _close([got[1], got[2]], [ref[1], ref[2]], 1e-12, "h_n, c_n")
+        assert_nested_close(list(got[0]), list(ref[0]), 1e-12, "outputs")
+        assert_nested_close([got[1], got[2]], [ref[1], ref[2]], 1e-12, "h_n, c_n")
         if need_workspace:
-            _close(list(got[3]), list(ref[3]), 1e-12, "workspaces")
+            assert_nested_close(list(got[3]), list(ref[3]), 1e-12, "workspaces")
         else:
             assert all(w.numel() == 0 for w in got[3])
 
@@ -425,7 +424,7 @@ def test_wavefront_half_types_track_float64(monkeypatch, dtype, tol, mma, packed
     _device(monkeypatch, "5sm")
     monkeypatch.setenv("LSTM_FUSED_EMU_MMA", mma)
     args64 = _stack_args(3, 6, 9, 5, 20, packed, torch.float64, seed=2, peephole=True)
-    args = _cast(args64, dtype)
+    args = cast_args(args64, dtype)
     ref = stack_cpu(*args64, False)
     got = stack_emu(*args, False)
     for a, b in zip([*got[0], got[1], got[2]], [*ref[0], ref[1], ref[2]]):
@@ -436,7 +435,7 @@ def test_wavefront_half_types_track_float64(monkeypatch, dtype, tol, mma, packed
 def test_wavefront_step_mode_and_empty_batch(monkeypatch):
     _device(monkeypatch, "h200", "step")
     args = _stack_args(2, 4, 3, 5, 6, False, torch.float64, seed=3)
-    _close(list(stack_emu(*args, True)[0]), list(stack_cpu(*args, True)[0]), 1e-12, "step mode")
+    assert_nested_close(list(stack_emu(*args, True)[0]), list(stack_cpu(*args, True)[0]), 1e-12, "step mode")
     _device(monkeypatch, "h200", "persistent")
     empty = _stack_args(2, 4, 0, 5, 6, False, torch.float64, seed=3)
     outs, h_n, c_n, _ = stack_emu(*empty, True)
@@ -486,7 +485,7 @@ def test_wavefront_backward_matches_the_cpu_stack(monkeypatch, device, L, case, 
         assert taken == {**dict.fromkeys(taken, 0), **({"wavefront": 1} if wavefront else {"persistent": L})}, taken
         names = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_ph")
         for name, a, b in zip(names, got, ref):
-            _close(a, b, 1e-10, name)
+            assert_nested_close(a, b, 1e-10, name)
 
 
 def test_wavefront_backward_devices_reach_the_wavefront():
@@ -504,12 +503,12 @@ def test_wavefront_backward_half_types_track_float64(monkeypatch, dtype, tol, mm
     _device(monkeypatch, "5sm")
     monkeypatch.setenv("LSTM_FUSED_EMU_MMA", mma)
     args64 = _stack_args(3, 6, 9, 5, 20, True, torch.float64, seed=2, peephole=True)
-    args = _cast(args64, dtype)
+    args = cast_args(args64, dtype)
     fwd64 = stack_cpu(*args64, True)
     ref = stack_bwd_cpu(*_stack_grads(args64, fwd64))
     fwd = stack_emu(*args, True)
     gargs = _stack_grads(args64, fwd64)
-    gargs = [_cast(a, dtype) if i < 3 else a for i, a in enumerate(gargs)]
+    gargs = [cast_args(a, dtype) if i < 3 else a for i, a in enumerate(gargs)]
     gargs[3:] = _stack_grads(args, fwd)[3:]
     got = stack_bwd_emu(*gargs)
     flat_g = [got[0], got[1], got[2], *got[3], *got[4], *got[5], *got[6]]
@@ -541,4 +540,4 @@ def test_wavefront_backward_empty_output_gradients(monkeypatch):
     ref = stack_bwd_cpu(*gargs)
     got = stack_bwd_emu(*empty)
     for name, a, b in zip(("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias"), got, ref):
-        _close(a, b, 1e-10, name)
+        assert_nested_close(a, b, 1e-10, name)

@@ -1,21 +1,18 @@
-"""lstm_fused.LSTM against nn.LSTM with identical weights: outputs, h_n, c_n and every gradient."""
-import itertools
-
+"""lstm_fused.LSTM / GRU against nn.LSTM / nn.GRU with identical weights over the shared parity grid: outputs,
+final states and every gradient; float64, unbatched, non-contiguous and view inputs, partial use of the outputs."""
 import pytest
 import torch
 
-from helpers import SHAPES, compare_modules, twin_lstms
-
-STRUCTURES = list(itertools.product([1, 2, 3], [False, True], [False, True], [True, False], [False, True]))
+from helpers import GRU_STRUCTURES, LSTM_STRUCTURES, SHAPES, compare_grus, compare_modules, twin_grus, twin_lstms
 
 
 @pytest.mark.parametrize("shape", range(len(SHAPES)))
-@pytest.mark.parametrize("case", range(len(STRUCTURES)))
+@pytest.mark.parametrize("case", range(len(LSTM_STRUCTURES)))
 def test_parity_grid(case, shape):
     """The full product of structures and shapes: layers {1,2,3} x bidirectional x batch_first x bias x
     projection, times T {1,2,17,50} x B {1,3,16} x H {1,5,33,128}; input size differs from hidden size;
     initial states given on alternate cases."""
-    num_layers, bidirectional, batch_first, bias, use_proj = STRUCTURES[case]
+    num_layers, bidirectional, batch_first, bias, use_proj = LSTM_STRUCTURES[case]
     T, B, H = SHAPES[shape]
     proj_size = max(1, H // 3) if use_proj and H > 1 else 0
     input_size = H + 3
@@ -135,3 +132,29 @@ def test_inference_without_workspace_equals_training_forward(packed):
     d_t = out_t.data if packed else out_t
     d_i = out_i.data if packed else out_i
     assert torch.equal(d_t, d_i) and torch.equal(h_t, h_i) and torch.equal(c_t, c_i)
+
+
+@pytest.mark.parametrize("shape", range(0, len(SHAPES), 3))
+@pytest.mark.parametrize("case", range(len(GRU_STRUCTURES)))
+def test_gru_parity_grid(case, shape):
+    num_layers, bidirectional, batch_first, bias = GRU_STRUCTURES[case]
+    T, B, H = SHAPES[(shape + case) % len(SHAPES)]
+    ref, ours = twin_grus(H + 2, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+                          bias=bias, seed=case)
+    D = 2 if bidirectional else 1
+    x = torch.randn((B, T, H + 2) if batch_first else (T, B, H + 2), requires_grad=True)
+    if case % 2:
+        h0 = torch.randn(num_layers * D, B, H, requires_grad=True)
+        compare_grus(ref, ours, x, h0, [x, h0], torch.float32)
+    else:
+        compare_grus(ref, ours, x, None, [x], torch.float32)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_gru_unbatched_and_non_contiguous(batch_first):
+    ref, ours = twin_grus(4, 6, num_layers=2, bidirectional=True, batch_first=batch_first, dtype=torch.float64)
+    x = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    compare_grus(ref, ours, x, h0, [x, h0], torch.float64)
+    xs = torch.randn(9, 6, 12, dtype=torch.float64)[:, ::2, 1:5].detach().requires_grad_()
+    compare_grus(ref, ours, xs.transpose(0, 1) if batch_first else xs, None, [xs], torch.float64)

@@ -1,9 +1,9 @@
-"""PackedSequence input, handled natively by the kernels through per-step batch sizes."""
+"""PackedSequence input (LSTM and GRU), handled natively by the kernels through per-step batch sizes."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
 
-from helpers import compare_modules, twin_lstms
+from helpers import compare_grus, compare_modules, twin_grus, twin_lstms
 
 
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
@@ -60,3 +60,14 @@ def test_packed_batch_first_ignored_like_nn_lstm():
     x = torch.randn(4, 6, 3, requires_grad=True)  # [B, T, I]
     packed = pack_padded_sequence(x, torch.tensor([6, 2, 5, 1]), batch_first=True, enforce_sorted=False)
     compare_modules(ref, ours, packed, None, [x], torch.float32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gru_packed(bidirectional, enforce_sorted, dtype):
+    ref, ours = twin_grus(4, 7, num_layers=2, bidirectional=bidirectional, dtype=dtype)
+    lengths = torch.tensor([9, 6, 6, 2, 1]) if enforce_sorted else torch.tensor([2, 9, 1, 6, 4])
+    x = torch.randn(9, 5, 4, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(2 * (2 if bidirectional else 1), 5, 7, dtype=dtype, requires_grad=True)
+    compare_grus(ref, ours, pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted), h0, [x, h0], dtype)

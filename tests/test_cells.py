@@ -1,4 +1,4 @@
-"""lstm_fused.LSTMCell against nn.LSTMCell, and lstm_fused.convert on nested models."""
+"""lstm_fused.LSTMCell / GRUCell against nn.LSTMCell / nn.GRUCell: parity, errors, gradcheck and compile."""
 import pytest
 import torch
 from torch import nn
@@ -83,54 +83,37 @@ def test_lstm_cell_errors_match(name):
     torch.testing.assert_close(ours(torch.ones(2, 5))[0], ref(torch.ones(2, 5))[0], rtol=1e-5, atol=1e-6)
 
 
-class _Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(20, 6)
-        self.encoder = nn.ModuleDict({"rnn": nn.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True)})
-        self.decoder = nn.ModuleList([nn.LSTMCell(16, 8)])
-        self.head = nn.Sequential(nn.Linear(8, 5))
-
-    def forward(self, tokens):
-        out, _ = self.encoder["rnn"](self.embed(tokens))
-        h, c = self.decoder[0](out[:, -1])
-        return self.head(h)
-
-
-def test_convert_nested_model_same_outputs_and_training():
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_gru_cell_parity(bias, batched, with_state):
     torch.manual_seed(0)
-    ref = _Model().double()
+    ref = nn.GRUCell(5, 9, bias=bias, dtype=torch.float64)
     torch.manual_seed(0)
-    model = _Model().double()
-    model.eval()
-    params_before = {n: p for n, p in model.named_parameters()}
-    converted = lstm_fused.convert(model)
-    assert converted is model
-    assert isinstance(model.encoder["rnn"], lstm_fused.LSTM) and isinstance(model.decoder[0], lstm_fused.LSTMCell)
-    assert not model.encoder["rnn"].training  # eval mode carried
-    # The very same parameter objects (device, dtype, requires_grad and optimizer state follow).
-    for n, p in model.named_parameters():
-        assert p is params_before[n]
-    model.train()
-    ref.train()
-    tokens = torch.randint(0, 20, (3, 9))
-    torch.testing.assert_close(model(tokens), ref(tokens))
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(3):
-        for m, o in ((ref, opt_ref), (model, opt)):
-            o.zero_grad()
-            m(tokens).square().mean().backward()
-            o.step()
-    for a, b in zip(model.parameters(), ref.parameters()):
+    ours = lstm_fused.GRUCell(5, 9, bias=bias, dtype=torch.float64)
+    x = torch.randn((4, 5) if batched else (5,), dtype=torch.float64, requires_grad=True)
+    h = torch.randn((4, 9) if batched else (9,), dtype=torch.float64, requires_grad=True) if with_state else None
+    leaves = [x] + ([h] if with_state else [])
+    res = []
+    for m in (ref, ours):
+        out = m(x, h)
+        res.append((out, torch.autograd.grad(out.sin().sum(), leaves + list(m.parameters()))))
+    torch.testing.assert_close(res[1][0], res[0][0])
+    for a, b in zip(res[1][1], res[0][1]):
         torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError):
+        ours(torch.randn(2, 3, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError):
+        ours(torch.randn(4, 6, dtype=torch.float64))
 
 
-def test_convert_bare_modules():
-    lstm = nn.LSTM(3, 4, proj_size=2, batch_first=True)
-    fused = lstm_fused.convert(lstm)
-    assert isinstance(fused, lstm_fused.LSTM) and fused.proj_size == 2 and fused.batch_first
-    x = torch.randn(2, 5, 3)
-    torch.testing.assert_close(fused(x)[0], lstm(x)[0], rtol=1e-5, atol=1e-6)
-    cell = lstm_fused.convert(nn.LSTMCell(3, 4, bias=False))
-    assert isinstance(cell, lstm_fused.LSTMCell) and cell.bias_ih is None
+def test_gru_cell_gradcheck_and_compile():
+    torch.manual_seed(0)
+    cell = lstm_fused.GRUCell(3, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in cell.named_parameters()]
+    assert torch.autograd.gradcheck(
+        lambda x, h, *p: torch.func.functional_call(cell, dict(zip(names, p)), (x, h)), [x, h, *cell.parameters()])
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(cell, fullgraph=True)(x, h), cell(x, h))

@@ -1,6 +1,8 @@
-"""float64 gradcheck of the op and of the module, parameters included."""
+"""Gradients: float64 gradcheck of the ops and of the modules (LSTM, GRU), parameters included; double backward
+raises; a single-feature input's gradients."""
 import pytest
 import torch
+from torch import nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -56,3 +58,43 @@ def test_gradcheck_module_all_parameters(packed):
         return (out.data if packed else out), h, c
 
     assert torch.autograd.gradcheck(f, [x, h0, c0, *params])
+
+
+@pytest.mark.parametrize("cls", [lstm_fused.LSTM, lstm_fused.GRU])
+def test_double_backward_raises_instead_of_silent_zeros(cls):
+    m = cls(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.pow(2).sum().backward()
+
+
+def test_single_feature_input_gradients():
+    # A 1-feature input takes the BLAS path for its weight gradient (no 32x panel padding); still exact.
+    torch.manual_seed(0)
+    ref = nn.LSTM(1, 6)
+    ours = lstm_fused.LSTM(1, 6)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(40, 3, 1, requires_grad=True)
+    g1 = torch.autograd.grad(ref(x)[0].sum(), [x, *ref.parameters()])
+    g2 = torch.autograd.grad(ours(x)[0].sum(), [x, *ours.parameters()])
+    for a, b in zip(g2, g1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_gru_gradcheck(packed):
+    torch.manual_seed(0)
+    m = lstm_fused.GRU(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4])
+
+    def f(x, h0, *ps):
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        out, h = torch.func.functional_call(m, dict(zip(names, ps)), (inp, h0))
+        return (out.data if packed else out), h
+
+    assert torch.autograd.gradcheck(f, [x, h0, *params])
