@@ -32,6 +32,18 @@ def tolerances(dtype, grad=False):
     return (1e-10, 1e-11 if grad else 1e-12)
 
 
+def assert_raises_like(ref, ours, *args):
+    """nn's module `ref` rejects args; ours must raise the same exception type."""
+    try:
+        ref(*args)
+    except Exception as e:  # noqa: BLE001
+        expected = type(e)
+    else:
+        pytest.fail(f"{type(ref).__name__} accepted the case")
+    with pytest.raises(expected):
+        ours(*args)
+
+
 def assert_close(actual, expected, dtype, what="", grad=False):
     rtol, atol = tolerances(dtype, grad)
     scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
