@@ -98,17 +98,23 @@ def _permuted(states, permutation: Optional[Tensor], num_states: int):
     return tuple(_apply_permutation(states[i], permutation) for i in range(num_states))
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    # Tensor.to returns the tensor itself when the dtype already matches, but its call costs ~3 µs: on a small
+    # layer the forward's dozen casts would cost more than the kernel.
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 # -- the fused ops, called alike: (input, batch_sizes, states, weights) -> (output, *final states) ----------------
-# `weights` maps parameter names (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_ph) to a list over the
-# directions (None where absent).
-def _lstm_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights: dict, coupled: bool = False):
-    return ops.lstm_layer(x, batch_sizes, states[0], states[1], weights["weight_ih"], weights["weight_hh"],
-                          weights["bias_ih"], weights["bias_hh"], weights["weight_hr"], weights["weight_ph"], coupled)
+# `weights` is one entry per kind in _WEIGHT_KINDS' order: a list over the directions, or None where absent.
+_WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ph")
 
 
-def _gru_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights: dict):
-    return ops.gru_layer(x, batch_sizes, states[0], weights["weight_ih"], weights["weight_hh"], weights["bias_ih"],
-                         weights["bias_hh"])
+def _lstm_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, coupled: bool = False):
+    return ops.lstm_layer(x, batch_sizes, states[0], states[1], *weights, coupled)
+
+
+def _gru_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights):
+    return ops.gru_layer(x, batch_sizes, states[0], *weights[:4])
 
 
 def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
@@ -198,6 +204,14 @@ class _FusedRNNBase(nn.Module):
                     names.append(name)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
+        # Per layer, per kind of _WEIGHT_KINDS: the parameter names over the directions (None where absent),
+        # resolved once here rather than parsed from the names on every forward.
+        suffixes = ("", "_reverse")[:num_directions]
+        self._weight_names = [
+            tuple([f"{kind}_l{layer}{sfx}" for sfx in suffixes] if f"{kind}_l{layer}" in self._parameters else None
+                  for kind in _WEIGHT_KINDS)
+            for layer in range(num_layers)
+        ]
         self.reset_parameters()
 
     # -- nn.RNNBase's attributes and housekeeping----------------------------------------------------------
@@ -311,15 +325,11 @@ class _FusedRNNBase(nn.Module):
             if t.device != weight.device:
                 raise RuntimeError(_messages.hidden_device(weight.device, t.device))
 
-    def _layer_weights(self, layer: int, dtype: torch.dtype) -> dict:
-        """Per-parameter lists over the layer's directions: {"weight_ih": [fwd, rev], ..., "weight_ph": None}."""
-        num_directions = 2 if self.bidirectional else 1
-        per_dir = [
-            {name.split("_l")[0]: getattr(self, name).to(dtype) for name in self._all_weights[layer * num_directions + d]}
-            for d in range(num_directions)
-        ]
-        keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ph")
-        return {k: ([w[k] for w in per_dir] if k in per_dir[0] else None) for k in keys}
+    def _layer_weights(self, layer: int, dtype: torch.dtype) -> tuple:
+        """The layer's weights in `dtype`, one entry per kind of _WEIGHT_KINDS: a list over the directions, or
+        None."""
+        return tuple(None if names is None else [_cast(getattr(self, name), dtype) for name in names]
+                     for names in self._weight_names[layer])
 
     def _check_device(self, x: Tensor) -> None:
         if x.device.type == "cuda" and not _HAS_CUDA_KERNELS:
@@ -378,7 +388,7 @@ class _FusedRNNBase(nn.Module):
         self._check_device(x)
         output_dtype, state_dtypes = self._result_dtypes(x, batch_sizes, states)
         x, finals = self._layers(x, batch_sizes, states, _compute_dtype(output_dtype, x.device))
-        return x.to(output_dtype), tuple(final.to(dtype) for final, dtype in zip(finals, state_dtypes))
+        return _cast(x, output_dtype), tuple(_cast(final, dtype) for final, dtype in zip(finals, state_dtypes))
 
     def _layers(self, x: Tensor, batch_sizes: Optional[Tensor], states, dtype: torch.dtype):
         """The layers computed in `dtype`: the last one's output and the final states of all."""
@@ -387,14 +397,18 @@ class _FusedRNNBase(nn.Module):
         for layer in range(self.num_layers):
             weights = self._layer_weights(layer, dtype)
             first = layer * num_directions
-            layer_states = [states[i][first : first + num_directions].to(dtype) for i in range(self._num_states)]
+            if self.num_layers == 1:  # the states are the layer's: no views to make, nothing to concatenate
+                layer_states = [_cast(states[i], dtype) for i in range(self._num_states)]
+            else:
+                layer_states = [_cast(states[i][first : first + num_directions], dtype)
+                                for i in range(self._num_states)]
             # One op per layer: both directions step together (one launch per step on the GPU).
-            x, *layer_finals = self._layer_op(x.to(dtype), batch_sizes, layer_states, weights)
+            x, *layer_finals = self._layer_op(_cast(x, dtype), batch_sizes, layer_states, weights)
             for acc, final in zip(finals, layer_finals):
                 acc.append(final)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
-        return x, [torch.cat(acc) for acc in finals]
+        return x, [acc[0] if len(acc) == 1 else torch.cat(acc) for acc in finals]
 
 
 class LSTM(_FusedRNNBase):
@@ -433,7 +447,7 @@ class LSTM(_FusedRNNBase):
                                       and _autocast_dtype(x, "lstm") is not None) else output_dtype
         return output_dtype, (output_dtype, c_dtype)
 
-    def _layer_op(self, x: Tensor, batch_sizes: Optional[Tensor], states, weights: dict):
+    def _layer_op(self, x: Tensor, batch_sizes: Optional[Tensor], states, weights: tuple):
         return _lstm_layer(x, batch_sizes, states, weights, self.coupled)
 
     def _layers(self, x: Tensor, batch_sizes: Optional[Tensor], states, dtype: torch.dtype):
@@ -442,10 +456,10 @@ class LSTM(_FusedRNNBase):
             return super()._layers(x, batch_sizes, states, dtype)
         # One op for the whole stack: on the GPU its layers can run as one wavefront launch.
         ws = [self._layer_weights(layer, dtype) for layer in range(self.num_layers)]
-        per_layer = {k: ([w[k][0] for w in ws] if ws[0][k] is not None else None) for k in ws[0]}
-        x, h_n, c_n = ops.lstm_stack(x.to(dtype), batch_sizes, states[0].to(dtype), states[1].to(dtype),
-                                     per_layer["weight_ih"], per_layer["weight_hh"], per_layer["bias_ih"],
-                                     per_layer["bias_hh"], per_layer["weight_ph"], self.coupled)
+        w_ih, w_hh, b_ih, b_hh, _, w_ph = (None if ws[0][k] is None else [w[k][0] for w in ws]
+                                           for k in range(len(_WEIGHT_KINDS)))
+        x, h_n, c_n = ops.lstm_stack(_cast(x, dtype), batch_sizes, _cast(states[0], dtype), _cast(states[1], dtype),
+                                     w_ih, w_hh, b_ih, b_hh, w_ph, self.coupled)
         return x, [h_n, c_n]
 
 
@@ -533,10 +547,10 @@ class _FusedCellBase(nn.Module):
         _check_hx_tensors(states, f"{self._mode.lower()}_cell", self._num_states)
         result_dtype, compute_dtype = self._check_step(input, states)
         # One time step of the fused layer op: [1, B, I] in, the states after that step out.
-        step_states = [states[i].unsqueeze(0).to(compute_dtype) for i in range(self._num_states)]
-        _, *finals = self._layer_op(input.unsqueeze(0).to(compute_dtype), None, step_states,
+        step_states = [_cast(states[i].unsqueeze(0), compute_dtype) for i in range(self._num_states)]
+        _, *finals = self._layer_op(_cast(input.unsqueeze(0), compute_dtype), None, step_states,
                                     self._step_weights(compute_dtype))
-        finals = [final[0].to(result_dtype) for final in finals]
+        finals = [_cast(final[0], result_dtype) for final in finals]
         if not is_batched:
             finals = [final.squeeze(0) for final in finals]
         return _as_hx(finals, self._num_states)
@@ -580,11 +594,10 @@ class _FusedCellBase(nn.Module):
         result = _autocast_dtype(input, "cell", states[0]) or input.dtype
         return result, _compute_dtype(result, input.device)
 
-    def _step_weights(self, dtype: torch.dtype) -> dict:
+    def _step_weights(self, dtype: torch.dtype) -> tuple:
         """The parameters as a one-direction layer's weights (the form _lstm_layer and _gru_layer take)."""
-        params = {"weight_ih": self.weight_ih, "weight_hh": self.weight_hh, "bias_ih": self.bias_ih,
-                  "bias_hh": self.bias_hh, "weight_hr": None, "weight_ph": None}
-        return {name: (None if p is None else [p.to(dtype)]) for name, p in params.items()}
+        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return tuple(None if p is None else [_cast(p, dtype)] for p in params) + (None, None)
 
 
 class LSTMCell(_FusedCellBase):
