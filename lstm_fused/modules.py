@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import onnx_export, ops
+from . import _messages, onnx_export, ops
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert"]
 
@@ -63,7 +63,10 @@ def _compute_dtype(result: torch.dtype, device: torch.device) -> torch.dtype:
 
 def _check_hx_tensors(hx, op: str, count: int) -> None:
     """The argument checks nn's ops (_VF.lstm, _VF.lstm_cell) make on a tuple of hidden states, with their
-    exception types: TypeError for what is not a sequence of tensors, RuntimeError for a wrong count."""
+    exception types: TypeError for what is not a sequence of tensors, RuntimeError for a wrong count. (A GRU's
+    one state is a tensor of the caller's, not a sequence: nothing to check for count 1.)"""
+    if count == 1:
+        return
     if not isinstance(hx, (tuple, list)):
         raise TypeError(f"{op}(): argument 'hx' must be tuple of Tensors, not {type(hx).__name__}")
     for i, t in enumerate(hx):
@@ -75,6 +78,43 @@ def _check_hx_tensors(hx, op: str, count: int) -> None:
 
 def _apply_permutation(tensor: Tensor, permutation: Tensor, dim: int = 1) -> Tensor:
     return tensor.index_select(dim, permutation)
+
+
+# -- hidden states -----------------------------------------------------------------------------------------------
+# The modules and cells handle their hidden states as a sequence: LSTM's (h, c), GRU's (h,). An LSTM caller's hx
+# is used as that sequence as it is (nn indexes it, so a malformed hx fails as in nn); a GRU's is wrapped.
+def _as_states(hx, num_states: int):
+    return hx if num_states > 1 else (hx,)
+
+
+def _as_hx(states, num_states: int):
+    """The states in the form the caller gets them: (h, c) for LSTM, h for GRU."""
+    return tuple(states) if num_states > 1 else states[0]
+
+
+def _permuted(states, permutation: Optional[Tensor], num_states: int):
+    if permutation is None:
+        return states
+    return tuple(_apply_permutation(states[i], permutation) for i in range(num_states))
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    # Tensor.to returns the tensor itself when the dtype already matches, but its call costs ~3 µs: on a small
+    # layer the forward's dozen casts would cost more than the kernel.
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+# -- the fused ops, called alike: (input, batch_sizes, states, weights) -> (output, *final states) ----------------
+# `weights` is one entry per kind in _WEIGHT_KINDS' order: a list over the directions, or None where absent.
+_WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ph")
+
+
+def _lstm_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, coupled: bool = False):
+    return ops.lstm_layer(x, batch_sizes, states[0], states[1], *weights, coupled)
+
+
+def _gru_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights):
+    return ops.gru_layer(x, batch_sizes, states[0], *weights[:4])
 
 
 def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
@@ -110,8 +150,11 @@ def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, drop
 
 
 class _FusedRNNBase(nn.Module):
-    """What LSTM and GRU share with nn.RNNBase: constructor checks, parameters (names, shapes, order, seeded
-    init), attributes, repr and the input checks; not a subclass of nn.RNNBase (dynamo refuses those)."""
+    """What LSTM and GRU share: nn.RNNBase's constructor checks, parameters (names, shapes, order, seeded init),
+    attributes and repr, and the whole forward (argument checks, batching, packing, hidden states, the layer
+    loop); not a subclass of nn.RNNBase (dynamo refuses those). A subclass gives `_num_states` (LSTM: h and c),
+    `_layer_op` (its fused layer op), `_packed_states` (a PackedSequence's hx checked and permuted in nn's order)
+    and `_result_dtypes` (the dtypes of the results, autocast included)."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
@@ -161,6 +204,14 @@ class _FusedRNNBase(nn.Module):
                     names.append(name)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
+        # Per layer, per kind of _WEIGHT_KINDS: the parameter names over the directions (None where absent),
+        # resolved once here rather than parsed from the names on every forward.
+        suffixes = ("", "_reverse")[:num_directions]
+        self._weight_names = [
+            tuple([f"{kind}_l{layer}{sfx}" for sfx in suffixes] if f"{kind}_l{layer}" in self._parameters else None
+                  for kind in _WEIGHT_KINDS)
+            for layer in range(num_layers)
+        ]
         self.reset_parameters()
 
     # -- nn.RNNBase's attributes and housekeeping----------------------------------------------------------
@@ -207,46 +258,157 @@ class _FusedRNNBase(nn.Module):
             s += ", coupled=True"
         return s.format(**self.__dict__)
 
-    # -- argument checks (nn.LSTM's messages and exception types) -------------------------------------------
+    # -- argument checks (nn's messages and exception types) ------------------------------------------------------
     def _check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
         for p in self._flat_weights:
             if p.device != input.device:
-                raise RuntimeError(
-                    f"Input and parameter tensors are not at the same device, found input tensor at {input.device} "
-                    f"and parameter tensor at {p.device}"
-                )
+                raise RuntimeError(_messages.parameter_device(input.device, p.device))
         weight_dtype = self.weight_ih_l0.dtype
         if not _dtypes_compatible(input.dtype, weight_dtype):
             # nn.LSTM checks dtypes in Python only for padded input (ValueError); for a PackedSequence the
             # mismatch surfaces from its kernels as a RuntimeError. Same types here, clearer message.
             raise (RuntimeError if batch_sizes is not None else ValueError)(
-                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
-                f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})"
+                _messages.input_dtype(str(input.dtype), str(weight_dtype))
             )
         expected_input_dim = 2 if batch_sizes is not None else 3
         if input.dim() != expected_input_dim:
-            raise RuntimeError(f"input must have {expected_input_dim} dimensions, got {input.dim()}")
+            raise RuntimeError(_messages.input_dims(expected_input_dim, input.dim()))
         if self.input_size != input.size(-1):
-            raise RuntimeError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
-            )
+            raise RuntimeError(_messages.input_size(self.input_size, input.size(-1)))
 
-    def _layer_weights(self, layer: int, dtype: torch.dtype) -> dict:
-        """Per-parameter lists over the layer's directions: {"weight_ih": [fwd, rev], ..., "weight_ph": None}."""
+    def _check_ranks(self, input: Tensor, hx) -> tuple:
+        """nn's rank checks on padded input (ValueError) and its hx (RuntimeError). Returns whether the input is
+        batched, and hx as the sequence of states (None for hx None), unbatched ones given a batch dimension."""
+        if input.dim() not in (2, 3):
+            raise ValueError(_messages.bad_rank(self.mode, "input", 3, input.dim()))
+        is_batched = input.dim() == 3
+        if hx is None:
+            return is_batched, None
+        states = _as_states(hx, self._num_states)
+        # In nn's order (h, its rank, c, its rank): a malformed hx fails as it does in nn.
+        dims = [states[i].dim() for i in range(self._num_states)]
+        if any(d != (3 if is_batched else 2) for d in dims):
+            raise RuntimeError(_messages.hidden_rank(self.mode, is_batched, dims))
+        if not is_batched:
+            states = tuple(states[i].unsqueeze(1) for i in range(self._num_states))
+        return is_batched, states
+
+    def _state_widths(self) -> tuple:
+        """The last dimension of each hidden state: h's (proj_size with a projection), then LSTM's c's."""
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (real_hidden_size, self.hidden_size)[: self._num_states]
+
+    def _zero_states(self, input: Tensor, mini_batch: int) -> tuple:
         num_directions = 2 if self.bidirectional else 1
-        per_dir = [
-            {name.split("_l")[0]: getattr(self, name).to(dtype) for name in self._all_weights[layer * num_directions + d]}
-            for d in range(num_directions)
-        ]
-        keys = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ph")
-        return {k: ([w[k] for w in per_dir] if k in per_dir[0] else None) for k in keys}
+        return tuple(torch.zeros(self.num_layers * num_directions, mini_batch, width, dtype=input.dtype,
+                                 device=input.device) for width in self._state_widths())
+
+    def _check_hidden(self, states, mini_batch: int, from_data: bool = False) -> None:
+        num_directions = 2 if self.bidirectional else 1
+        expected = [(self.num_layers * num_directions, mini_batch, width) for width in self._state_widths()]
+        if from_data and torch.compiler.is_compiling():
+            # Packed input under torch.compile: the batch comes from batch_sizes' data, so it cannot be
+            # compared at trace time; these become runtime asserts instead.
+            for state, want in zip(states, expected):
+                torch._check(len(state.shape) == 3)
+                for g, w in zip(state.shape, want):
+                    torch._check(g == w)
+        else:
+            for i, want in enumerate(expected):
+                if states[i].size() != want:
+                    label = _messages.hidden_label(self._num_states, i)
+                    raise RuntimeError(_messages.hidden_size(label, want, list(states[i].size())))
+        weight = self.weight_ih_l0
+        for t in states:
+            if not _dtypes_compatible(t.dtype, weight.dtype):
+                raise RuntimeError(_messages.hidden_dtype(str(weight.dtype), str(t.dtype)))
+            if t.device != weight.device:
+                raise RuntimeError(_messages.hidden_device(weight.device, t.device))
+
+    def _layer_weights(self, layer: int, dtype: torch.dtype) -> tuple:
+        """The layer's weights in `dtype`, one entry per kind of _WEIGHT_KINDS: a list over the directions, or
+        None."""
+        return tuple(None if names is None else [_cast(getattr(self, name), dtype) for name in names]
+                     for names in self._weight_names[layer])
 
     def _check_device(self, x: Tensor) -> None:
         if x.device.type == "cuda" and not _HAS_CUDA_KERNELS:
-            raise RuntimeError(
-                "lstm_fused was built without CUDA kernels (the installed torch had no CUDA, or no CUDA toolkit was "
-                "found at build time). Rebuild with CUDA_HOME set: `pip install --no-build-isolation .`"
-            )
+            raise RuntimeError(_messages.NO_CUDA_KERNELS)
+
+    # -- forward -------------------------------------------------------------------------------------------------
+    def forward(self, input, hx=None):
+        """input: [T, B, I] ([B, T, I] with batch_first), unbatched [T, I], or a PackedSequence; hx: the initial
+        states, (h_0, c_0) for LSTM, h_0 for GRU (zeros when None). Returns the output, of the input's kind, and
+        the final states in hx's form."""
+        if onnx_export.is_exporting():  # torch.onnx.export: ONNX's own LSTM / GRU operator, one node per layer
+            return onnx_export.rnn_forward(self, input, hx)
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        return self._forward_padded(input, hx)
+
+    def _forward_padded(self, input: Tensor, hx):
+        is_batched, states = self._check_ranks(input, hx)
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        mini_batch = input.size(batch_dim)
+        self._check_input(input, None)
+        if states is None:
+            states = self._zero_states(input, mini_batch)
+        else:  # nn's order: the shapes (its check_forward_args), then its op's argument checks
+            self._check_hidden(states, mini_batch)
+            _check_hx_tensors(states, self.mode.lower(), self._num_states)
+        if input.size(1 - batch_dim) == 0:
+            raise RuntimeError(_messages.empty_sequence(self.mode))
+        x = input.transpose(0, 1) if self.batch_first else input
+        output, states = self._run_layers(x, None, states)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            states = tuple(s.squeeze(1) for s in states)
+        return output, _as_hx(states, self._num_states)
+
+    def _forward_packed(self, input: PackedSequence, hx):
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        self._check_input(data, batch_sizes)
+        mini_batch = int(batch_sizes[0])
+        if hx is None:
+            states = self._zero_states(data, mini_batch)
+        else:
+            states = self._packed_states(hx, sorted_indices, mini_batch)
+        output, states = self._run_layers(data, batch_sizes, states)
+        if unsorted_indices is not None:
+            states = tuple(_apply_permutation(s, unsorted_indices) for s in states)
+        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), _as_hx(states, self._num_states)
+
+    def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], states):
+        """x: time-major [T, B, I] or a PackedSequence's data, states [L·D, B, ·] -> (output, final states), in
+        the dtypes nn's counterpart returns."""
+        self._check_device(x)
+        output_dtype, state_dtypes = self._result_dtypes(x, batch_sizes, states)
+        x, finals = self._layers(x, batch_sizes, states, _compute_dtype(output_dtype, x.device))
+        return _cast(x, output_dtype), tuple(_cast(final, dtype) for final, dtype in zip(finals, state_dtypes))
+
+    def _layers(self, x: Tensor, batch_sizes: Optional[Tensor], states, dtype: torch.dtype):
+        """The layers computed in `dtype`: the last one's output and the final states of all."""
+        num_directions = 2 if self.bidirectional else 1
+        finals = [[] for _ in range(self._num_states)]
+        for layer in range(self.num_layers):
+            weights = self._layer_weights(layer, dtype)
+            first = layer * num_directions
+            if self.num_layers == 1:  # the states are the layer's: no views to make, nothing to concatenate
+                layer_states = [_cast(states[i], dtype) for i in range(self._num_states)]
+            else:
+                layer_states = [_cast(states[i][first : first + num_directions], dtype)
+                                for i in range(self._num_states)]
+            # One op per layer: both directions step together (one launch per step on the GPU).
+            x, *layer_finals = self._layer_op(_cast(x, dtype), batch_sizes, layer_states, weights)
+            for acc, final in zip(finals, layer_finals):
+                acc.append(final)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, [acc[0] if len(acc) == 1 else torch.cat(acc) for acc in finals]
 
 
 class LSTM(_FusedRNNBase):
@@ -262,159 +424,43 @@ class LSTM(_FusedRNNBase):
     (f = 1 − i; gate rows i, g, o, so W_ih/W_hh/biases have 3·hidden rows and weight_ph is [2, hidden]).
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-        *,
-        peephole: bool = False,
-        coupled: bool = False,
-    ) -> None:
+    _num_states = 2  # (h, c)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, peephole: bool = False, coupled: bool = False) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          proj_size, device, dtype, peephole, coupled)
 
-    def _check_hidden(self, hx: tuple[Tensor, Tensor], mini_batch: int, from_data: bool = False) -> None:
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        expected_h = (self.num_layers * num_directions, mini_batch, real_hidden)
-        expected_c = (self.num_layers * num_directions, mini_batch, self.hidden_size)
-        if from_data and torch.compiler.is_compiling():
-            # Packed input under torch.compile: the batch comes from batch_sizes' data, so it cannot be
-            # compared at trace time; these become runtime asserts instead.
-            for got, want in ((hx[0].shape, expected_h), (hx[1].shape, expected_c)):
-                torch._check(len(got) == 3)
-                for g, w in zip(got, want):
-                    torch._check(g == w)
-        else:
-            if hx[0].size() != expected_h:
-                raise RuntimeError(f"Expected hidden[0] size {expected_h}, got {list(hx[0].size())}")
-            if hx[1].size() != expected_c:
-                raise RuntimeError(f"Expected hidden[1] size {expected_c}, got {list(hx[1].size())}")
-        for t in hx:
-            if not _dtypes_compatible(t.dtype, self.weight_ih_l0.dtype):
-                raise RuntimeError(f"Expected hidden dtype {self.weight_ih_l0.dtype}, got {t.dtype}")
-            if t.device != self.weight_ih_l0.device:
-                raise RuntimeError(
-                    f"Input and hidden tensors are not at the same device, found input tensor at "
-                    f"{self.weight_ih_l0.device} and hidden tensor at {t.device}"
-                )
+    def _packed_states(self, hx, sorted_indices: Optional[Tensor], mini_batch: int):
+        # nn.LSTM's order: permute, then the op's argument checks, then the shapes.
+        states = _permuted(hx, sorted_indices, 2)
+        _check_hx_tensors(states, "lstm", 2)
+        self._check_hidden(states, mini_batch, from_data=True)
+        return states
 
-    def _zeros_hx(self, input: Tensor, mini_batch: int) -> tuple[Tensor, Tensor]:
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        shape = (self.num_layers * num_directions, mini_batch)
-        kw = {"dtype": input.dtype, "device": input.device}
-        return torch.zeros(*shape, real_hidden, **kw), torch.zeros(*shape, self.hidden_size, **kw)
-
-    # -- forward -------------------------------------------------------------------------------------------
-    def forward(self, input, hx: Optional[tuple[Tensor, Tensor]] = None):
-        if onnx_export.is_exporting():  # torch.onnx.export: ONNX's own LSTM operator, one node per layer
-            return onnx_export.lstm_forward(self, input, hx)
-        orig_input = input
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = orig_input
-            is_batched = True
-            self._check_input(input, batch_sizes)
-            mini_batch = int(batch_sizes[0])
-            if hx is None:
-                hx = self._zeros_hx(input, mini_batch)
-            else:
-                # nn.LSTM's order: permute, then the op's argument checks, then the shapes.
-                if sorted_indices is not None:
-                    hx = (_apply_permutation(hx[0], sorted_indices), _apply_permutation(hx[1], sorted_indices))
-                _check_hx_tensors(hx, "lstm", 2)
-                self._check_hidden(hx, mini_batch, from_data=True)
-            x = input
-        else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            batch_sizes = sorted_indices = unsorted_indices = None
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-            mini_batch = input.size(0) if self.batch_first else input.size(1)
-            if hx is None:
-                self._check_input(input, None)
-                hx = self._zeros_hx(input, mini_batch)
-            else:
-                if is_batched:
-                    if hx[0].dim() != 3 or hx[1].dim() != 3:
-                        raise RuntimeError(
-                            "For batched 3-D input, hx and cx should also be 3-D but got "
-                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                        )
-                else:
-                    if hx[0].dim() != 2 or hx[1].dim() != 2:
-                        raise RuntimeError(
-                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
-                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                        )
-                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-                self._check_input(input, None)
-                self._check_hidden(hx, mini_batch)
-                _check_hx_tensors(hx, "lstm", 2)
-            if input.size(0 if not self.batch_first else 1) == 0:
-                raise RuntimeError("LSTM: the input sequence is empty (0 time steps)")
-            x = input.transpose(0, 1) if self.batch_first else input
-
-        output, h_n, c_n = self._run_layers(x, batch_sizes, hx)
-
-        if isinstance(orig_input, PackedSequence):
-            packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                h_n, c_n = _apply_permutation(h_n, unsorted_indices), _apply_permutation(c_n, unsorted_indices)
-            return packed, (h_n, c_n)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return output, (h_n, c_n)
-
-    def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: tuple[Tensor, Tensor]):
-        self._check_device(x)
-        h0_all, c0_all = hx
-        packed = batch_sizes is not None
-        result_dtype = (_autocast_dtype(x, "lstm_packed" if packed and self.proj_size == 0 else "lstm", h0_all)
-                        or x.dtype)
+    def _result_dtypes(self, x: Tensor, batch_sizes: Optional[Tensor], states):
+        rule = "lstm_packed" if batch_sizes is not None and self.proj_size == 0 else "lstm"
+        output_dtype = _autocast_dtype(x, rule, states[0]) or x.dtype
         # nn.LSTM's projection path under CPU autocast returns c_n in c0's dtype (float32 for float32 input).
-        c_dtype = c0_all.dtype if (self.proj_size > 0 and x.device.type == "cpu"
-                                   and _autocast_dtype(x, "lstm") is not None) else result_dtype
-        compute_dtype = _compute_dtype(result_dtype, x.device)
-        num_directions = 2 if self.bidirectional else 1
-        if (self.num_layers > 1 and not self.bidirectional and self.proj_size == 0
+        c_dtype = states[1].dtype if (self.proj_size > 0 and x.device.type == "cpu"
+                                      and _autocast_dtype(x, "lstm") is not None) else output_dtype
+        return output_dtype, (output_dtype, c_dtype)
+
+    def _layer_op(self, x: Tensor, batch_sizes: Optional[Tensor], states, weights: tuple):
+        return _lstm_layer(x, batch_sizes, states, weights, self.coupled)
+
+    def _layers(self, x: Tensor, batch_sizes: Optional[Tensor], states, dtype: torch.dtype):
+        if not (self.num_layers > 1 and not self.bidirectional and self.proj_size == 0
                 and not (self.dropout > 0 and self.training)):
-            # One op for the whole stack: on the GPU its layers can run as one wavefront launch.
-            ws = [self._layer_weights(layer, compute_dtype) for layer in range(self.num_layers)]
-            per_layer = {k: ([w[k][0] for w in ws] if ws[0][k] is not None else None) for k in ws[0]}
-            x, h_n, c_n = ops.lstm_stack(x.to(compute_dtype), batch_sizes, h0_all.to(compute_dtype),
-                                         c0_all.to(compute_dtype), per_layer["weight_ih"], per_layer["weight_hh"],
-                                         per_layer["bias_ih"], per_layer["bias_hh"], per_layer["weight_ph"],
-                                         self.coupled)
-            return x.to(result_dtype), h_n.to(result_dtype), c_n.to(c_dtype)
-        h_out, c_out = [], []
-        for layer in range(self.num_layers):
-            w = self._layer_weights(layer, compute_dtype)
-            first = layer * num_directions
-            h0 = h0_all[first : first + num_directions].to(compute_dtype)
-            c0 = c0_all[first : first + num_directions].to(compute_dtype)
-            # One op per layer: both directions step together (one launch per step on the GPU).
-            x, h_n, c_n = ops.lstm_layer(x.to(compute_dtype), batch_sizes, h0, c0, w["weight_ih"], w["weight_hh"],
-                                         w["bias_ih"], w["bias_hh"], w["weight_hr"], w["weight_ph"], self.coupled)
-            h_out.append(h_n)
-            c_out.append(c_n)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-        return x.to(result_dtype), torch.cat(h_out).to(result_dtype), torch.cat(c_out).to(c_dtype)
+            return super()._layers(x, batch_sizes, states, dtype)
+        # One op for the whole stack: on the GPU its layers can run as one wavefront launch.
+        ws = [self._layer_weights(layer, dtype) for layer in range(self.num_layers)]
+        w_ih, w_hh, b_ih, b_hh, _, w_ph = (None if ws[0][k] is None else [w[k][0] for w in ws]
+                                           for k in range(len(_WEIGHT_KINDS)))
+        x, h_n, c_n = ops.lstm_stack(_cast(x, dtype), batch_sizes, _cast(states[0], dtype), _cast(states[1], dtype),
+                                     w_ih, w_hh, b_ih, b_hh, w_ph, self.coupled)
+        return x, [h_n, c_n]
 
 
 class GRU(_FusedRNNBase):
@@ -425,19 +471,12 @@ class GRU(_FusedRNNBase):
     returns ``output, h_n``.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        **kwargs,
-    ) -> None:
+    _num_states = 1
+    _layer_op = staticmethod(_gru_layer)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
+                 **kwargs) -> None:
         if "proj_size" in kwargs:  # as nn.GRU
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
@@ -445,102 +484,23 @@ class GRU(_FusedRNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
                          device, dtype)
 
-    def _check_hidden(self, hx: Tensor, mini_batch, from_data: bool = False) -> None:
-        expected = (self.num_layers * (2 if self.bidirectional else 1), mini_batch, self.hidden_size)
-        if from_data and torch.compiler.is_compiling():
-            torch._check(hx.dim() == 3)
-            for g, w in zip(hx.shape, expected):
-                torch._check(g == w)
-        elif hx.size() != expected:
-            raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
-        if not _dtypes_compatible(hx.dtype, self.weight_ih_l0.dtype):
-            raise RuntimeError(f"Expected hidden dtype {self.weight_ih_l0.dtype}, got {hx.dtype}")
-        if hx.device != self.weight_ih_l0.device:
-            raise RuntimeError(
-                f"Input and hidden tensors are not at the same device, found input tensor at "
-                f"{self.weight_ih_l0.device} and hidden tensor at {hx.device}"
-            )
+    def _packed_states(self, hx, sorted_indices: Optional[Tensor], mini_batch: int):
+        # Checked before the permutation (nn.GRU permutes first): a wrong batch size gets "Expected hidden size"
+        # rather than an indexing error.
+        states = (hx,)
+        self._check_hidden(states, mini_batch, from_data=True)
+        return _permuted(states, sorted_indices, 1)
 
-    def forward(self, input, hx: Optional[Tensor] = None):
-        if onnx_export.is_exporting():  # torch.onnx.export: ONNX's own GRU operator, one node per layer
-            return onnx_export.gru_forward(self, input, hx)
-        orig_input = input
-        num_directions = 2 if self.bidirectional else 1
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = orig_input
-            is_batched = True
-            self._check_input(input, batch_sizes)
-            mini_batch = int(batch_sizes[0])
-            if hx is None:
-                hx = torch.zeros(self.num_layers * num_directions, mini_batch, self.hidden_size, dtype=input.dtype,
-                                 device=input.device)
-            else:
-                self._check_hidden(hx, mini_batch, from_data=True)
-                if sorted_indices is not None:
-                    hx = _apply_permutation(hx, sorted_indices)
-            x = input
-        else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            batch_sizes = sorted_indices = unsorted_indices = None
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                        )
-                    hx = hx.unsqueeze(1)
-            elif hx is not None and hx.dim() != 3:
-                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-            mini_batch = input.size(0) if self.batch_first else input.size(1)
-            self._check_input(input, None)
-            if hx is None:
-                hx = torch.zeros(self.num_layers * num_directions, mini_batch, self.hidden_size, dtype=input.dtype,
-                                 device=input.device)
-            else:
-                self._check_hidden(hx, mini_batch)
-            if input.size(0 if not self.batch_first else 1) == 0:
-                raise RuntimeError("GRU: the input sequence is empty (0 time steps)")
-            x = input.transpose(0, 1) if self.batch_first else input
-
-        output, h_n = self._run_layers(x, batch_sizes, hx)
-
-        if isinstance(orig_input, PackedSequence):
-            packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            if unsorted_indices is not None:
-                h_n = _apply_permutation(h_n, unsorted_indices)
-            return packed, h_n
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            h_n = h_n.squeeze(1)
-        return output, h_n
-
-    def _run_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor):
-        self._check_device(x)
-        result_dtype = _autocast_dtype(x, "gru", hx) or x.dtype
-        compute_dtype = _compute_dtype(result_dtype, x.device)
-        num_directions = 2 if self.bidirectional else 1
-        h_out = []
-        for layer in range(self.num_layers):
-            w = self._layer_weights(layer, compute_dtype)
-            first = layer * num_directions
-            h0 = hx[first : first + num_directions].to(compute_dtype)
-            x, h_n = ops.gru_layer(x.to(compute_dtype), batch_sizes, h0, w["weight_ih"], w["weight_hh"], w["bias_ih"],
-                                   w["bias_hh"])
-            h_out.append(h_n)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
-        return x.to(result_dtype), torch.cat(h_out).to(result_dtype)
+    def _result_dtypes(self, x: Tensor, batch_sizes: Optional[Tensor], states):
+        output_dtype = _autocast_dtype(x, "gru", states[0]) or x.dtype
+        return output_dtype, (output_dtype,)
 
 
 class _FusedCellBase(nn.Module):
     """What LSTMCell and GRUCell share with nn.RNNCellBase: parameters weight_ih [gates·H, I], weight_hh
-    [gates·H, H], bias_ih, bias_hh (None without bias), seeded init and repr."""
+    [gates·H, H], bias_ih, bias_hh (None without bias), seeded init and repr; and the forward, one step of the
+    fused layer op. A subclass gives `_mode` ("LSTM" / "GRU"), `_name` (nn's class name), `_num_states` and
+    `_layer_op`."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None, dtype=None) -> None:
         super().__init__()
@@ -575,33 +535,69 @@ class _FusedCellBase(nn.Module):
             s += ", bias={bias}"
         return s.format(**self.__dict__)
 
+    def forward(self, input, hx=None):
+        """input: [B, I] or unbatched [I]; hx: the states, (h, c) for LSTMCell, h for GRUCell (zeros when None).
+        Returns the states after the step, in hx's form."""
+        if onnx_export.is_exporting():  # torch.onnx.export: a one-step ONNX LSTM / GRU node
+            return onnx_export.cell_forward(self, input, hx)
+        input, states, is_batched = self._batched_step_args(input, hx)
+        if states is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            states = (zeros,) * self._num_states
+        _check_hx_tensors(states, f"{self._mode.lower()}_cell", self._num_states)
+        result_dtype, compute_dtype = self._check_step(input, states)
+        # One time step of the fused layer op: [1, B, I] in, the states after that step out.
+        step_states = [_cast(states[i].unsqueeze(0), compute_dtype) for i in range(self._num_states)]
+        _, *finals = self._layer_op(_cast(input.unsqueeze(0), compute_dtype), None, step_states,
+                                    self._step_weights(compute_dtype))
+        finals = [_cast(final[0], result_dtype) for final in finals]
+        if not is_batched:
+            finals = [final.squeeze(0) for final in finals]
+        return _as_hx(finals, self._num_states)
+
+    def _batched_step_args(self, input: Tensor, hx):
+        """nn's rank checks (ValueError) on the input and the states; returns the input as [B, I], the states
+        as a sequence of [B, H] (None for hx None) and whether the input was batched."""
+        if input.dim() not in (1, 2):
+            raise ValueError(_messages.bad_rank(self._name, "input", 2, input.dim()))
+        states = None if hx is None else _as_states(hx, self._num_states)
+        if states is not None:
+            for idx, value in enumerate(states):
+                if value.dim() not in (1, 2):
+                    label = _messages.cell_state_label(self._num_states, idx)
+                    raise ValueError(_messages.bad_rank(self._name, label, 2, value.dim()))
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+            if states is not None:
+                states = tuple(states[i].unsqueeze(0) for i in range(self._num_states))
+        return input, states, is_batched
+
+    def _check_input_size(self, input: Tensor) -> None:
+        if input.size(1) != self.input_size:
+            raise RuntimeError(_messages.cell_input_size(input.size(1), self.input_size))
+
     def _check_step(self, input: Tensor, states) -> tuple[torch.dtype, torch.dtype]:
         """nn's cell checks (RuntimeError, as _VF raises) on the batched input and states; returns the dtypes
         of the results and of the computation."""
-        if input.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        self._check_input_size(input)
         if self.weight_ih.device != input.device:
-            raise RuntimeError(
-                f"Input and parameter tensors are not at the same device, found input tensor at {input.device} "
-                f"and parameter tensor at {self.weight_ih.device}"
-            )
+            raise RuntimeError(_messages.parameter_device(input.device, self.weight_ih.device))
         for idx, value in enumerate(states):
             if value.shape != (input.size(0), self.hidden_size):
                 raise RuntimeError(
-                    f"hx[{idx}] has inconsistent shape: got {list(value.shape)}, expected "
-                    f"{[input.size(0), self.hidden_size]}"
+                    _messages.cell_state_shape(idx, list(value.shape), [input.size(0), self.hidden_size])
                 )
             if not (_dtypes_compatible(value.dtype, input.dtype) and _dtypes_compatible(self.weight_ih.dtype, input.dtype)):
-                raise RuntimeError(
-                    f"{type(self).__name__}: expected input, hidden state and weights of one dtype, got input "
-                    f"{input.dtype}, hidden {value.dtype}, weights {self.weight_ih.dtype}"
-                )
+                raise RuntimeError(_messages.cell_dtypes(type(self).__name__, str(input.dtype), str(value.dtype),
+                                                         str(self.weight_ih.dtype)))
         result = _autocast_dtype(input, "cell", states[0]) or input.dtype
         return result, _compute_dtype(result, input.device)
 
-    def _step_weights(self, dtype: torch.dtype):
-        w = [p.to(dtype) if p is not None else None for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
-        return [w[0]], [w[1]], ([w[2]] if self.bias else None), ([w[3]] if self.bias else None)
+    def _step_weights(self, dtype: torch.dtype) -> tuple:
+        """The parameters as a one-direction layer's weights (the form _lstm_layer and _gru_layer take)."""
+        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return tuple(None if p is None else [_cast(p, dtype)] for p in params) + (None, None)
 
 
 class LSTMCell(_FusedCellBase):
@@ -611,64 +607,21 @@ class LSTMCell(_FusedCellBase):
     forward semantics (batched [B, I] or unbatched [I] input, optional ``(h, c)``), returning ``(h', c')``.
     """
 
+    _mode, _name, _num_states = "LSTM", "LSTMCell", 2
+    _layer_op = staticmethod(_lstm_layer)
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
-
-    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
-        if onnx_export.is_exporting():  # torch.onnx.export: a one-step ONNX LSTM node
-            return onnx_export.lstm_cell_forward(self, input, hx)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None:
-            for idx, value in enumerate(hx):
-                if value.dim() not in (1, 2):
-                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-            hx = (zeros, zeros)
-        elif not is_batched:
-            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        _check_hx_tensors(hx, "lstm_cell", 2)
-        result_dtype, compute_dtype = self._check_step(input, hx)
-        w_ih, w_hh, b_ih, b_hh = self._step_weights(compute_dtype)
-        # One time step of the fused layer op: [1, B, I] in, h and c of that step out.
-        _, h_n, c_n = ops.lstm_layer(input.unsqueeze(0).to(compute_dtype), None, hx[0].unsqueeze(0).to(compute_dtype),
-                                     hx[1].unsqueeze(0).to(compute_dtype), w_ih, w_hh, b_ih, b_hh, None)
-        h, c = h_n[0].to(result_dtype), c_n[0].to(result_dtype)
-        if not is_batched:
-            h, c = h.squeeze(0), c.squeeze(0)
-        return h, c
 
 
 class GRUCell(_FusedCellBase):
     r"""Drop-in replacement for :class:`torch.nn.GRUCell`: one fused GRU step per call, returning h'."""
 
+    _mode, _name, _num_states = "GRU", "GRUCell", 1
+    _layer_op = staticmethod(_gru_layer)
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
-
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        if onnx_export.is_exporting():  # torch.onnx.export: a one-step ONNX GRU node
-            return onnx_export.gru_cell_forward(self, input, hx)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        result_dtype, compute_dtype = self._check_step(input, (hx,))
-        w_ih, w_hh, b_ih, b_hh = self._step_weights(compute_dtype)
-        _, h_n = ops.gru_layer(input.unsqueeze(0).to(compute_dtype), None, hx.unsqueeze(0).to(compute_dtype), w_ih,
-                               w_hh, b_ih, b_hh)
-        h = h_n[0].to(result_dtype)
-        return h if is_batched else h.squeeze(0)
 
 
 # The hook registries of nn.Module that a replacement takes over (the dicts themselves, so that the handles the

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["is_exporting", "lstm_forward", "gru_forward", "lstm_cell_forward", "gru_cell_forward"]
+__all__ = ["is_exporting", "rnn_forward", "cell_forward"]
 
 
 def is_exporting() -> bool:
@@ -158,35 +158,25 @@ class _TorchScriptGRU(torch.autograd.Function):
                     direction_s=direction, linear_before_reset_i=1, outputs=2)
 
 
-def _onnx_lstm(x, w, r, b, h0, c0, p, hidden_size: int, d: int):
-    """ONNX LSTM node over d directions: x [T, B, I], w [d, 4H, I], r [d, 4H, H], b [d, 8H] or None, h0/c0
-    [d, B, H] or None, p [d, 3H] or None. Returns Y [T, d, B, H], Y_h [d, B, H], Y_c [d, B, H]."""
+def _onnx_node(op: str, x, w, r, b, initial: list, p, hidden_size: int, d: int):
+    """ONNX `op` node (LSTM, or GRU with linear_before_reset=1) over d directions: x [T, B, I], w [d, G·H, I],
+    r [d, G·H, H], b [d, 2G·H] or None, initial: the initial states (h0, LSTM's c0), each [d, B, H] or None,
+    p [d, 3H] or None (LSTM's peepholes). Returns Y [T, d, B, H] and the final states, each [d, B, H]."""
     direction = "bidirectional" if d == 2 else "forward"
     if torch.jit.is_tracing():  # the TorchScript-based exporter
-        return _TorchScriptLSTM.apply(x, w, r, b, h0, c0, p, hidden_size, direction)
-    inputs = [x, w, r, b, None, h0, c0, p]
-    while inputs[-1] is None:
+        if op == "LSTM":
+            return _TorchScriptLSTM.apply(x, w, r, b, *initial, p, hidden_size, direction)
+        return _TorchScriptGRU.apply(x, w, r, b, *initial, hidden_size, direction)
+    inputs = [x, w, r, b, None, *initial, p]
+    while inputs[-1] is None:  # trailing omitted inputs are simply left out
         inputs.pop()
+    attributes = {"hidden_size": hidden_size, "direction": direction}
+    if op == "GRU":
+        attributes["linear_before_reset"] = 1
     t, batch = x.shape[0], x.shape[1]
-    y, y_h, y_c = torch.onnx.ops.symbolic_multi_out(
-        "LSTM", inputs, {"hidden_size": hidden_size, "direction": direction}, dtypes=[x.dtype] * 3,
-        shapes=[[t, d, batch, hidden_size], [d, batch, hidden_size], [d, batch, hidden_size]])
-    return y, y_h, y_c
-
-
-def _onnx_gru(x, w, r, b, h0, hidden_size: int, d: int):
-    """ONNX GRU node (linear_before_reset=1): shapes as _onnx_lstm, b [D, 6H]. Returns Y, Y_h."""
-    direction = "bidirectional" if d == 2 else "forward"
-    if torch.jit.is_tracing():
-        return _TorchScriptGRU.apply(x, w, r, b, h0, hidden_size, direction)
-    inputs = [x, w, r, b, None, h0]
-    while inputs[-1] is None:
-        inputs.pop()
-    t, batch = x.shape[0], x.shape[1]
-    y, y_h = torch.onnx.ops.symbolic_multi_out(
-        "GRU", inputs, {"hidden_size": hidden_size, "direction": direction, "linear_before_reset": 1},
-        dtypes=[x.dtype] * 2, shapes=[[t, d, batch, hidden_size], [d, batch, hidden_size]])
-    return y, y_h
+    return torch.onnx.ops.symbolic_multi_out(
+        op, inputs, attributes, dtypes=[x.dtype] * (1 + len(initial)),
+        shapes=[[t, d, batch, hidden_size]] + [[d, batch, hidden_size]] * len(initial))
 
 
 # -- layers -------------------------------------------------------------------------------------------------------
@@ -205,26 +195,19 @@ def _stack(tensors, dtype):
     return _cast(torch.stack(tensors), dtype)
 
 
-def _lstm_node_weights(ps: list, coupled: bool, dtype):
-    w = _stack([_lstm_rows(p["weight_ih"], coupled) for p in ps], dtype)
-    r = _stack([_lstm_rows(p["weight_hh"], coupled) for p in ps], dtype)
+def _node_weights(op: str, ps: list, coupled: bool, dtype):
+    """W, R, B (None without bias) and P (LSTM's peepholes; None without) of an `op` node, from the parameters of
+    its directions."""
+    rows = _gru_rows if op == "GRU" else (lambda t: _lstm_rows(t, coupled))
+    w = _stack([rows(p["weight_ih"]) for p in ps], dtype)
+    r = _stack([rows(p["weight_hh"]) for p in ps], dtype)
     b = None
     if ps[0]["bias_ih"] is not None:
-        b = _stack([torch.cat([_lstm_rows(p["bias_ih"], coupled), _lstm_rows(p["bias_hh"], coupled)]) for p in ps],
-                   dtype)
+        b = _stack([torch.cat([rows(p["bias_ih"]), rows(p["bias_hh"])]) for p in ps], dtype)
     ph = None
     if ps[0]["weight_ph"] is not None:
         ph = _stack([_lstm_peepholes(p["weight_ph"], coupled) for p in ps], dtype)
     return w, r, b, ph
-
-
-def _gru_node_weights(ps: list, dtype):
-    w = _stack([_gru_rows(p["weight_ih"]) for p in ps], dtype)
-    r = _stack([_gru_rows(p["weight_hh"]) for p in ps], dtype)
-    b = None
-    if ps[0]["bias_ih"] is not None:
-        b = _stack([torch.cat([_gru_rows(p["bias_ih"]), _gru_rows(p["bias_hh"])]) for p in ps], dtype)
-    return w, r, b
 
 
 def _y_to_output(y: Tensor) -> Tensor:
@@ -241,120 +224,81 @@ def _warn_dropout(module) -> None:
         )
 
 
-def _sequence_input(module, input, hx, name: str, num_states: int):
-    """Checks and normalises a module's sequence input for export: returns (x [T, B, I] time-major, hx as a
-    tuple of [L·D, B, ·] tensors or None, is_batched)."""
+def _as_hx(states: list, num_states: int):
+    return tuple(states) if num_states > 1 else states[0]
+
+
+def _sequence_input(module, input, hx):
+    """The module's own checks on its sequence input, for export: returns (x [T, B, I] time-major, the states
+    [L·D, B, ·] or None, is_batched)."""
     # (The TorchScript-based exporter hands a PackedSequence over as a plain tuple of its tensors.)
     if isinstance(input, (PackedSequence, tuple, list)):
         raise _unsupported(
-            f"{name} with PackedSequence input", "the packing (batch_sizes, sorted_indices) is data that ONNX's "
-            f"{name} operator cannot take", "Export the module with padded input instead ([T, B, I], or "
-            "[B, T, I] with batch_first) and use the outputs at each sequence's length")
-    if input.dim() not in (2, 3):
-        raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
-    is_batched = input.dim() == 3
-    if hx is not None:
-        hx = tuple(hx) if num_states == 2 else (hx,)
-        want = 3 if is_batched else 2
-        if any(h.dim() != want for h in hx):  # the modules' messages
-            dims = ", ".join(f"{h.dim()}-D" for h in hx)
-            kind = "batched 3-D" if is_batched else "unbatched 2-D"
-            raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got ({dims}) tensors"
-                               if num_states == 2 else f"For {kind} input, hx should also be {want}-D but got {dims} "
-                               "tensor")
+            f"{module.mode} with PackedSequence input", "the packing (batch_sizes, sorted_indices) is data that "
+            f"ONNX's {module.mode} operator cannot take", "Export the module with padded input instead ([T, B, I], "
+            "or [B, T, I] with batch_first) and use the outputs at each sequence's length")
+    is_batched, states = module._check_ranks(input, hx)
     if not is_batched:
         x = input.unsqueeze(1)
-        hx = tuple(h.unsqueeze(1) for h in hx) if hx is not None else None
     else:
         x = input.transpose(0, 1) if module.batch_first else input
     with _static_checks():
         module._check_input(x, None)
-        if hx is not None:
-            module._check_hidden(hx if num_states == 2 else hx[0], x.size(1))
-    return x, hx, is_batched
+        if states is not None:
+            module._check_hidden(states, x.size(1))
+    return x, states, is_batched
 
 
-def _sequence_output(module, out: Tensor, states: tuple, is_batched: bool, dtype: torch.dtype):
+def _sequence_output(module, out: Tensor, states: list, is_batched: bool, dtype: torch.dtype):
     out = _cast(out, dtype)
-    states = tuple(_cast(s, dtype) for s in states)
+    states = [_cast(s, dtype) for s in states]
     if not is_batched:
-        return out.squeeze(1), tuple(s.squeeze(1) for s in states)
+        return out.squeeze(1), [s.squeeze(1) for s in states]
     return (out.transpose(0, 1) if module.batch_first else out), states
 
 
-def lstm_forward(module, input, hx: Optional[tuple] = None):
-    """lstm_fused.LSTM.forward under torch.onnx.export: one ONNX LSTM node per layer."""
-    _refuse_strict_retry("LSTM")
-    kind = "LSTM" + "".join(f" ({v}=True)" for v in ("peephole", "coupled") if getattr(module, v))
+def rnn_forward(module, input, hx=None):
+    """lstm_fused.LSTM / GRU .forward under torch.onnx.export: one ONNX LSTM / GRU node per layer."""
+    op, num_states = module.mode, module._num_states
+    _refuse_strict_retry(op)
     if module.proj_size > 0:
+        kind = "LSTM" + "".join(f" ({v}=True)" for v in ("peephole", "coupled") if getattr(module, v))
         raise _unsupported(
             f"{kind} with proj_size>0", "ONNX's LSTM operator has no projection (h_t = W_hr·h_t)",
             "Export a model without proj_size, or keep the projected LSTM in PyTorch (torch.export / AOTInductor "
             "handle lstm_fused's ops)")
-    x, hx, is_batched = _sequence_input(module, input, hx, "LSTM", 2)
+    x, states, is_batched = _sequence_input(module, input, hx)
     _warn_dropout(module)
     result_dtype = x.dtype
     dtype = _compute_dtype(result_dtype)
     x = _cast(x, dtype)
     num_directions = 2 if module.bidirectional else 1
-    h_out, c_out = [], []
+    finals = [[] for _ in range(num_states)]
     for layer in range(module.num_layers):
         ps = [_params(module, layer, d) for d in range(num_directions)]
-        w, r, b, ph = _lstm_node_weights(ps, module.coupled, dtype)
+        w, r, b, ph = _node_weights(op, ps, module.coupled, dtype)
         first = layer * num_directions
-        h0 = _cast(hx[0][first:first + num_directions], dtype) if hx is not None else None
-        c0 = _cast(hx[1][first:first + num_directions], dtype) if hx is not None else None
-        y, y_h, y_c = _onnx_lstm(x, w, r, b, h0, c0, ph, module.hidden_size, num_directions)
+        initial = [None if states is None else _cast(states[i][first:first + num_directions], dtype)
+                   for i in range(num_states)]
+        y, *layer_finals = _onnx_node(op, x, w, r, b, initial, ph, module.hidden_size, num_directions)
         x = _y_to_output(y)
-        h_out.append(y_h)
-        c_out.append(y_c)
-    h_n = h_out[0] if len(h_out) == 1 else torch.cat(h_out)
-    c_n = c_out[0] if len(c_out) == 1 else torch.cat(c_out)
-    out, (h_n, c_n) = _sequence_output(module, x, (h_n, c_n), is_batched, result_dtype)
-    return out, (h_n, c_n)
+        for acc, final in zip(finals, layer_finals):
+            acc.append(final)
+    finals = [acc[0] if len(acc) == 1 else torch.cat(acc) for acc in finals]
+    out, finals = _sequence_output(module, x, finals, is_batched, result_dtype)
+    return out, _as_hx(finals, num_states)
 
 
-def gru_forward(module, input, hx: Optional[Tensor] = None):
-    """lstm_fused.GRU.forward under torch.onnx.export: one ONNX GRU node (linear_before_reset=1) per layer."""
-    _refuse_strict_retry("GRU")
-    x, hx, is_batched = _sequence_input(module, input, hx, "GRU", 1)
-    _warn_dropout(module)
-    result_dtype = x.dtype
-    dtype = _compute_dtype(result_dtype)
-    x = _cast(x, dtype)
-    num_directions = 2 if module.bidirectional else 1
-    h_out = []
-    for layer in range(module.num_layers):
-        ps = [_params(module, layer, d) for d in range(num_directions)]
-        w, r, b = _gru_node_weights(ps, dtype)
-        first = layer * num_directions
-        h0 = _cast(hx[0][first:first + num_directions], dtype) if hx is not None else None
-        y, y_h = _onnx_gru(x, w, r, b, h0, module.hidden_size, num_directions)
-        x = _y_to_output(y)
-        h_out.append(y_h)
-    h_n = h_out[0] if len(h_out) == 1 else torch.cat(h_out)
-    out, (h_n,) = _sequence_output(module, x, (h_n,), is_batched, result_dtype)
-    return out, h_n
-
-
-def _cell_input(module, input, hx, name: str, num_states: int):
-    if input.dim() not in (1, 2):
-        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-    if hx is not None:
-        hx = tuple(hx) if num_states == 2 else (hx,)
-        for idx, value in enumerate(hx):
-            if value.dim() not in (1, 2):
-                raise ValueError(f"{name}: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
-    is_batched = input.dim() == 2
-    if not is_batched:
-        input = input.unsqueeze(0)
-        hx = tuple(h.unsqueeze(0) for h in hx) if hx is not None else None
+def _cell_input(module, input, hx):
+    """The cell's own checks on its input, for export: returns (input [B, I], the states [B, H] or None,
+    is_batched)."""
+    x, states, is_batched = module._batched_step_args(input, hx)
     with _static_checks():
-        if hx is not None:
-            module._check_step(input, hx)
-        elif input.size(1) != module.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {module.input_size}")
-    return input, hx, is_batched
+        if states is not None:
+            module._check_step(x, states)
+        else:
+            module._check_input_size(x)
+    return x, states, is_batched
 
 
 def _cell_params(module) -> list:
@@ -362,29 +306,17 @@ def _cell_params(module) -> list:
              "bias_hh": module.bias_hh, "weight_ph": None}]
 
 
-def lstm_cell_forward(module, input, hx: Optional[tuple] = None):
-    """lstm_fused.LSTMCell.forward under torch.onnx.export: a one-step ONNX LSTM node."""
-    _refuse_strict_retry("LSTMCell")
-    x, hx, is_batched = _cell_input(module, input, hx, "LSTMCell", 2)
+def cell_forward(module, input, hx=None):
+    """lstm_fused.LSTMCell / GRUCell .forward under torch.onnx.export: a one-step ONNX LSTM / GRU node."""
+    op, num_states = module._mode, module._num_states
+    _refuse_strict_retry(module._name)
+    x, states, is_batched = _cell_input(module, input, hx)
     result_dtype = x.dtype
     dtype = _compute_dtype(result_dtype)
-    w, r, b, _ = _lstm_node_weights(_cell_params(module), False, dtype)
-    h0, c0 = (None, None) if hx is None else (_cast(hx[0].unsqueeze(0), dtype), _cast(hx[1].unsqueeze(0), dtype))
-    _, y_h, y_c = _onnx_lstm(_cast(x.unsqueeze(0), dtype), w, r, b, h0, c0, None, module.hidden_size, 1)
-    h, c = _cast(y_h[0], result_dtype), _cast(y_c[0], result_dtype)
-    return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
-
-
-def gru_cell_forward(module, input, hx: Optional[Tensor] = None):
-    """lstm_fused.GRUCell.forward under torch.onnx.export: a one-step ONNX GRU node."""
-    _refuse_strict_retry("GRUCell")
-    if hx is not None and hx.dim() not in (1, 2):
-        raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-    x, hx, is_batched = _cell_input(module, input, hx, "GRUCell", 1)
-    result_dtype = x.dtype
-    dtype = _compute_dtype(result_dtype)
-    w, r, b = _gru_node_weights(_cell_params(module), dtype)
-    h0 = _cast(hx[0].unsqueeze(0), dtype) if hx is not None else None
-    _, y_h = _onnx_gru(_cast(x.unsqueeze(0), dtype), w, r, b, h0, module.hidden_size, 1)
-    h = _cast(y_h[0], result_dtype)
-    return h if is_batched else h.squeeze(0)
+    w, r, b, _ = _node_weights(op, _cell_params(module), False, dtype)
+    initial = [None if states is None else _cast(states[i].unsqueeze(0), dtype) for i in range(num_states)]
+    _, *finals = _onnx_node(op, _cast(x.unsqueeze(0), dtype), w, r, b, initial, None, module.hidden_size, 1)
+    finals = [_cast(final[0], result_dtype) for final in finals]
+    if not is_batched:
+        finals = [final.squeeze(0) for final in finals]
+    return _as_hx(finals, num_states)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from . import ops
+from . import _messages, ops
 from . import modules as _eager
 from .modules import _FusedCellBase, _FusedRNNBase
 
@@ -48,10 +48,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _check_cuda_kernels(x: Tensor, has_cuda_kernels: bool) -> None:
     if x.is_cuda and not has_cuda_kernels:
-        raise RuntimeError(
-            "lstm_fused was built without CUDA kernels (the installed torch had no CUDA, or no CUDA toolkit was "
-            "found at build time). Rebuild with CUDA_HOME set: `pip install --no-build-isolation .`"
-        )
+        raise RuntimeError(_messages.NO_CUDA_KERNELS)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -79,46 +76,120 @@ def _optional(tensors: List[Tensor], present: bool) -> Optional[List[Tensor]]:
     return None
 
 
+# TorchScript has no union of a tuple and a tensor, so each twin's typed forward turns its hx into a list of
+# states ([h, c] for LSTM, [h] for GRU) and back; everything between is shared, in the eager modules' order.
+def _pair_states(hx: Optional[Tuple[Tensor, Tensor]]) -> Optional[List[Tensor]]:
+    if hx is None:
+        return None
+    return [hx[0], hx[1]]
+
+
+def _single_state(hx: Optional[Tensor]) -> Optional[List[Tensor]]:
+    if hx is None:
+        return None
+    return [hx]
+
+
 # ---- LSTM / GRU -------------------------------------------------------------------------------------------
 class _ScriptRNNMixin:
-    """What the LSTM and GRU twins share: nn's input checks and the per-layer weight lists."""
+    """What the LSTM and GRU twins share: the forward over a list of states (nn's checks, batching, packing, the
+    layer loop); a twin gives `_script_layer`, its fused layer op."""
 
     __jit_unused_properties__ = ["_flat_weights", "all_weights"]
+
+    def _script_forward(self, input: Tensor, hx: Optional[List[Tensor]]) -> Tuple[Tensor, List[Tensor]]:
+        """_FusedRNNBase._forward_padded."""
+        if input.dim() != 2 and input.dim() != 3:
+            raise ValueError(_messages.bad_rank(self.mode, "input", 3, input.dim()))
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is not None:
+            hx = self._script_batched_states(hx, is_batched)
+        mini_batch = input.size(batch_dim)
+        self._script_check_input(input, False)
+        if hx is None:
+            states = self._script_zeros(input, mini_batch)
+        else:
+            states = hx
+            self._script_check_hidden(states, mini_batch)
+        if input.size(1 - batch_dim) == 0:
+            raise RuntimeError(_messages.empty_sequence(self.mode))
+        x = input.transpose(0, 1) if self.batch_first else input
+        output, finals = self._script_layers(x, None, states)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            finals = [final.squeeze(1) for final in finals]
+        return output, finals
+
+    def _script_forward_packed(self, input: PackedSequence, hx: Optional[List[Tensor]]
+                               ) -> Tuple[PackedSequence, List[Tensor]]:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        self._script_check_input(data, True)
+        mini_batch = int(batch_sizes[0])
+        if hx is None:
+            states = self._script_zeros(data, mini_batch)
+        else:
+            states = hx
+            self._script_check_hidden(states, mini_batch)
+            if sorted_indices is not None:
+                states = [state.index_select(1, sorted_indices) for state in states]
+        output, finals = self._script_layers(data, batch_sizes, states)
+        if unsorted_indices is not None:
+            finals = [final.index_select(1, unsorted_indices) for final in finals]
+        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), finals
 
     def _script_check_input(self, input: Tensor, packed: bool) -> None:
         for w in self._fused_weights:
             if w.device != input.device:
-                raise RuntimeError(
-                    "Input and parameter tensors are not at the same device, found input tensor at {} and "
-                    "parameter tensor at {}".format(input.device, w.device)
-                )
+                raise RuntimeError(_messages.parameter_device(input.device, w.device))
         weight_dtype = self._fused_weights[0].dtype
         if input.dtype != weight_dtype:
-            msg = "RNN input dtype ({}) does not match weight dtype ({}). Convert input: input.to({}), or convert " \
-                  "model: model.to({})".format(_dtype_name(input.dtype), _dtype_name(weight_dtype),
-                                               _dtype_name(weight_dtype), _dtype_name(input.dtype))
+            msg = _messages.input_dtype(_dtype_name(input.dtype), _dtype_name(weight_dtype))
             if packed:
                 raise RuntimeError(msg)
             raise ValueError(msg)
         expected_input_dim = 2 if packed else 3
         if input.dim() != expected_input_dim:
-            raise RuntimeError("input must have {} dimensions, got {}".format(expected_input_dim, input.dim()))
+            raise RuntimeError(_messages.input_dims(expected_input_dim, input.dim()))
         if self.input_size != input.size(-1):
-            raise RuntimeError(
-                "input.size(-1) must be equal to input_size. Expected {}, got {}".format(self.input_size,
-                                                                                          input.size(-1))
-            )
+            raise RuntimeError(_messages.input_size(self.input_size, input.size(-1)))
 
-    def _script_check_state(self, t: Tensor) -> None:
+    def _script_batched_states(self, states: List[Tensor], is_batched: bool) -> List[Tensor]:
+        dims = [state.dim() for state in states]
+        for d in dims:
+            if d != (3 if is_batched else 2):
+                raise RuntimeError(_messages.hidden_rank(self.mode, is_batched, dims))
+        if is_batched:
+            return states
+        return [state.unsqueeze(1) for state in states]
+
+    def _script_state_widths(self) -> List[int]:
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return [real_hidden_size, self.hidden_size][:self._num_states]
+
+    def _script_zeros(self, input: Tensor, mini_batch: int) -> List[Tensor]:
+        num_directions = 2 if self.bidirectional else 1
+        return [torch.zeros(self.num_layers * num_directions, mini_batch, width, dtype=input.dtype,
+                            device=input.device) for width in self._script_state_widths()]
+
+    def _script_check_hidden(self, states: List[Tensor], mini_batch: int) -> None:
+        num_directions = 2 if self.bidirectional else 1
+        widths = self._script_state_widths()
+        for i in range(len(widths)):
+            expected = (self.num_layers * num_directions, mini_batch, widths[i])
+            if states[i].size() != expected:
+                label = _messages.hidden_label(self._num_states, i)
+                raise RuntimeError(_messages.hidden_size(label, expected, list(states[i].size())))
         weight = self._fused_weights[0]
-        if t.dtype != weight.dtype:
-            raise RuntimeError("Expected hidden dtype {}, got {}".format(_dtype_name(weight.dtype),
-                                                                       _dtype_name(t.dtype)))
-        if t.device != weight.device:
-            raise RuntimeError(
-                "Input and hidden tensors are not at the same device, found input tensor at {} and hidden tensor "
-                "at {}".format(weight.device, t.device)
-            )
+        for t in states:
+            if t.dtype != weight.dtype:
+                raise RuntimeError(_messages.hidden_dtype(_dtype_name(weight.dtype), _dtype_name(t.dtype)))
+            if t.device != weight.device:
+                raise RuntimeError(_messages.hidden_device(weight.device, t.device))
 
     def _script_layer_weights(self, weights: List[Tensor], layer: int) -> List[List[Tensor]]:
         """[w_ih, w_hh, b_ih, b_hh, w_hr, w_ph]: lists over the layer's directions (empty where absent)."""
@@ -140,6 +211,54 @@ class _ScriptRNNMixin:
                 groups[5].append(weights[k])
         return groups
 
+    def _script_layers(self, x: Tensor, batch_sizes: Optional[Tensor], states: List[Tensor]
+                       ) -> Tuple[Tensor, List[Tensor]]:
+        _check_cuda_kernels(x, self._has_cuda_kernels)
+        result_dtype = x.dtype
+        dtype = _compute_dtype(x)
+        weights = [w.to(dtype) for w in self._fused_weights]
+        x = x.to(dtype)
+        states = [state.to(dtype) for state in states]
+        if self.mode == "LSTM" and self.num_layers > 1 and not self.bidirectional and self.proj_size == 0 and not (
+                self.dropout > 0 and self.training):
+            x, finals = self._script_lstm_stack(x, batch_sizes, states, weights)
+        else:
+            x, finals = self._script_layer_loop(x, batch_sizes, states, weights)
+        return x.to(result_dtype), [final.to(result_dtype) for final in finals]
+
+    def _script_lstm_stack(self, x: Tensor, batch_sizes: Optional[Tensor], states: List[Tensor],
+                           weights: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        # The whole stack in one op (as LSTM._layers).
+        per_layer: List[List[Tensor]] = [[], [], [], [], [], []]
+        for layer in range(self.num_layers):
+            groups = self._script_layer_weights(weights, layer)
+            for k in range(6):
+                per_layer[k].extend(groups[k])
+        need = _needs_workspace([x] + states, self._fused_weights)
+        outs, h_n, c_n, _ = torch.ops.lstm_fused.lstm_stack_fwd(
+            x, batch_sizes, states[0], states[1], per_layer[0], per_layer[1], _optional(per_layer[2], self.bias),
+            _optional(per_layer[3], self.bias), _optional(per_layer[5], self.peephole), self.coupled, need)
+        return outs[-1], [h_n, c_n]
+
+    def _script_layer_loop(self, x: Tensor, batch_sizes: Optional[Tensor], states: List[Tensor],
+                           weights: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        num_directions = 2 if self.bidirectional else 1
+        finals: List[List[Tensor]] = [[] for _ in range(len(states))]
+        for layer in range(self.num_layers):
+            groups = self._script_layer_weights(weights, layer)
+            first = layer * num_directions
+            layer_states = [state[first:first + num_directions] for state in states]
+            layer_params: List[Tensor] = []
+            for group in groups:
+                layer_params.extend(group)
+            need = _needs_workspace([x] + layer_states, layer_params)
+            x, layer_finals = self._script_layer(x, batch_sizes, layer_states, groups, need)
+            for i in range(len(finals)):
+                finals[i].append(layer_finals[i])
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        return x, [torch.cat(acc) for acc in finals]
+
 
 class LSTM(_ScriptRNNMixin, _eager.LSTM):
     """An LSTM whose compiled forward is TorchScript (see the module docstring); eagerly it is LSTM."""
@@ -148,126 +267,23 @@ class LSTM(_ScriptRNNMixin, _eager.LSTM):
                 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         if not torch.jit.is_scripting():
             return _eager.LSTM.forward(self, input, hx)
-        if input.dim() != 2 and input.dim() != 3:
-            raise ValueError("LSTM: Expected input to be 2D or 3D, got {}D instead".format(input.dim()))
-        is_batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
-        if not is_batched:
-            input = input.unsqueeze(batch_dim)
-        mini_batch = input.size(0) if self.batch_first else input.size(1)
-        if hx is None:
-            self._script_check_input(input, False)
-            h0, c0 = self._script_zeros(input, mini_batch)
-        else:
-            h0, c0 = hx
-            if is_batched:
-                if h0.dim() != 3 or c0.dim() != 3:
-                    raise RuntimeError(
-                        "For batched 3-D input, hx and cx should also be 3-D but got ({}-D, {}-D) tensors".format(
-                            h0.dim(), c0.dim())
-                    )
-            else:
-                if h0.dim() != 2 or c0.dim() != 2:
-                    raise RuntimeError(
-                        "For unbatched 2-D input, hx and cx should also be 2-D but got ({}-D, {}-D) tensors".format(
-                            h0.dim(), c0.dim())
-                    )
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-            self._script_check_input(input, False)
-            self._script_check_hidden(h0, c0, mini_batch)
-        if input.size(1 if self.batch_first else 0) == 0:
-            raise RuntimeError("LSTM: the input sequence is empty (0 time steps)")
-        x = input.transpose(0, 1) if self.batch_first else input
-        output, h_n, c_n = self._script_layers(x, None, h0, c0)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return output, (h_n, c_n)
+        output, finals = self._script_forward(input, _pair_states(hx))
+        return output, (finals[0], finals[1])
 
     @torch.jit.export
     def forward_packed(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
                        ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
         """forward for a PackedSequence (scripted modules only take tensors in forward)."""
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        self._script_check_input(data, True)
-        mini_batch = int(batch_sizes[0])
-        if hx is None:
-            h0, c0 = self._script_zeros(data, mini_batch)
-        else:
-            h0, c0 = hx
-            self._script_check_hidden(h0, c0, mini_batch)
-            if sorted_indices is not None:
-                h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
-        output, h_n, c_n = self._script_layers(data, batch_sizes, h0, c0)
-        if unsorted_indices is not None:
-            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
-        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+        output, finals = self._script_forward_packed(input, _pair_states(hx))
+        return output, (finals[0], finals[1])
 
-    def _script_zeros(self, input: Tensor, mini_batch: int) -> Tuple[Tensor, Tensor]:
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        h0 = torch.zeros(self.num_layers * num_directions, mini_batch, real_hidden, dtype=input.dtype,
-                         device=input.device)
-        c0 = torch.zeros(self.num_layers * num_directions, mini_batch, self.hidden_size, dtype=input.dtype,
-                         device=input.device)
-        return h0, c0
-
-    def _script_check_hidden(self, h0: Tensor, c0: Tensor, mini_batch: int) -> None:
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
-        expected_h = (self.num_layers * num_directions, mini_batch, real_hidden)
-        expected_c = (self.num_layers * num_directions, mini_batch, self.hidden_size)
-        if h0.size() != expected_h:
-            raise RuntimeError("Expected hidden[0] size {}, got {}".format(expected_h, list(h0.size())))
-        if c0.size() != expected_c:
-            raise RuntimeError("Expected hidden[1] size {}, got {}".format(expected_c, list(c0.size())))
-        self._script_check_state(h0)
-        self._script_check_state(c0)
-
-    def _script_layers(self, x: Tensor, batch_sizes: Optional[Tensor], h0_all: Tensor, c0_all: Tensor
-                       ) -> Tuple[Tensor, Tensor, Tensor]:
-        _check_cuda_kernels(x, self._has_cuda_kernels)
-        result_dtype = x.dtype
-        dtype = _compute_dtype(x)
-        weights = [w.to(dtype) for w in self._fused_weights]
-        x = x.to(dtype)
-        h0_all, c0_all = h0_all.to(dtype), c0_all.to(dtype)
-        num_directions = 2 if self.bidirectional else 1
-        if self.num_layers > 1 and not self.bidirectional and self.proj_size == 0 and not (
-                self.dropout > 0 and self.training):
-            # The whole stack in one op (as LSTM._run_layers).
-            per_layer: List[List[Tensor]] = [[], [], [], [], [], []]
-            for layer in range(self.num_layers):
-                groups = self._script_layer_weights(weights, layer)
-                for k in range(6):
-                    per_layer[k].extend(groups[k])
-            need = _needs_workspace([x, h0_all, c0_all], self._fused_weights)
-            outs, h_n, c_n, _ = torch.ops.lstm_fused.lstm_stack_fwd(
-                x, batch_sizes, h0_all, c0_all, per_layer[0], per_layer[1], _optional(per_layer[2], self.bias),
-                _optional(per_layer[3], self.bias), _optional(per_layer[5], self.peephole), self.coupled, need)
-            return outs[-1].to(result_dtype), h_n.to(result_dtype), c_n.to(result_dtype)
-        h_out: List[Tensor] = []
-        c_out: List[Tensor] = []
-        for layer in range(self.num_layers):
-            groups = self._script_layer_weights(weights, layer)
-            first = layer * num_directions
-            h0 = h0_all[first:first + num_directions]
-            c0 = c0_all[first:first + num_directions]
-            layer_params: List[Tensor] = []
-            for group in groups:
-                layer_params.extend(group)
-            need = _needs_workspace([x, h0, c0], layer_params)
-            x, h_n, c_n, _ = torch.ops.lstm_fused.lstm_layer_fwd(
-                x, batch_sizes, h0, c0, groups[0], groups[1], _optional(groups[2], self.bias),
-                _optional(groups[3], self.bias), _optional(groups[4], self.proj_size > 0),
-                _optional(groups[5], self.peephole), self.coupled, need)
-            h_out.append(h_n)
-            c_out.append(c_n)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, True)
-        return x.to(result_dtype), torch.cat(h_out).to(result_dtype), torch.cat(c_out).to(result_dtype)
+    def _script_layer(self, x: Tensor, batch_sizes: Optional[Tensor], states: List[Tensor],
+                      groups: List[List[Tensor]], need: bool) -> Tuple[Tensor, List[Tensor]]:
+        x, h_n, c_n, _ = torch.ops.lstm_fused.lstm_layer_fwd(
+            x, batch_sizes, states[0], states[1], groups[0], groups[1], _optional(groups[2], self.bias),
+            _optional(groups[3], self.bias), _optional(groups[4], self.proj_size > 0),
+            _optional(groups[5], self.peephole), self.coupled, need)
+        return x, [h_n, c_n]
 
 
 class GRU(_ScriptRNNMixin, _eager.GRU):
@@ -276,114 +292,68 @@ class GRU(_ScriptRNNMixin, _eager.GRU):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if not torch.jit.is_scripting():
             return _eager.GRU.forward(self, input, hx)
-        if input.dim() != 2 and input.dim() != 3:
-            raise ValueError("GRU: Expected input to be 2D or 3D, got {}D instead".format(input.dim()))
-        is_batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
-        if not is_batched:
-            input = input.unsqueeze(batch_dim)
-            if hx is not None:
-                if hx.dim() != 2:
-                    raise RuntimeError(
-                        "For unbatched 2-D input, hx should also be 2-D but got {}-D tensor".format(hx.dim()))
-                hx = hx.unsqueeze(1)
-        elif hx is not None and hx.dim() != 3:
-            raise RuntimeError("For batched 3-D input, hx should also be 3-D but got {}-D tensor".format(hx.dim()))
-        mini_batch = input.size(0) if self.batch_first else input.size(1)
-        self._script_check_input(input, False)
-        if hx is None:
-            h0 = self._script_zeros(input, mini_batch)
-        else:
-            h0 = hx
-            self._script_check_hidden(h0, mini_batch)
-        if input.size(1 if self.batch_first else 0) == 0:
-            raise RuntimeError("GRU: the input sequence is empty (0 time steps)")
-        x = input.transpose(0, 1) if self.batch_first else input
-        output, h_n = self._script_layers(x, None, h0)
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            h_n = h_n.squeeze(1)
-        return output, h_n
+        output, finals = self._script_forward(input, _single_state(hx))
+        return output, finals[0]
 
     @torch.jit.export
     def forward_packed(self, input: PackedSequence, hx: Optional[Tensor] = None) -> Tuple[PackedSequence, Tensor]:
         """forward for a PackedSequence (scripted modules only take tensors in forward)."""
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        self._script_check_input(data, True)
-        mini_batch = int(batch_sizes[0])
-        if hx is None:
-            h0 = self._script_zeros(data, mini_batch)
-        else:
-            h0 = hx
-            self._script_check_hidden(h0, mini_batch)
-            if sorted_indices is not None:
-                h0 = h0.index_select(1, sorted_indices)
-        output, h_n = self._script_layers(data, batch_sizes, h0)
-        if unsorted_indices is not None:
-            h_n = h_n.index_select(1, unsorted_indices)
-        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), h_n
+        output, finals = self._script_forward_packed(input, _single_state(hx))
+        return output, finals[0]
 
-    def _script_zeros(self, input: Tensor, mini_batch: int) -> Tensor:
-        num_directions = 2 if self.bidirectional else 1
-        return torch.zeros(self.num_layers * num_directions, mini_batch, self.hidden_size, dtype=input.dtype,
-                           device=input.device)
-
-    def _script_check_hidden(self, hx: Tensor, mini_batch: int) -> None:
-        expected = (self.num_layers * (2 if self.bidirectional else 1), mini_batch, self.hidden_size)
-        if hx.size() != expected:
-            raise RuntimeError("Expected hidden size {}, got {}".format(expected, list(hx.size())))
-        self._script_check_state(hx)
-
-    def _script_layers(self, x: Tensor, batch_sizes: Optional[Tensor], hx: Tensor) -> Tuple[Tensor, Tensor]:
-        _check_cuda_kernels(x, self._has_cuda_kernels)
-        result_dtype = x.dtype
-        dtype = _compute_dtype(x)
-        weights = [w.to(dtype) for w in self._fused_weights]
-        x = x.to(dtype)
-        hx = hx.to(dtype)
-        num_directions = 2 if self.bidirectional else 1
-        h_out: List[Tensor] = []
-        for layer in range(self.num_layers):
-            groups = self._script_layer_weights(weights, layer)
-            first = layer * num_directions
-            h0 = hx[first:first + num_directions]
-            layer_params: List[Tensor] = []
-            for group in groups:
-                layer_params.extend(group)
-            need = _needs_workspace([x, h0], layer_params)
-            x, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(
-                x, batch_sizes, h0, groups[0], groups[1], _optional(groups[2], self.bias),
-                _optional(groups[3], self.bias), need)
-            h_out.append(h_n)
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, True)
-        return x.to(result_dtype), torch.cat(h_out).to(result_dtype)
+    def _script_layer(self, x: Tensor, batch_sizes: Optional[Tensor], states: List[Tensor],
+                      groups: List[List[Tensor]], need: bool) -> Tuple[Tensor, List[Tensor]]:
+        x, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(
+            x, batch_sizes, states[0], groups[0], groups[1], _optional(groups[2], self.bias),
+            _optional(groups[3], self.bias), need)
+        return x, [h_n]
 
 
 # ---- cells ------------------------------------------------------------------------------------------------
 class _ScriptCellMixin:
+    """What the LSTMCell and GRUCell twins share: the step over a list of states, as _FusedCellBase.forward
+    (without autocast); a twin gives `_script_step_op`, its fused op on one step."""
+
+    def _script_step(self, input: Tensor, hx: Optional[List[Tensor]]) -> List[Tensor]:
+        if input.dim() != 1 and input.dim() != 2:
+            raise ValueError(_messages.bad_rank(self._cell_name, "input", 2, input.dim()))
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() != 1 and value.dim() != 2:
+                    label = _messages.cell_state_label(self._num_states, idx)
+                    raise ValueError(_messages.bad_rank(self._cell_name, label, 2, value.dim()))
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            states = [zeros for _ in range(self._num_states)]
+        else:
+            states = hx if is_batched else [state.unsqueeze(0) for state in hx]
+        self._script_check_step(input, states)
+        result_dtype = input.dtype
+        dtype = _compute_dtype(input)
+        x = input.unsqueeze(0).to(dtype)
+        states = [state.unsqueeze(0).to(dtype) for state in states]
+        need = _needs_workspace([x] + states, self._script_params())
+        finals = [final[0].to(result_dtype) for final in self._script_step_op(x, states, dtype, need)]
+        if not is_batched:
+            finals = [final.squeeze(0) for final in finals]
+        return finals
+
     def _script_check_step(self, input: Tensor, states: List[Tensor]) -> None:
         # _FusedCellBase._check_step without autocast.
         if input.size(1) != self.input_size:
-            raise RuntimeError("input has inconsistent input_size: got {} expected {}".format(input.size(1),
-                                                                                              self.input_size))
+            raise RuntimeError(_messages.cell_input_size(input.size(1), self.input_size))
         if self.weight_ih.device != input.device:
-            raise RuntimeError(
-                "Input and parameter tensors are not at the same device, found input tensor at {} and parameter "
-                "tensor at {}".format(input.device, self.weight_ih.device)
-            )
+            raise RuntimeError(_messages.parameter_device(input.device, self.weight_ih.device))
         for idx, value in enumerate(states):
             if value.size() != [input.size(0), self.hidden_size]:
-                raise RuntimeError("hx[{}] has inconsistent shape: got {}, expected {}".format(
-                    idx, list(value.size()), [input.size(0), self.hidden_size]))
-            if value.dtype != input.dtype or self.weight_ih.dtype != input.dtype:
                 raise RuntimeError(
-                    "{}: expected input, hidden state and weights of one dtype, got input {}, hidden {}, weights "
-                    "{}".format(self._cell_name, _dtype_name(input.dtype), _dtype_name(value.dtype),
-                                _dtype_name(self.weight_ih.dtype))
-                )
+                    _messages.cell_state_shape(idx, list(value.size()), [input.size(0), self.hidden_size]))
+            if value.dtype != input.dtype or self.weight_ih.dtype != input.dtype:
+                raise RuntimeError(_messages.cell_dtypes(self._cell_name, _dtype_name(input.dtype),
+                                                         _dtype_name(value.dtype), _dtype_name(self.weight_ih.dtype)))
         _check_cuda_kernels(input, self._has_cuda_kernels)
 
     def _script_step_weights(self, dtype: torch.dtype) -> Tuple[List[Tensor], List[Tensor], Optional[List[Tensor]],
@@ -412,36 +382,14 @@ class LSTMCell(_ScriptCellMixin, _eager.LSTMCell):
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if not torch.jit.is_scripting():
             return _eager.LSTMCell.forward(self, input, hx)
-        if input.dim() != 1 and input.dim() != 2:
-            raise ValueError("LSTMCell: Expected input to be 1D or 2D, got {}D instead".format(input.dim()))
-        if hx is not None:
-            for idx, value in enumerate([hx[0], hx[1]]):
-                if value.dim() != 1 and value.dim() != 2:
-                    raise ValueError(
-                        "LSTMCell: Expected hx[{}] to be 1D or 2D, got {}D instead".format(idx, value.dim()))
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-            h0, c0 = zeros, zeros
-        else:
-            h0, c0 = hx
-            if not is_batched:
-                h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
-        self._script_check_step(input, [h0, c0])
-        result_dtype = input.dtype
-        dtype = _compute_dtype(input)
-        w_ih, w_hh, b_ih, b_hh = self._script_step_weights(dtype)
-        x = input.unsqueeze(0).to(dtype)
-        h0, c0 = h0.unsqueeze(0).to(dtype), c0.unsqueeze(0).to(dtype)
-        need = _needs_workspace([x, h0, c0], self._script_params())
-        _, h_n, c_n, _ = torch.ops.lstm_fused.lstm_layer_fwd(x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, None, None,
-                                                              False, need)
-        h, c = h_n[0].to(result_dtype), c_n[0].to(result_dtype)
-        if not is_batched:
-            h, c = h.squeeze(0), c.squeeze(0)
+        h, c = self._script_step(input, _pair_states(hx))
         return h, c
+
+    def _script_step_op(self, x: Tensor, states: List[Tensor], dtype: torch.dtype, need: bool) -> List[Tensor]:
+        w_ih, w_hh, b_ih, b_hh = self._script_step_weights(dtype)
+        _, h_n, c_n, _ = torch.ops.lstm_fused.lstm_layer_fwd(x, None, states[0], states[1], w_ih, w_hh, b_ih, b_hh,
+                                                              None, None, False, need)
+        return [h_n, c_n]
 
 
 class GRUCell(_ScriptCellMixin, _eager.GRUCell):
@@ -450,30 +398,12 @@ class GRUCell(_ScriptCellMixin, _eager.GRUCell):
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         if not torch.jit.is_scripting():
             return _eager.GRUCell.forward(self, input, hx)
-        if input.dim() != 1 and input.dim() != 2:
-            raise ValueError("GRUCell: Expected input to be 1D or 2D, got {}D instead".format(input.dim()))
-        if hx is not None:
-            if hx.dim() != 1 and hx.dim() != 2:
-                raise ValueError("GRUCell: Expected hidden to be 1D or 2D, got {}D instead".format(hx.dim()))
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            h0 = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-        else:
-            h0 = hx if is_batched else hx.unsqueeze(0)
-        self._script_check_step(input, [h0])
-        result_dtype = input.dtype
-        dtype = _compute_dtype(input)
+        return self._script_step(input, _single_state(hx))[0]
+
+    def _script_step_op(self, x: Tensor, states: List[Tensor], dtype: torch.dtype, need: bool) -> List[Tensor]:
         w_ih, w_hh, b_ih, b_hh = self._script_step_weights(dtype)
-        x = input.unsqueeze(0).to(dtype)
-        h0 = h0.unsqueeze(0).to(dtype)
-        need = _needs_workspace([x, h0], self._script_params())
-        _, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(x, None, h0, w_ih, w_hh, b_ih, b_hh, need)
-        h = h_n[0].to(result_dtype)
-        if not is_batched:
-            h = h.squeeze(0)
-        return h
+        _, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(x, None, states[0], w_ih, w_hh, b_ih, b_hh, need)
+        return [h_n]
 
 
 # ---- the twin factory -------------------------------------------------------------------------------------
@@ -496,6 +426,8 @@ def scriptable(module):
         # very same objects, so nothing registered on one later shows up on the other.
         twin.__dict__.update({k: (v.copy() if isinstance(v, dict) else v) for k, v in module.__dict__.items()})
     twin._has_cuda_kernels = ops.has_kernel("CUDA")
+    # TorchScript reads instance attributes only: the class constant the shared forwards read goes on the twin.
+    twin._num_states = type(twin)._num_states
     if isinstance(twin, _FusedRNNBase):
         twin._fused_weights = list(twin._flat_weights)
         twin._per_direction = len(twin._all_weights[0])

@@ -1,38 +1,35 @@
-// CPU binding and sequence loops of the fused LSTM layer: checks, buffers, the per-step GEMMs and the
-// parallel pointwise passes (cpu/lstm_cpu_pointwise.h over cell_math.h).
+// The LSTM on the CPU (CpuOps' LSTM ops): its sequence loops — per step the recurrent GEMM and the parallel pointwise
+// pass (cpu/lstm_cpu_pointwise.h over cell_math.h) — and peephole gradients, run by the layer driver
+// (cpu/layer_cpu.h) as CpuLstm; the stack is host/stack_loop.h over the layer.
 #include <cstring>
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include "host/stack_loop.h"
 #include "host/arg_checks.h"
+#include "cpu/cpu_ops.h"
+#include "cpu/layer_cpu.h"
 #include "cpu/cpu_common.h"
 #include "cpu/cpu_gemm.h"
 #include "cpu/lstm_cpu_pointwise.h"
 
 namespace lstm_fused {
-namespace {
 
-using at::Tensor;
 using namespace cpu;
 
+namespace {
+
 template <typename scalar_t>
-void lstm_fwd_loop(const SeqLayout& seq, const LayerSizes& s,
-                   const scalar_t* x,     // [N, I]
-                   const scalar_t* w_ih,  // [4H, I]
-                   const scalar_t* w_hh,  // [4H, P]
-                   const scalar_t* bias,  // [G] b_ih + b_hh
-                   const scalar_t* w_hr,  // [P, H] or nullptr
-                   const scalar_t* w_ph,  // [3 or 2, H] peephole weights or nullptr
-                   scalar_t* out,         // [N, ld_out] this direction's columns of the layer output
-                   int64_t ld_out,        // D·P
-                   scalar_t* h_state,     // [B, P] h0 in, h_n out
-                   scalar_t* c_state,     // [B, H] c0 in, c_n out
-                   scalar_t* ws,          // [N, G + H] activated gates (G) and c_t (H) per row; nullptr: inference
-                   scalar_t* r_buf) {     // [B, H] o·tanh(c) before the projection, if any
+void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
+  const SeqLayout& seq = prm.seq;
+  const LayerSizes& s = prm.s;
+  const scalar_t *x = prm.x, *w_ih = prm.w_ih, *w_hh = prm.w_hh, *w_hr = prm.w_hr;
+  const scalar_t* bias = prm.bias;   // [G] b_ih + b_hh, added in the pointwise pass
+  const scalar_t* w_ph = prm.cell_w;  // [3 or 2, H] peephole weights or nullptr
+  scalar_t *out = prm.out, *h_state = prm.h_state, *c_state = prm.c_state, *ws = prm.ws, *r_buf = prm.r_buf;
+  const int64_t ld_out = prm.ld_out;
   const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = G + H;
   const GemmOperand<scalar_t> w_ih_t(true, s.I, G, w_ih, s.I);         // W_ihᵀ [I, 4H]
   const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);              // W_hhᵀ [P, 4H], reused every step
@@ -84,20 +81,14 @@ void lstm_fwd_loop(const SeqLayout& seq, const LayerSizes& s,
 }
 
 template <typename scalar_t>
-void lstm_bwd_loop(const SeqLayout& seq, const LayerSizes& s,
-                   const scalar_t* gout,  // [N, ld_gout] this direction's columns of the output gradient
-                   int64_t ld_gout,       // D·P
-                   const scalar_t* c0,    // [B, H]
-                   const scalar_t* w_hh,  // [4H, P]
-                   const scalar_t* w_hr,  // [P, H] or nullptr
-                   const scalar_t* w_ph,  // [3 or 2, H] peephole weights or nullptr
-                   const scalar_t* ws,    // [N, G + H] forward workspace
-                   scalar_t* dh_state,    // [B, P] grad of h_n in, grad of h0 out
-                   scalar_t* dc_state,    // [B, H] grad of c_n in, grad of c0 out
-                   scalar_t* dgates,      // [N, G] pre-activation gradients out
-                   scalar_t* dh_total,    // [N, P] with a projection: total gradient of each h_t, else unused
-                   scalar_t* r_all,       // [N, H] with a projection: o·tanh(c_t) of each row, else unused
-                   scalar_t* dr_buf) {    // [B, H] with a projection: gradient of o·tanh(c_t) at one step
+void lstm_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
+  const SeqLayout& seq = prm.seq;
+  const LayerSizes& s = prm.s;
+  const scalar_t *gout = prm.gout, *c0 = prm.c0, *w_hh = prm.w_hh, *w_hr = prm.w_hr, *ws = prm.ws;
+  const scalar_t* w_ph = prm.cell_w;  // [3 or 2, H] peephole weights or nullptr
+  const int64_t ld_gout = prm.ld;
+  scalar_t *dh_state = prm.dh_state, *dc_state = prm.dc_state, *dgates = prm.dg;
+  scalar_t *dh_total = prm.dh_total, *r_all = prm.r_all, *dr_buf = prm.dr_buf;
   const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = G + H;
   const GemmOperand<scalar_t> w_hh_op(false, G, P, w_hh, P);          // W_hh [G, P]
   const GemmOperand<scalar_t> w_hr_op(false, w_hr ? P : 0, H, w_hr, H);  // W_hr [P, H]
@@ -178,155 +169,34 @@ void peephole_grads(const SeqLayout& seq, const LayerSizes& s, const scalar_t* d
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cpu(
-    const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
-    at::TensorList w_ih, at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
-    const std::optional<at::TensorList>& b_hh, const std::optional<at::TensorList>& w_hr,
-    const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
-  std::vector<DirectionWeights> dirs;
-  const LayerSizes s = check_lstm_directions(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, dirs);
-  check_cpu_dtype(input);
-  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
-  Tensor out = at::empty(with_last(input, D * P), input.options());
-  auto ws_shape = with_last(input, G + H);
-  ws_shape.insert(ws_shape.begin(), D);
-  Tensor ws = need_workspace ? at::empty(ws_shape, input.options()) : at::empty({0}, input.options());
-  Tensor h_n = h0.contiguous().clone();
-  Tensor c_n = c0.contiguous().clone();
-  const Tensor x = input.contiguous();
-  const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
-  for (int64_t d = 0; d < D; ++d) {
-    const DirectionWeights& w = dirs[d];
-    const SeqLayout seq = layouts[d].view();
-    const Tensor bias = w.b_ih ? (*w.b_ih + *w.b_hh).contiguous() : at::zeros({G}, input.options());
-    const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
-    const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
-    const Tensor w_ph_c = s.peephole ? w.w_ph->contiguous() : Tensor();
-    Tensor r_buf = s.proj ? at::empty({seq.B, H}, input.options()) : Tensor();
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_fwd_cpu", [&] {
-      lstm_fwd_loop<scalar_t>(seq, s, x.const_data_ptr<scalar_t>(), w_ih_c.const_data_ptr<scalar_t>(),
-                              w_hh_c.const_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(),
-                              s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr,
-                              s.peephole ? w_ph_c.const_data_ptr<scalar_t>() : nullptr,
-                              out.data_ptr<scalar_t>() + d * P, D * P, h_n[d].data_ptr<scalar_t>(),
-                              c_n[d].data_ptr<scalar_t>(),
-                              need_workspace ? ws[d].data_ptr<scalar_t>() : nullptr,
-                              s.proj ? r_buf.data_ptr<scalar_t>() : nullptr);
-    });
+// The LSTM on the CPU's layer driver (cpu/layer_cpu.h).
+struct CpuLstm : LstmCell {
+  template <typename scalar_t>
+  static void fwd_loop(const CpuFwdParams<scalar_t>& p) {
+    lstm_fwd_loop(p);
   }
-  return {out, h_n, c_n, ws};
-}
-
-using LayerGrads = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
-                               std::vector<Tensor>, std::vector<Tensor>>;
-
-LayerGrads lstm_layer_bwd_cpu(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
-                              const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
-                              const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                              const std::optional<at::TensorList>& w_hr, const std::optional<at::TensorList>& w_ph,
-                              bool coupled, const Tensor& output, const Tensor& workspace, bool has_bias,
-                              bool need_grad_input) {
-  std::vector<DirectionWeights> dirs;
-  const LayerSizes s = check_lstm_directions(input, batch_sizes, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_hr,
-                                        w_ph, coupled, dirs);
-  check_cpu_dtype(input);
-  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
-  const int64_t N = input.numel() / std::max<int64_t>(1, s.I);
-  check_shape(grad_output, output.sizes(), "grad_output");
-  check_shape(grad_h_n, h0.sizes(), "grad_h_n");
-  check_shape(grad_c_n, c0.sizes(), "grad_c_n");
-  TORCH_CHECK(output.numel() == N * D * P && workspace.numel() == D * N * (G + H),
-              "lstm_fused: output/workspace do not come from lstm_layer_fwd with these arguments (was the "
-              "forward run without a workspace, e.g. under no_grad?)");
-  for (auto [t, name] : {std::pair{&grad_output, "grad_output"}, {&grad_h_n, "grad_h_n"}, {&grad_c_n, "grad_c_n"},
-                         {&output, "output"}, {&workspace, "workspace"}})
-    check_same_dtype_device(input, *t, name);
-
-  const auto opts = input.options();
-  const Tensor gout = grad_output.contiguous(), out_c = output.contiguous(), ws = workspace.contiguous();
-  const Tensor x = input.contiguous(), h0_c = h0.contiguous(), c0_c = c0.contiguous();
-  Tensor dh0 = grad_h_n.contiguous().clone();
-  Tensor dc0 = grad_c_n.contiguous().clone();
-  Tensor d_input = need_grad_input ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
-  Tensor dgates = at::empty({N, G}, opts);
-  Tensor hprev = at::empty({N, P}, opts);
-  Tensor dh_total = s.proj ? at::empty({N, P}, opts) : Tensor();
-  Tensor r_all = s.proj ? at::empty({N, H}, opts) : Tensor();
-  std::vector<Tensor> d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph;
-  const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, batch_sizes, h0.size(1), D);
-  for (int64_t d = 0; d < D; ++d) {
-    const DirectionWeights& w = dirs[d];
-    const Tensor w_ph_c = s.peephole ? w.w_ph->contiguous() : Tensor();
-    if (s.peephole) d_w_ph.push_back(at::empty(w_ph_c.sizes(), opts));
-    const SeqLayout seq = layouts[d].view();
-    const Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
-    const Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : Tensor();
-    Tensor dr_buf = s.proj ? at::empty({seq.B, H}, opts) : Tensor();
-    d_w_ih.push_back(at::empty({G, s.I}, opts));
-    d_w_hh.push_back(at::empty({G, P}, opts));
-    if (has_bias) d_bias.push_back(at::empty({G}, opts));
-    if (s.proj) d_w_hr.push_back(at::empty({P, H}, opts));
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_bwd_cpu", [&] {
-      const scalar_t* w_hr_p = s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr;
-      scalar_t* dg = dgates.data_ptr<scalar_t>();
-      const scalar_t* w_ph_p = s.peephole ? w_ph_c.const_data_ptr<scalar_t>() : nullptr;
-      lstm_bwd_loop<scalar_t>(seq, s, gout.const_data_ptr<scalar_t>() + d * P, D * P, c0_c[d].const_data_ptr<scalar_t>(),
-                              w_hh_c.const_data_ptr<scalar_t>(), w_hr_p, w_ph_p, ws[d].const_data_ptr<scalar_t>(),
-                              dh0[d].data_ptr<scalar_t>(), dc0[d].data_ptr<scalar_t>(), dg,
-                              s.proj ? dh_total.data_ptr<scalar_t>() : nullptr,
-                              s.proj ? r_all.data_ptr<scalar_t>() : nullptr,
-                              s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr);
-      // Everything below is one GEMM or reduction over all steps. Both directions read the same input, so
-      // its gradient is their sum (accumulated in direction order).
-      if (need_grad_input)
-        gemm<scalar_t>(false, seq.N, dg, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_c.const_data_ptr<scalar_t>(), s.I),
-                       d > 0, d_input.data_ptr<scalar_t>(), s.I);
-      gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, seq.N, s.I, x.const_data_ptr<scalar_t>(), s.I), false,
-                     d_w_ih[d].data_ptr<scalar_t>(), s.I);
-      gather_prev_hidden<scalar_t>(seq, P, out_c.const_data_ptr<scalar_t>() + d * P, D * P,
-                                   h0_c[d].const_data_ptr<scalar_t>(), hprev.data_ptr<scalar_t>());
-      gemm<scalar_t>(true, G, dg, G, GemmOperand<scalar_t>(false, seq.N, P, hprev.const_data_ptr<scalar_t>(), P), false,
-                     d_w_hh[d].data_ptr<scalar_t>(), P);
-      if (has_bias) column_sums<scalar_t>(dg, seq.N, G, d_bias[d].data_ptr<scalar_t>());
-      if (s.peephole)
-        peephole_grads<scalar_t>(seq, s, dg, ws[d].const_data_ptr<scalar_t>(), c0_c[d].const_data_ptr<scalar_t>(),
-                                 d_w_ph[d].data_ptr<scalar_t>());
-      if (s.proj)
-        gemm<scalar_t>(true, P, dh_total.const_data_ptr<scalar_t>(), P,
-                       GemmOperand<scalar_t>(false, seq.N, H, r_all.const_data_ptr<scalar_t>(), H), false,
-                       d_w_hr[d].data_ptr<scalar_t>(), H);
-    });
+  template <typename scalar_t>
+  static void bwd_loop(const CpuBwdParams<scalar_t>& p) {
+    lstm_bwd_loop(p);
   }
-  return {d_input, dh0, dc0, d_w_ih, d_w_hh, d_bias, d_w_hr, d_w_ph};
-}
-
-StackOutputs lstm_stack_fwd_cpu(const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
-                                const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                                const std::optional<at::TensorList>& b_ih, const std::optional<at::TensorList>& b_hh,
-                                const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
-  return stack_loop(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace,
-                    [](const Tensor& x, const std::optional<Tensor>& bs, const Tensor& h, const Tensor& c,
-                       at::TensorList wi, at::TensorList wh, const std::optional<at::TensorList>& bi,
-                       const std::optional<at::TensorList>& bh, const std::optional<at::TensorList>& wp, bool cpl,
-                       bool nw) { return lstm_layer_fwd_cpu(x, bs, h, c, wi, wh, bi, bh, std::nullopt, wp, cpl, nw); });
-}
-
-StackGrads lstm_stack_bwd_cpu(at::TensorList grad_outputs, const Tensor& grad_h_n, const Tensor& grad_c_n,
-                              const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
-                              const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                              const std::optional<at::TensorList>& w_ph, bool coupled, at::TensorList outputs,
-                              at::TensorList workspaces, bool has_bias, bool need_grad_input) {
-  return stack_bwd_loop(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled, outputs,
-                        workspaces, has_bias, need_grad_input, [](auto&&... a) { return lstm_layer_bwd_cpu(a...); });
-}
+  // The weight only the cell reads: the peepholes.
+  static Tensor cell_weight(const DirectionWeights& w, const LayerSizes& s) {
+    return s.peephole ? w.w_ph->contiguous() : Tensor();
+  }
+  template <typename scalar_t>
+  static void cell_weight_grad(const CpuBwdParams<scalar_t>& p, scalar_t* out) {
+    peephole_grads<scalar_t>(p.seq, p.s, p.dg, p.ws, p.c0, out);
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lstm_fused, CPU, m) {
-  m.impl("lstm_stack_fwd", &lstm_stack_fwd_cpu);
-  m.impl("lstm_stack_bwd", &lstm_stack_bwd_cpu);
-  m.impl("lstm_layer_fwd", &lstm_layer_fwd_cpu);
-  m.impl("lstm_layer_bwd", &lstm_layer_bwd_cpu);
-}
+LayerOutputs CpuOps::lstm_layer_fwd(const LayerArgs& a) { return layer_fwd<CpuLstm>(a); }
+
+LayerGrads CpuOps::lstm_layer_bwd(const LayerBwdArgs& a) { return layer_bwd<CpuLstm>(a); }
+
+StackOutputs CpuOps::lstm_stack_fwd(const LayerArgs& a) { return stack_loop(a, &CpuOps::lstm_layer_fwd); }
+
+LayerGrads CpuOps::lstm_stack_bwd(const StackBwdArgs& a) { return stack_bwd_loop(a, &CpuOps::lstm_layer_bwd); }
 
 }  // namespace lstm_fused

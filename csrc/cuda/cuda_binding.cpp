@@ -1,5 +1,5 @@
 // CUDA binding of the fused LSTM and GRU layer ops: device guard, current stream, and the sequence loops of
-// drivers/lstm_driver.h / drivers/gru_driver.h with their step kernels. No private streams, no host syncs.
+// drivers/ (drivers/driver_ops.h) with the step and persistent kernels. No private streams, no host syncs.
 #include <cstring>
 #include <vector>
 
@@ -10,9 +10,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "drivers/gru_driver.h"
-#include "drivers/lstm_driver.h"
-#include "drivers/stack_driver.h"
+#include "drivers/driver_ops.h"
+#include "host/op_binding.h"
 #include "cuda/step_launch.h"
 #include "cuda/persistent_launch.h"
 #include "kernels/persistent_mma_phases.h"
@@ -59,7 +58,7 @@ struct GpuRunner {
     return st != cudaStreamCaptureStatusNone;
   }
 
-  // The whole sequence in one persistent launch (see drivers/lstm_driver.h), or false for the per-step kernels.
+  // The whole sequence in one persistent launch (see drivers/layer_driver.h), or false for the per-step kernels.
   template <typename Step>
   bool sequence(const persistent::StepTable<Step>& table, int64_t B, bool optional = false) {
     using R = typename persistent::RecurrenceOf<Step>::type;
@@ -103,23 +102,25 @@ struct GpuRunner {
     if (out) *out = plan;
     return true;
   }
+  // One step of every direction, per cell and pass (a backward LSTM step in one of the modes of a projection).
   template <typename T, typename A>
-  void fwd(const cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>& p) {
+  void step(const cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>& p) {
+    // (Through a variable: the template argument list's comma would split the macro's argument.)
     const cudaError_t err = cuda_step::launch_fwd_step<T, A>(p, stream);
     C10_CUDA_CHECK(err);
   }
   template <typename T, typename A>
-  void bwd(const cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>& p, int mode) {
+  void step(const cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>& p, int mode = cuda_step::kFused) {
     const cudaError_t err = cuda_step::launch_bwd_step<T, A>(p, mode, stream);
     C10_CUDA_CHECK(err);
   }
   template <typename T, typename A>
-  void gru_fwd(const cuda_step::DirectionParams<cuda_step::GruFwdStepParams<T, A>>& p) {
+  void step(const cuda_step::DirectionParams<cuda_step::GruFwdStepParams<T, A>>& p) {
     const cudaError_t err = cuda_step::launch_gru_fwd_step<T, A>(p, stream);
     C10_CUDA_CHECK(err);
   }
   template <typename T, typename A>
-  void gru_bwd(const cuda_step::DirectionParams<cuda_step::GruBwdStepParams<T, A>>& p) {
+  void step(const cuda_step::DirectionParams<cuda_step::GruBwdStepParams<T, A>>& p) {
     const cudaError_t err = cuda_step::launch_gru_bwd_step<T, A>(p, stream);
     C10_CUDA_CHECK(err);
   }
@@ -132,82 +133,19 @@ void check_cuda_args(const Tensor& input, int64_t rows) {
               " rows exceeds the CUDA kernels' limit of ", 65535 * cuda_step::kBT);
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_layer_fwd_cuda(
-    const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0,
-    at::TensorList w_ih, at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
-    const std::optional<at::TensorList>& b_hh, const std::optional<at::TensorList>& w_hr,
-    const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
-  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
-  const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
-  return cuda_driver::layer_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace, run);
-}
-
-cuda_driver::LayerGrads
-lstm_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
-                    const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-                    at::TensorList w_hh, const std::optional<at::TensorList>& w_hr,
-                    const std::optional<at::TensorList>& w_ph, bool coupled, const Tensor& output,
-                    const Tensor& workspace, bool has_bias, bool need_grad_input) {
-  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
-  const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
-  return cuda_driver::layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph,
-                                coupled, output, workspace, has_bias, need_grad_input, run);
-}
-
-StackOutputs lstm_stack_fwd_cuda(const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
-                                 const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                                 const std::optional<at::TensorList>& b_ih, const std::optional<at::TensorList>& b_hh,
-                                 const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
-  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
-  const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
-  return cuda_driver::stack_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace, run);
-}
-
-StackGrads lstm_stack_bwd_cuda(at::TensorList grad_outputs, const Tensor& grad_h_n, const Tensor& grad_c_n,
-                               const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
-                               const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                               const std::optional<at::TensorList>& w_ph, bool coupled, at::TensorList outputs,
-                               at::TensorList workspaces, bool has_bias, bool need_grad_input) {
-  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
-  const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
-  return cuda_driver::stack_bwd(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled,
-                                outputs, workspaces, has_bias, need_grad_input, run);
-}
-
-std::tuple<Tensor, Tensor, Tensor> gru_layer_fwd_cuda(const Tensor& input, const std::optional<Tensor>& batch_sizes,
-                                                      const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
-                                                      const std::optional<at::TensorList>& b_ih,
-                                                      const std::optional<at::TensorList>& b_hh, bool need_workspace) {
-  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
-  const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
-  return cuda_driver::gru_layer_fwd(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace, run);
-}
-
-std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
-gru_layer_bwd_cuda(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
-                   const std::optional<Tensor>& batch_sizes, const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
-                   const Tensor& output, const Tensor& workspace, bool has_bias, bool need_grad_input) {
-  check_cuda_args(input, h0.dim() == 3 ? h0.size(1) : 0);
-  const c10::cuda::CUDAGuard guard(input.device());
-  GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), input.device()};
-  return cuda_driver::gru_layer_bwd(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace,
-                                    has_bias, need_grad_input, run);
-}
+// Every op call: its checks, the input's device made current, and a runner on that device's current stream.
+struct GpuBackend {
+  template <typename F>
+  static auto with_runner(const LayerArgs& a, F&& f) {
+    check_cuda_args(a.input, a.h0.dim() == 3 ? a.h0.size(1) : 0);
+    const c10::cuda::CUDAGuard guard(a.input.device());
+    GpuRunner run{c10::cuda::getCurrentCUDAStream().stream(), a.input.device()};
+    return f(run);
+  }
+};
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lstm_fused, CUDA, m) {
-  m.impl("lstm_layer_fwd", &lstm_layer_fwd_cuda);
-  m.impl("lstm_stack_fwd", &lstm_stack_fwd_cuda);
-  m.impl("lstm_stack_bwd", &lstm_stack_bwd_cuda);
-  m.impl("lstm_layer_bwd", &lstm_layer_bwd_cuda);
-  m.impl("gru_layer_fwd", &gru_layer_fwd_cuda);
-  m.impl("gru_layer_bwd", &gru_layer_bwd_cuda);
-}
+TORCH_LIBRARY_IMPL(lstm_fused, CUDA, m) { bind_ops<DriverOps<GpuBackend>>(m); }
 
 }  // namespace lstm_fused

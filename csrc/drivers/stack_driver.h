@@ -8,7 +8,7 @@
 #pragma once
 
 #include "host/stack_loop.h"
-#include "drivers/lstm_driver.h"
+#include "drivers/layer_driver.h"
 
 namespace lstm_fused {
 namespace cuda_driver {
@@ -29,18 +29,15 @@ bool accepts_stack(Runner& run, const Tensor& input, int64_t K, int64_t B, int64
 }
 
 template <typename Runner>
-StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
-                       const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                       const std::optional<at::TensorList>& b_ih, const std::optional<at::TensorList>& b_hh,
-                       const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace, Runner& run) {
+StackOutputs stack_fwd(const LayerArgs& a, Runner& run) {
+  const Tensor &input = a.input, &h0 = a.h0, &c0 = a.c0;
+  const TensorVec &w_ih = a.w.w_ih, &w_hh = a.w.w_hh;
+  const std::optional<TensorVec> &b_ih = a.w.b_ih, &b_hh = a.w.b_hh, &w_ph = a.w.w_ph;
+  const bool coupled = a.coupled, need_workspace = a.need_workspace;
   auto by_layers = [&] {
-    return stack_loop(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace,
-                      [&](const Tensor& x, const std::optional<Tensor>& bs, const Tensor& h, const Tensor& c,
-                          at::TensorList wi, at::TensorList wh, const std::optional<at::TensorList>& bi,
-                          const std::optional<at::TensorList>& bh, const std::optional<at::TensorList>& wp, bool cpl,
-                          bool nw) { return layer_fwd(x, bs, h, c, wi, wh, bi, bh, std::nullopt, wp, cpl, nw, run); });
+    return stack_loop(a, [&](const LayerArgs& layer) { return layer_fwd<LstmTraits>(layer, run); });
   };
-  const int64_t L = check_stack_args(h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph);
+  const int64_t L = check_stack_args(a);
   if (L < 2 || w_hh[0].dim() != 2 ||
       !accepts_stack<cuda_step::FwdStepParams>(run, input, 2 * w_hh[0].size(1), h0.size(1), L, w_hh[0].size(1)))
     return by_layers();  // decided before anything is allocated
@@ -48,7 +45,7 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
   // Every layer's checks, on its own input (the layer below's output has the input's rows and H columns).
   check_dtype(input);
   const int64_t H = w_hh[0].size(1), B = h0.size(1);
-  const SeqLayoutHolder lh = direction_layouts(input, batch_sizes, B, 1)[0];
+  const SeqLayoutHolder lh = direction_layouts(input, a.batch_sizes, B, 1)[0];
   const SeqLayout seq = lh.view();
   const int64_t N = seq.N, n_t = seq.T;
   std::vector<Tensor> outs;
@@ -56,8 +53,7 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
   for (int64_t l = 0; l < L; ++l) {
     const Tensor x = l == 0 ? input : outs.back().view(with_last(input, H));
     std::vector<DirectionWeights> dirs;
-    s = check_lstm_directions(x, batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1), w_ih.slice(l, 1), w_hh.slice(l, 1),
-                         layer_of(b_ih, l), layer_of(b_hh, l), std::nullopt, layer_of(w_ph, l), coupled, dirs);
+    s = check_lstm_directions(a.layer(l, x), dirs);
     TORCH_CHECK(s.H == H, "lstm_fused: lstm_stack_fwd expects one hidden size for all layers");
     outs.push_back(at::empty({N, H}, input.options()));
   }
@@ -147,31 +143,28 @@ StackOutputs stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_s
 // grid step earlier. The GEMMs over all steps then run per layer (BwdPass::tail). Where the runner declines,
 // the loop over layer_bwd.
 template <typename Runner>
-StackGrads stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
-                     const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-                     at::TensorList w_hh, const std::optional<at::TensorList>& w_ph, bool coupled,
-                     at::TensorList outputs, at::TensorList workspaces, bool has_bias, bool need_grad_input,
-                     Runner& run) {
+LayerGrads stack_bwd(const StackBwdArgs& a, Runner& run) {
+  const TensorVec &grad_outputs = a.grad_outputs, &outputs = a.outputs, &workspaces = a.workspaces;
+  const Tensor &input = a.fwd.input, &h0 = a.fwd.h0;
+  const TensorVec &w_ih = a.fwd.w.w_ih, &w_hh = a.fwd.w.w_hh;
+  const bool has_bias = a.has_bias;
   auto by_layers = [&] {
-    return stack_bwd_loop(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled,
-                          outputs, workspaces, has_bias, need_grad_input,
-                          [&](auto&&... a) { return layer_bwd(a..., run); });
+    return stack_bwd_loop(a, [&](const LayerBwdArgs& layer) { return layer_bwd<LstmTraits>(layer, run); });
   };
-  const int64_t L = check_stack_args(h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, w_ph);
+  const int64_t L = check_stack_args(a.fwd);
   if (L < 2 || static_cast<int64_t>(grad_outputs.size()) != L || static_cast<int64_t>(outputs.size()) != L ||
       static_cast<int64_t>(workspaces.size()) != L)
     return by_layers();  // (which reports the mismatch)
   if (w_hh[0].dim() != 2 ||
       !accepts_stack<cuda_step::BwdStepParams>(run, input, 2 * w_hh[0].size(0), h0.size(1), L, w_hh[0].size(1)))
     return by_layers();  // decided before anything is allocated
-  std::vector<BwdPass> passes;
+  std::vector<BwdPass<LstmTraits>> passes;
   for (int64_t l = 0; l < L; ++l)
-    passes.emplace_back(no_grad(grad_outputs[l], outputs[l]) ? Tensor() : grad_outputs[l], grad_h_n.narrow(0, l, 1), grad_c_n.narrow(0, l, 1),
-                        l == 0 ? input : outputs[l - 1], batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1),
-                        w_ih.slice(l, 1), w_hh.slice(l, 1), std::nullopt, layer_of(w_ph, l), coupled, outputs[l],
-                        workspaces[l], has_bias, l == 0 && need_grad_input);
+    passes.emplace_back(a.layer(l, no_grad(grad_outputs[l], outputs[l]) ? Tensor() : grad_outputs[l],
+                                l == 0 && a.need_grad_input));
   const int64_t H = passes[0].H, n = passes[0].n_steps, B = passes[0].B;
-  for (const auto& p : passes) TORCH_CHECK(p.H == H && p.D == 1, "lstm_fused: lstm_stack_bwd: one hidden size, one direction");
+  for (const auto& p : passes)
+    TORCH_CHECK(p.H == H && p.D == 1, "lstm_fused: lstm_stack_bwd: one hidden size, one direction");
   std::vector<Tensor> w_ih_up_t;  // [H, G] per layer below the top: W_ih of the layer above, transposed
   for (int64_t l = 0; l + 1 < L; ++l) w_ih_up_t.push_back(w_ih[l + 1].t().contiguous());
   const SeqLayout seq = passes[0].lh[0].view();
@@ -206,16 +199,17 @@ StackGrads stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const 
   });
   if (!done) return by_layers();
   count_path(RecurrentPath::kWavefront);
-  std::vector<Tensor> gh0, gc0, gw_ih, gw_hh, gb, gw_ph;
-  Tensor grad_input;
+  std::vector<Tensor> gh0, gc0;
+  LayerGrads r;
   for (int64_t l = 0; l < L; ++l) {
-    auto [gi, h, c, wi, wh, b, hr, ph] = passes[l].tail();
-    if (l == 0) grad_input = gi;
-    gh0.push_back(h), gc0.push_back(c), gw_ih.push_back(wi[0]), gw_hh.push_back(wh[0]);
-    if (has_bias) gb.push_back(b[0]);
-    if (w_ph) gw_ph.push_back(ph[0]);
+    LayerGrads g = passes[l].tail();
+    if (l == 0) r.input = g.input;
+    gh0.push_back(g.h0), gc0.push_back(g.c0), r.w_ih.push_back(g.w_ih[0]), r.w_hh.push_back(g.w_hh[0]);
+    if (has_bias) r.b_ih.push_back(g.b_ih[0]);
+    if (a.fwd.w.w_ph) r.w_ph.push_back(g.w_ph[0]);
   }
-  return {grad_input, at::cat(gh0), at::cat(gc0), gw_ih, gw_hh, gb, gw_ph};
+  r.h0 = at::cat(gh0), r.c0 = at::cat(gc0);
+  return r;
 }
 
 }  // namespace cuda_driver

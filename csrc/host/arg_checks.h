@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include "host/op_args.h"
 #include "kernels/recurrent_params.h"
 
 namespace lstm_fused {
@@ -134,23 +135,19 @@ struct DirectionWeights {
 
 // Validates a layer of D directions (h0 [D, B, P], c0 [D, B, H] where the cell has one, lists of D weights) and
 // returns its sizes and each direction's weights.
-inline LayerSizes check_directions(const CellKind& cell, const at::Tensor& input,
-                                   const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
-                                   const at::Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                                   const std::optional<at::TensorList>& b_ih,
-                                   const std::optional<at::TensorList>& b_hh,
-                                   const std::optional<at::TensorList>& w_hr,
-                                   const std::optional<at::TensorList>& w_ph, std::vector<DirectionWeights>& dirs) {
-  const int64_t D = static_cast<int64_t>(w_ih.size());
+inline LayerSizes check_directions(const CellKind& cell, const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
+  const at::Tensor &h0 = a.h0, &c0 = a.c0;
+  const LayerWeights& w = a.w;
+  const int64_t D = static_cast<int64_t>(w.w_ih.size());
   TORCH_CHECK(D == 1 || D == 2, "lstm_fused: a layer has 1 or 2 directions, got ", D, " weight_ih tensors");
-  auto same_len = [&](const std::optional<at::TensorList>& l, const char* name) {
+  auto same_len = [&](const std::optional<TensorVec>& l, const char* name) {
     TORCH_CHECK(!l || static_cast<int64_t>(l->size()) == D, "lstm_fused: expected ", D, " ", name, " tensors");
   };
-  TORCH_CHECK(static_cast<int64_t>(w_hh.size()) == D, "lstm_fused: expected ", D, " weight_hh tensors");
-  same_len(b_ih, "bias_ih");
-  same_len(b_hh, "bias_hh");
-  same_len(w_hr, "weight_hr");
-  same_len(w_ph, "weight_ph");
+  TORCH_CHECK(static_cast<int64_t>(w.w_hh.size()) == D, "lstm_fused: expected ", D, " weight_hh tensors");
+  same_len(w.b_ih, "bias_ih");
+  same_len(w.b_hh, "bias_hh");
+  same_len(w.w_hr, "weight_hr");
+  same_len(w.w_ph, "weight_ph");
   const bool c_ok = !cell.has_cell_state || (c0.dim() == 3 && c0.size(0) == D);
   TORCH_CHECK(h0.dim() == 3 && h0.size(0) == D && c_ok, "lstm_fused: ", cell.states(),
               " must be [directions, batch, features] with ", D, " directions, got ", h0.sizes(),
@@ -158,39 +155,28 @@ inline LayerSizes check_directions(const CellKind& cell, const at::Tensor& input
   dirs.clear();
   LayerSizes s;
   for (int64_t d = 0; d < D; ++d) {
-    DirectionWeights w{w_ih[d], w_hh[d], std::nullopt, std::nullopt, std::nullopt, std::nullopt};
-    if (b_ih) w.b_ih = (*b_ih)[d];
-    if (b_hh) w.b_hh = (*b_hh)[d];
-    if (w_hr) w.w_hr = (*w_hr)[d];
-    if (w_ph) w.w_ph = (*w_ph)[d];
-    const LayerSizes sd = check_layer_args(cell, input, batch_sizes, h0[d], cell.has_cell_state ? c0[d] : h0[d],
-                                           w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, w.w_ph);
+    DirectionWeights dw{w.w_ih[d], w.w_hh[d], std::nullopt, std::nullopt, std::nullopt, std::nullopt};
+    if (w.b_ih) dw.b_ih = (*w.b_ih)[d];
+    if (w.b_hh) dw.b_hh = (*w.b_hh)[d];
+    if (w.w_hr) dw.w_hr = (*w.w_hr)[d];
+    if (w.w_ph) dw.w_ph = (*w.w_ph)[d];
+    const LayerSizes sd = check_layer_args(cell, a.input, a.batch_sizes, h0[d], cell.has_cell_state ? c0[d] : h0[d],
+                                           dw.w_ih, dw.w_hh, dw.b_ih, dw.b_hh, dw.w_hr, dw.w_ph);
     TORCH_CHECK(d == 0 || (sd.H == s.H && sd.P == s.P), "lstm_fused: directions differ in size");
     s = sd;
-    dirs.push_back(std::move(w));
+    dirs.push_back(std::move(dw));
   }
   return s;
 }
 
 // An LSTM layer (coupled: gate blocks i, g, o).
-inline LayerSizes check_lstm_directions(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
-                                        const at::Tensor& h0, const at::Tensor& c0, at::TensorList w_ih,
-                                        at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
-                                        const std::optional<at::TensorList>& b_hh,
-                                        const std::optional<at::TensorList>& w_hr,
-                                        const std::optional<at::TensorList>& w_ph, bool coupled,
-                                        std::vector<DirectionWeights>& dirs) {
-  return check_directions(lstm_cell(coupled), input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, dirs);
+inline LayerSizes check_lstm_directions(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
+  return check_directions(lstm_cell(a.coupled), a, dirs);
 }
 
 // A GRU layer: h0 [D, B, H], weights with gate blocks r, z, n, no projection or peepholes.
-inline LayerSizes check_gru_directions(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
-                                       const at::Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
-                                       const std::optional<at::TensorList>& b_ih,
-                                       const std::optional<at::TensorList>& b_hh,
-                                       std::vector<DirectionWeights>& dirs) {
-  return check_directions(gru_cell(), input, batch_sizes, h0, at::Tensor(), w_ih, w_hh, b_ih, b_hh, std::nullopt,
-                          std::nullopt, dirs);
+inline LayerSizes check_gru_directions(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
+  return check_directions(gru_cell(), a, dirs);
 }
 
 // Builds the row layout of a padded [T, B, ...] or packed [N, ...] sequence, validating batch_sizes.

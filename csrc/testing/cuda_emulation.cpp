@@ -13,9 +13,8 @@
 
 #include "host/autocast_off.h"
 #include "host/op_schemas.h"
-#include "drivers/gru_driver.h"
-#include "drivers/lstm_driver.h"
-#include "drivers/stack_driver.h"
+#include "drivers/driver_ops.h"
+#include "host/op_binding.h"
 #include "kernels/persistent_schedule.h"
 #include "kernels/step_schedule.h"
 #include "testing/emulated_exec.h"
@@ -100,8 +99,9 @@ struct EmulationRunner {
     return true;
   }
 
+  // One step of every direction: the launch's blocks, each running the kernel's own schedule (as GpuRunner::step).
   template <typename T, typename A>
-  void fwd(const DirectionParams<FwdStepParams<T, A>>& dp) {
+  void step(const DirectionParams<FwdStepParams<T, A>>& dp) {
     int64_t gx, gy;
     launch_grid(dp, gx, gy);  // the GPU's grid: the widest direction
     emulate_step_launch<A, 4>(gx, gy, dp.count, "LSTM forward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
@@ -110,7 +110,7 @@ struct EmulationRunner {
   }
 
   template <typename T, typename A>
-  void bwd(const DirectionParams<BwdStepParams<T, A>>& dp, int mode) {
+  void step(const DirectionParams<BwdStepParams<T, A>>& dp, int mode = kFused) {
     int64_t gx, gy;
     launch_grid(dp, mode, gx, gy);
     emulate_step_launch<A, 1>(gx, gy, dp.count, "LSTM backward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
@@ -129,7 +129,7 @@ struct EmulationRunner {
   }
 
   template <typename T, typename A>
-  void gru_fwd(const DirectionParams<GruFwdStepParams<T, A>>& dp) {
+  void step(const DirectionParams<GruFwdStepParams<T, A>>& dp) {
     int64_t gx, gy;
     launch_grid(dp, gx, gy);
     emulate_step_launch<A, 3>(gx, gy, dp.count, "GRU forward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
@@ -138,7 +138,7 @@ struct EmulationRunner {
   }
 
   template <typename T, typename A>
-  void gru_bwd(const DirectionParams<GruBwdStepParams<T, A>>& dp) {
+  void step(const DirectionParams<GruBwdStepParams<T, A>>& dp) {
     int64_t gx, gy;
     launch_grid(dp, gx, gy);
     emulate_step_launch<A, 1>(gx, gy, dp.count, "GRU backward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
@@ -147,62 +147,14 @@ struct EmulationRunner {
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> emu_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes,
-                                                   const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-                                                   at::TensorList w_hh, const std::optional<at::TensorList>& b_ih,
-                                                   const std::optional<at::TensorList>& b_hh,
-                                                   const std::optional<at::TensorList>& w_hr,
-                                                   const std::optional<at::TensorList>& w_ph, bool coupled,
-                                                   bool need_workspace) {
-  EmulationRunner run;
-  return cuda_driver::layer_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace, run);
-}
-
-cuda_driver::LayerGrads
-emu_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& input,
-        const std::optional<Tensor>& batch_sizes, const Tensor& h0, const Tensor& c0, at::TensorList w_ih,
-        at::TensorList w_hh, const std::optional<at::TensorList>& w_hr,
-                    const std::optional<at::TensorList>& w_ph, bool coupled, const Tensor& output, const Tensor& workspace,
-        bool has_bias, bool need_grad_input) {
-  EmulationRunner run;
-  return cuda_driver::layer_bwd(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph,
-                                coupled, output, workspace, has_bias, need_grad_input, run);
-}
-
-StackOutputs emu_stack_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
-                           const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                           const std::optional<at::TensorList>& b_ih, const std::optional<at::TensorList>& b_hh,
-                           const std::optional<at::TensorList>& w_ph, bool coupled, bool need_workspace) {
-  EmulationRunner run;
-  return cuda_driver::stack_fwd(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ph, coupled, need_workspace, run);
-}
-
-StackGrads emu_stack_bwd(at::TensorList grad_outputs, const Tensor& grad_h_n, const Tensor& grad_c_n,
-                         const Tensor& input, const std::optional<Tensor>& batch_sizes, const Tensor& h0,
-                         const Tensor& c0, at::TensorList w_ih, at::TensorList w_hh,
-                         const std::optional<at::TensorList>& w_ph, bool coupled, at::TensorList outputs,
-                         at::TensorList workspaces, bool has_bias, bool need_grad_input) {
-  EmulationRunner run;
-  return cuda_driver::stack_bwd(grad_outputs, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_ph, coupled,
-                                outputs, workspaces, has_bias, need_grad_input, run);
-}
-
-std::tuple<Tensor, Tensor, Tensor> emu_gru_fwd(const Tensor& input, const std::optional<Tensor>& batch_sizes,
-                                               const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
-                                               const std::optional<at::TensorList>& b_ih,
-                                               const std::optional<at::TensorList>& b_hh, bool need_workspace) {
-  EmulationRunner run;
-  return cuda_driver::gru_layer_fwd(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace, run);
-}
-
-std::tuple<Tensor, Tensor, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>
-emu_gru_bwd(const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input,
-            const std::optional<Tensor>& batch_sizes, const Tensor& h0, at::TensorList w_ih, at::TensorList w_hh,
-            const Tensor& output, const Tensor& workspace, bool has_bias, bool need_grad_input) {
-  EmulationRunner run;
-  return cuda_driver::gru_layer_bwd(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace,
-                                    has_bias, need_grad_input, run);
-}
+// The emulated ops take CPU tensors and run the drivers with the emulated kernels.
+struct EmulationBackend {
+  template <typename F>
+  static auto with_runner(const LayerArgs&, F&& f) {
+    EmulationRunner run;
+    return f(run);
+  }
+};
 
 // The persistent kernel's plan for a layer on a device, for tests: [ok, blocks per direction, units per block,
 // k chunk, shared-memory bytes].
@@ -233,13 +185,7 @@ TORCH_LIBRARY(lstm_fused_testing, m) {
 }
 
 TORCH_LIBRARY_IMPL(lstm_fused_testing, CPU, m) {
-  using namespace lstm_fused;
-  m.impl("emu_lstm_layer_fwd", &emu_fwd);
-  m.impl("emu_lstm_layer_bwd", &emu_bwd);
-  m.impl("emu_lstm_stack_fwd", &emu_stack_fwd);
-  m.impl("emu_lstm_stack_bwd", &emu_stack_bwd);
-  m.impl("emu_gru_layer_fwd", &emu_gru_fwd);
-  m.impl("emu_gru_layer_bwd", &emu_gru_bwd);
+  lstm_fused::bind_ops<lstm_fused::DriverOps<lstm_fused::EmulationBackend>>(m, "emu_");
 }
 
 // As the CUDA ops (host/autocast_off.h), so an autocast test on the CPU checks what the GPU bindings do.

@@ -1,0 +1,206 @@
+// One layer of any cell on the CPU, written once: checks, buffers, per direction the cell's fused sequence loop, and
+// in the backward the weight, bias and input gradients as GEMMs and fixed-order reductions over all steps. A Cell
+// (CpuLstm in cpu/lstm_cpu.cpp, CpuGru in cpu/gru_cpu.cpp) extends host/cells.h with
+//   template <typename scalar_t> static void fwd_loop(const CpuFwdParams<scalar_t>&);
+//   template <typename scalar_t> static void bwd_loop(const CpuBwdParams<scalar_t>&);
+//   static Tensor cell_weight(const DirectionWeights&, const LayerSizes&);  // the weight only the cell reads
+//   template <typename scalar_t> static void cell_weight_grad(const CpuBwdParams<scalar_t>&, scalar_t* out);
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include "cpu/cpu_common.h"
+#include "cpu/cpu_gemm.h"
+#include "host/cells.h"
+
+namespace lstm_fused {
+namespace cpu {
+
+// One direction of a layer's forward.
+template <typename scalar_t>
+struct CpuFwdParams {
+  SeqLayout seq;
+  LayerSizes s;
+  const scalar_t* x = nullptr;       // [N, I]
+  const scalar_t* w_ih = nullptr;    // [G, I]
+  const scalar_t* w_hh = nullptr;    // [G, P]
+  const scalar_t* bias = nullptr;    // [G] the input projection's (Cell::input_bias; zeros without biases)
+  const scalar_t* cell_w = nullptr;  // the cell's own weight (LSTM: peepholes [3 or 2, H] or nullptr; GRU: b_hh [G])
+  const scalar_t* w_hr = nullptr;    // [P, H] or nullptr
+  scalar_t* out = nullptr;           // [N, ld_out] this direction's columns of the layer output
+  int64_t ld_out = 0;                // D·P
+  scalar_t* h_state = nullptr;       // [B, P] h0 in, h_n out
+  scalar_t* c_state = nullptr;       // [B, H] c0 in, c_n out (LSTM)
+  scalar_t* ws = nullptr;            // [N, G + H] the workspace rows the backward reads; nullptr: inference
+  scalar_t* r_buf = nullptr;         // [B, H] o·tanh(c) before the projection, if any
+};
+
+// One direction of a layer's backward (its recurrent part: the cell's loop).
+template <typename scalar_t>
+struct CpuBwdParams {
+  SeqLayout seq;
+  LayerSizes s;
+  const scalar_t* gout = nullptr;    // [N, ld] this direction's columns of the output gradient
+  const scalar_t* out = nullptr;     // [N, ld] this direction's columns of the output (h_t)
+  int64_t ld = 0;                    // D·P
+  const scalar_t* h0 = nullptr;      // [B, P]
+  const scalar_t* c0 = nullptr;      // [B, H] (LSTM)
+  const scalar_t* w_hh = nullptr;    // [G, P]
+  const scalar_t* w_hr = nullptr;    // [P, H] or nullptr
+  const scalar_t* cell_w = nullptr;  // as in CpuFwdParams
+  const scalar_t* ws = nullptr;      // [N, G + H] the forward's workspace
+  scalar_t* dh_state = nullptr;      // [B, P] grad of h_n in, grad of h0 out
+  scalar_t* dc_state = nullptr;      // [B, H] grad of c_n in, grad of c0 out (LSTM)
+  scalar_t* dg = nullptr;            // [N, G] out: pre-activation gradients of the input-side product
+  scalar_t* dg_rec = nullptr;        // [N, G] out: those of the recurrent product (dg itself unless kSplitGates)
+  scalar_t* dh_total = nullptr;      // [N, P] with a projection: total gradient of each h_t
+  scalar_t* r_all = nullptr;         // [N, H] with a projection: o·tanh(c_t) of each row
+  scalar_t* dr_buf = nullptr;        // [B, H] with a projection: gradient of o·tanh(c_t) at one step
+};
+
+template <typename Cell>
+LayerOutputs layer_fwd(const LayerArgs& a) {
+  const at::Tensor& input = a.input;
+  std::vector<DirectionWeights> dirs;
+  const LayerSizes s = Cell::check(a, dirs);
+  check_cpu_dtype(input);
+  const auto opts = input.options();
+  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
+  LayerOutputs r;
+  r.output = at::empty(with_last(input, D * P), opts);
+  auto ws_shape = with_last(input, G + H);
+  ws_shape.insert(ws_shape.begin(), D);
+  r.workspace = a.need_workspace ? at::empty(ws_shape, opts) : at::empty({0}, opts);
+  r.h_n = a.h0.contiguous().clone();
+  if (Cell::kHasCellState) r.c_n = a.c0.contiguous().clone();
+  const at::Tensor x = input.contiguous();
+  const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, a.batch_sizes, a.h0.size(1), D);
+  for (int64_t d = 0; d < D; ++d) {
+    const DirectionWeights& w = dirs[d];
+    const SeqLayout seq = layouts[d].view();
+    const std::optional<at::Tensor> b = Cell::input_bias(w);
+    const at::Tensor bias = b ? b->contiguous() : at::zeros({G}, opts);
+    const at::Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
+    const at::Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : at::Tensor();
+    const at::Tensor cell_w = Cell::cell_weight(w, s);
+    at::Tensor r_buf = s.proj ? at::empty({seq.B, H}, opts) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_fused_cpu_fwd", [&] {
+      CpuFwdParams<scalar_t> p;
+      p.seq = seq;
+      p.s = s;
+      p.x = x.const_data_ptr<scalar_t>();
+      p.w_ih = w_ih_c.const_data_ptr<scalar_t>();
+      p.w_hh = w_hh_c.const_data_ptr<scalar_t>();
+      p.bias = bias.const_data_ptr<scalar_t>();
+      p.cell_w = cell_w.defined() ? cell_w.const_data_ptr<scalar_t>() : nullptr;
+      p.w_hr = s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr;
+      p.out = r.output.data_ptr<scalar_t>() + d * P;
+      p.ld_out = D * P;
+      p.h_state = r.h_n[d].data_ptr<scalar_t>();
+      p.c_state = Cell::kHasCellState ? r.c_n[d].data_ptr<scalar_t>() : nullptr;
+      p.ws = a.need_workspace ? r.workspace[d].data_ptr<scalar_t>() : nullptr;
+      p.r_buf = s.proj ? r_buf.data_ptr<scalar_t>() : nullptr;
+      Cell::fwd_loop(p);
+    });
+  }
+  return r;
+}
+
+template <typename Cell>
+LayerGrads layer_bwd(const LayerBwdArgs& a) {
+  const at::Tensor &input = a.fwd.input, &h0 = a.fwd.h0, &c0 = a.fwd.c0, &output = a.output;
+  std::vector<DirectionWeights> dirs;
+  const LayerSizes s = Cell::check(a.fwd, dirs);
+  check_cpu_dtype(input);
+  const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
+  const int64_t N = input.numel() / std::max<int64_t>(1, s.I);
+  check_shape(a.grad_output, output.sizes(), "grad_output");
+  check_shape(a.grad_h_n, h0.sizes(), "grad_h_n");
+  if (Cell::kHasCellState) check_shape(a.grad_c_n, c0.sizes(), "grad_c_n");
+  TORCH_CHECK(output.numel() == N * D * P && a.workspace.numel() == D * N * (G + H), "lstm_fused: output/workspace "
+              "do not come from ", Cell::kFwdOp, " with these arguments (was the forward run without a workspace, e.g. "
+              "under no_grad?)");
+  for (auto [t, name] : {std::pair{&a.grad_output, "grad_output"}, {&a.grad_h_n, "grad_h_n"},
+                         {&a.grad_c_n, "grad_c_n"}, {&output, "output"}, {&a.workspace, "workspace"}})
+    if (t->defined()) check_same_dtype_device(input, *t, name);
+
+  const auto opts = input.options();
+  const at::Tensor gout = a.grad_output.contiguous(), out_c = output.contiguous(), ws = a.workspace.contiguous();
+  const at::Tensor x = input.contiguous(), h0_c = h0.contiguous();
+  const at::Tensor c0_c = Cell::kHasCellState ? c0.contiguous() : at::Tensor();
+  LayerGrads g;
+  g.h0 = a.grad_h_n.contiguous().clone();
+  if (Cell::kHasCellState) g.c0 = a.grad_c_n.contiguous().clone();
+  g.input = a.need_grad_input ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor dg = at::empty({N, G}, opts);
+  at::Tensor dg_rec = Cell::kSplitGates ? at::empty({N, G}, opts) : dg;
+  at::Tensor hprev = at::empty({N, P}, opts);
+  at::Tensor dh_total = s.proj ? at::empty({N, P}, opts) : at::Tensor();
+  at::Tensor r_all = s.proj ? at::empty({N, H}, opts) : at::Tensor();
+  const std::vector<SeqLayoutHolder> layouts = direction_layouts(input, a.fwd.batch_sizes, h0.size(1), D);
+  for (int64_t d = 0; d < D; ++d) {
+    const DirectionWeights& w = dirs[d];
+    const SeqLayout seq = layouts[d].view();
+    const at::Tensor cell_w = Cell::cell_weight(w, s);
+    const at::Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
+    const at::Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : at::Tensor();
+    at::Tensor dr_buf = s.proj ? at::empty({seq.B, H}, opts) : at::Tensor();
+    g.w_ih.push_back(at::empty({G, s.I}, opts));
+    g.w_hh.push_back(at::empty({G, P}, opts));
+    if (a.has_bias) g.b_ih.push_back(at::empty({G}, opts));
+    if (a.has_bias && Cell::kSplitGates) g.b_hh.push_back(at::empty({G}, opts));
+    if (s.proj) g.w_hr.push_back(at::empty({P, H}, opts));
+    if (s.peephole) g.w_ph.push_back(at::empty(cell_w.sizes(), opts));
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_fused_cpu_bwd", [&] {
+      CpuBwdParams<scalar_t> p;
+      p.seq = seq;
+      p.s = s;
+      p.gout = gout.const_data_ptr<scalar_t>() + d * P;
+      p.out = out_c.const_data_ptr<scalar_t>() + d * P;
+      p.ld = D * P;
+      p.h0 = h0_c[d].const_data_ptr<scalar_t>();
+      p.c0 = Cell::kHasCellState ? c0_c[d].const_data_ptr<scalar_t>() : nullptr;
+      p.w_hh = w_hh_c.const_data_ptr<scalar_t>();
+      p.w_hr = s.proj ? w_hr_c.const_data_ptr<scalar_t>() : nullptr;
+      p.cell_w = cell_w.defined() ? cell_w.const_data_ptr<scalar_t>() : nullptr;
+      p.ws = ws[d].const_data_ptr<scalar_t>();
+      p.dh_state = g.h0[d].data_ptr<scalar_t>();
+      p.dc_state = Cell::kHasCellState ? g.c0[d].data_ptr<scalar_t>() : nullptr;
+      p.dg = dg.data_ptr<scalar_t>();
+      p.dg_rec = dg_rec.data_ptr<scalar_t>();
+      p.dh_total = s.proj ? dh_total.data_ptr<scalar_t>() : nullptr;
+      p.r_all = s.proj ? r_all.data_ptr<scalar_t>() : nullptr;
+      p.dr_buf = s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr;
+      Cell::bwd_loop(p);
+      // Everything below is one GEMM or reduction over all steps. Both directions read the same input, so its
+      // gradient is their sum (accumulated in direction order).
+      const scalar_t* dgp = p.dg;
+      const scalar_t* dgr = p.dg_rec;
+      const scalar_t* w_ih_p = w_ih_c.const_data_ptr<scalar_t>();
+      if (a.need_grad_input)
+        gemm<scalar_t>(false, seq.N, dgp, G, GemmOperand<scalar_t>(false, G, s.I, w_ih_p, s.I), d > 0,
+                       g.input.data_ptr<scalar_t>(), s.I);
+      gemm<scalar_t>(true, G, dgp, G, GemmOperand<scalar_t>(false, seq.N, s.I, x.const_data_ptr<scalar_t>(), s.I),
+                     false, g.w_ih[d].data_ptr<scalar_t>(), s.I);
+      gather_prev_hidden<scalar_t>(seq, P, p.out, p.ld, p.h0, hprev.data_ptr<scalar_t>());
+      gemm<scalar_t>(true, G, dgr, G, GemmOperand<scalar_t>(false, seq.N, P, hprev.const_data_ptr<scalar_t>(), P),
+                     false, g.w_hh[d].data_ptr<scalar_t>(), P);
+      if (a.has_bias) {
+        column_sums<scalar_t>(dgp, seq.N, G, g.b_ih[d].data_ptr<scalar_t>());
+        if (Cell::kSplitGates) column_sums<scalar_t>(dgr, seq.N, G, g.b_hh[d].data_ptr<scalar_t>());
+      }
+      if (s.peephole) Cell::cell_weight_grad(p, g.w_ph[d].data_ptr<scalar_t>());
+      if (s.proj)
+        gemm<scalar_t>(true, P, p.dh_total, P, GemmOperand<scalar_t>(false, seq.N, H, p.r_all, H), false,
+                       g.w_hr[d].data_ptr<scalar_t>(), H);
+    });
+  }
+  return g;
+}
+
+}  // namespace cpu
+}  // namespace lstm_fused

@@ -1,0 +1,47 @@
+// The cells as every backend's layer driver sees them, whatever the device: their checks, whether they carry a cell
+// state, where their biases go, whether W_ih and W_hh share one pre-activation gradient. Each backend extends these
+// with what it runs (drivers/cell_traits.h for the CUDA path, cpu/layer_cpu.h for the CPU).
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "host/arg_checks.h"
+
+namespace lstm_fused {
+
+// LSTM, its peephole and coupled variants included: h and the cell state c; workspace rows hold the activated gates
+// and c_t.
+struct LstmCell {
+  static constexpr bool kHasCellState = true;
+  static constexpr bool kHasProjection = true;
+  // One pre-activation gradient serves W_ih, W_hh and both biases.
+  static constexpr bool kSplitGates = false;
+  static constexpr const char* kFwdOp = "lstm_layer_fwd";
+
+  static LayerSizes check(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
+    return check_lstm_directions(a, dirs);
+  }
+  // The input projection carries both biases: the recurrent product adds none.
+  static std::optional<at::Tensor> input_bias(const DirectionWeights& w) {
+    return w.b_ih ? std::optional<at::Tensor>(*w.b_ih + *w.b_hh) : std::nullopt;
+  }
+};
+
+// GRU (nn.GRU's gates r, z, n): b_hh stays with the recurrent product (r scales W_hn·h + b_hn), so W_ih's and
+// W_hh's pre-activation gradients differ; workspace rows hold r, z, n and that product.
+struct GruCell {
+  static constexpr bool kHasCellState = false;
+  static constexpr bool kHasProjection = false;
+  static constexpr bool kSplitGates = true;
+  static constexpr const char* kFwdOp = "gru_layer_fwd";
+
+  static LayerSizes check(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
+    return check_gru_directions(a, dirs);
+  }
+  static std::optional<at::Tensor> input_bias(const DirectionWeights& w) { return w.b_ih; }
+};
+
+}  // namespace lstm_fused
