@@ -110,6 +110,74 @@ def paths_taken():
     taken.update({name: a - b for name, a, b in zip(PATHS, after, before)})
 
 
+# ---- backends: the same module tests on the CPU kernels, on the CUDA path emulated on the CPU, and on a GPU ------
+BACKENDS = ("cpu", "emulated_cuda", "cuda")
+
+
+class _EmulatedOps:
+    """Stands in for torch.ops.lstm_fused inside lstm_fused.ops: each op's emulated twin (lstm_fused_testing::emu_*,
+    the CUDA drivers with the kernels' own schedules run on the CPU)."""
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.lstm_fused_testing, "emu_" + name)
+
+
+_EMULATED_AUTOGRAD = []
+
+
+def _register_emulated_autograd():
+    # The twins get the product ops' autograd formulas; with the stand-in active, the formulas' backward op is the
+    # emulated one too, so forward and backward both run on the CUDA path.
+    if _EMULATED_AUTOGRAD:
+        return
+    from lstm_fused import ops
+
+    formulas = {"lstm_layer_fwd": (ops._backward, ops._setup_context),
+                "lstm_stack_fwd": (ops._stack_backward, ops._stack_setup_context),
+                "gru_layer_fwd": (ops._gru_backward, ops._gru_setup_context)}
+    for name, (backward, setup) in formulas.items():
+        torch.library.register_autograd(f"lstm_fused_testing::emu_{name}", backward, setup_context=setup)
+    for name in ("lstm_layer_bwd", "lstm_stack_bwd", "gru_layer_bwd"):
+        torch.library.register_autograd(f"lstm_fused_testing::emu_{name}", ops._no_double_backward,
+                                        setup_context=ops._no_context)
+    _EMULATED_AUTOGRAD.append(True)
+
+
+@contextlib.contextmanager
+def on_backend(backend):
+    """Runs the block's lstm_fused modules on `backend` and yields the device their tensors go on: "cpu" (the CPU
+    kernels), "emulated_cuda" (CPU tensors through the CUDA path's drivers and kernel schedules, emulated; needs
+    the test-only ops) or "cuda" (a GPU and a CUDA build). Skips the test where the backend is missing."""
+    if backend == "cuda":
+        if not (torch.cuda.is_available() and lstm_fused.has_cuda_kernels()):
+            pytest.skip("needs a GPU and a CUDA build")
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        # nn.LSTM on cuDNN may use TF32 for float32 unless told not to: compare true float32 with true float32.
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield torch.device("cuda")
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    elif backend == "emulated_cuda":
+        if not HAS_TESTING_OPS:
+            pytest.skip("needs the test-only ops: build with LSTM_FUSED_TESTING=1")
+        from lstm_fused import ops
+
+        _register_emulated_autograd()
+        saved = ops._ops
+        ops._ops = _EmulatedOps()
+        try:
+            with paths_taken() as taken:
+                yield torch.device("cpu")
+        finally:
+            ops._ops = saved
+        # The block really ran the CUDA path (its driver counts every layer pass), not the CPU kernels.
+        assert sum(taken.values()) > 0, "the emulated CUDA path did not run"
+    else:
+        assert backend == "cpu", backend
+        yield torch.device("cpu")
+
+
 def assert_error_within_reference(triples, factor=4, slack=1e-3):
     """Half types: for each (ours, nn's, float64 exact) our error may be at most `factor` times nn's own error at
     that dtype (plus `slack`)."""

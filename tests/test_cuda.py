@@ -5,7 +5,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
-from helpers import (GRU_STRUCTURES, LARGE_BATCH_SHAPES, LSTM_STRUCTURES, SHAPE_SAMPLE, check_half_type_vs_float64,
+from helpers import (GRU_STRUCTURES, LARGE_BATCH_SHAPES, SHAPE_SAMPLE, check_half_type_vs_float64,
                      compare_modules, outputs_and_grads, twin_lstms)
 
 pytestmark = pytest.mark.skipif(
@@ -28,25 +28,7 @@ def _cuda_twins(*args, dtype=torch.float32, **kwargs):
     return ref.cuda(), ours.cuda()
 
 
-# The helpers' parity grid: every structure with bias (num_layers, bidirectional, batch_first, use_proj), over a
-# sample of its shapes plus a batch over 64.
-STRUCTURES = [(layers, bidir, batch_first, proj) for layers, bidir, batch_first, bias, proj in LSTM_STRUCTURES if bias]
-SHAPES = SHAPE_SAMPLE + LARGE_BATCH_SHAPES
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("structure", STRUCTURES, ids=str)
-def test_cuda_parity_grid(structure, shape):
-    num_layers, bidirectional, batch_first, use_proj = structure
-    T, B, H = shape
-    proj = max(1, H // 3) if use_proj and H > 1 else 0
-    ref, ours = _cuda_twins(H + 3, H, num_layers=num_layers, bidirectional=bidirectional,
-                            batch_first=batch_first, proj_size=proj)
-    D = 2 if bidirectional else 1
-    x = torch.randn((B, T, H + 3) if batch_first else (T, B, H + 3), device="cuda", requires_grad=True)
-    h0 = torch.randn(num_layers * D, B, proj or H, device="cuda", requires_grad=True)
-    c0 = torch.randn(num_layers * D, B, H, device="cuda", requires_grad=True)
-    compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+# The LSTM parity grid on the GPU is test_parity.py's test_parity_grid[cuda-...] (backend "cuda").
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])

@@ -1,32 +1,43 @@
-"""lstm_fused.LSTM / GRU against nn.LSTM / nn.GRU with identical weights over the shared parity grid: outputs,
-final states and every gradient; float64, unbatched, non-contiguous and view inputs, partial use of the outputs."""
+"""lstm_fused.LSTM / GRU against nn.LSTM / nn.GRU with identical weights over the shared parity grid, on every
+backend (the CPU kernels, the CUDA path emulated on the CPU, a GPU): outputs, final states and every gradient;
+float64, unbatched, non-contiguous and view inputs, partial use of the outputs."""
 import pytest
 import torch
 
-from helpers import GRU_STRUCTURES, LSTM_STRUCTURES, SHAPES, compare_grus, compare_modules, twin_grus, twin_lstms
+from helpers import (BACKENDS, GRU_STRUCTURES, LARGE_BATCH_SHAPES, LSTM_STRUCTURES, SHAPE_SAMPLE, SHAPES, compare_grus,
+                     compare_modules, on_backend, twin_grus, twin_lstms)
 
 
-@pytest.mark.parametrize("shape", range(len(SHAPES)))
+# The grid per backend (helpers.on_backend): the CPU kernels over every shape; the CUDA path, emulated on the CPU or
+# on a GPU, over a sample of the shapes plus a batch over 64 (where it takes the GEMM path).
+GRID = {"cpu": SHAPES, "emulated_cuda": SHAPE_SAMPLE + LARGE_BATCH_SHAPES, "cuda": SHAPE_SAMPLE + LARGE_BATCH_SHAPES}
+LSTM_CASES = [(backend, shape) for backend in BACKENDS for shape in GRID[backend]]
+
+
+@pytest.mark.parametrize("backend,shape", LSTM_CASES, ids=[f"{b}-{s}" for b, s in LSTM_CASES])
 @pytest.mark.parametrize("case", range(len(LSTM_STRUCTURES)))
-def test_parity_grid(case, shape):
-    """The full product of structures and shapes: layers {1,2,3} x bidirectional x batch_first x bias x
-    projection, times T {1,2,17,50} x B {1,3,16} x H {1,5,33,128}; input size differs from hidden size;
-    initial states given on alternate cases."""
+def test_parity_grid(backend, case, shape):
+    """Every structure: layers {1,2,3} x bidirectional x batch_first x bias x projection, on the backend's shapes
+    (the CPU: T {1,2,17,50} x B {1,3,16} x H {1,5,33,128}); input size differs from hidden size; initial states
+    given on alternate cases."""
     num_layers, bidirectional, batch_first, bias, use_proj = LSTM_STRUCTURES[case]
-    T, B, H = SHAPES[shape]
+    T, B, H = shape
+    shape_index = SHAPES.index(shape) if shape in SHAPES else len(SHAPES)
     proj_size = max(1, H // 3) if use_proj and H > 1 else 0
     input_size = H + 3
-    ref, ours = twin_lstms(input_size, H, num_layers=num_layers, bias=bias, batch_first=batch_first,
-                           bidirectional=bidirectional, proj_size=proj_size, seed=case * 100 + shape)
-    D = 2 if bidirectional else 1
-    P = proj_size or H
-    x = torch.randn((B, T, input_size) if batch_first else (T, B, input_size), requires_grad=True)
-    if (case + shape) % 2 == 0:
-        h0 = torch.randn(num_layers * D, B, P, requires_grad=True)
-        c0 = torch.randn(num_layers * D, B, H, requires_grad=True)
-        compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
-    else:
-        compare_modules(ref, ours, x, None, [x], torch.float32)
+    with on_backend(backend) as device:
+        ref, ours = twin_lstms(input_size, H, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                               bidirectional=bidirectional, proj_size=proj_size, seed=case * 100 + shape_index)
+        ref, ours = ref.to(device), ours.to(device)
+        D = 2 if bidirectional else 1
+        P = proj_size or H
+        x = torch.randn((B, T, input_size) if batch_first else (T, B, input_size), device=device, requires_grad=True)
+        if (case + shape_index) % 2 == 0:
+            h0 = torch.randn(num_layers * D, B, P, device=device, requires_grad=True)
+            c0 = torch.randn(num_layers * D, B, H, device=device, requires_grad=True)
+            compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+        else:
+            compare_modules(ref, ours, x, None, [x], torch.float32)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -134,20 +145,24 @@ def test_inference_without_workspace_equals_training_forward(packed):
     assert torch.equal(d_t, d_i) and torch.equal(h_t, h_i) and torch.equal(c_t, c_i)
 
 
+# The GRU's grid: a third of the shapes, rotated per structure, on the CPU kernels and on the emulated CUDA path (the
+# GPU's GRU parity, with tolerances scaled for cuDNN, is test_cuda.py's).
+@pytest.mark.parametrize("backend", ["cpu", "emulated_cuda"])
 @pytest.mark.parametrize("shape", range(0, len(SHAPES), 3))
 @pytest.mark.parametrize("case", range(len(GRU_STRUCTURES)))
-def test_gru_parity_grid(case, shape):
+def test_gru_parity_grid(backend, case, shape):
     num_layers, bidirectional, batch_first, bias = GRU_STRUCTURES[case]
     T, B, H = SHAPES[(shape + case) % len(SHAPES)]
-    ref, ours = twin_grus(H + 2, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                          bias=bias, seed=case)
-    D = 2 if bidirectional else 1
-    x = torch.randn((B, T, H + 2) if batch_first else (T, B, H + 2), requires_grad=True)
-    if case % 2:
-        h0 = torch.randn(num_layers * D, B, H, requires_grad=True)
-        compare_grus(ref, ours, x, h0, [x, h0], torch.float32)
-    else:
-        compare_grus(ref, ours, x, None, [x], torch.float32)
+    with on_backend(backend):
+        ref, ours = twin_grus(H + 2, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+                              bias=bias, seed=case)
+        D = 2 if bidirectional else 1
+        x = torch.randn((B, T, H + 2) if batch_first else (T, B, H + 2), requires_grad=True)
+        if case % 2:
+            h0 = torch.randn(num_layers * D, B, H, requires_grad=True)
+            compare_grus(ref, ours, x, h0, [x, h0], torch.float32)
+        else:
+            compare_grus(ref, ours, x, None, [x], torch.float32)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
