@@ -111,9 +111,9 @@ struct CpuGru : GruCell {
   static void bwd_loop(const CpuBwdParams<scalar_t>& p) {
     gru_bwd_loop(p);
   }
-  // The weight only the cell reads: b_hh (zeros without biases: the pointwise pass always adds it).
-  static Tensor cell_weight(const DirectionWeights& w, const LayerSizes& s) {
-    return w.b_hh ? w.b_hh->contiguous() : at::zeros({s.G()}, w.w_hh.options());
+  // b_hh, or zeros without biases: the CPU pointwise pass always adds it.
+  static Tensor cell_weight(const DirectionWeights& w) {
+    return w.b_hh ? GruCell::cell_weight(w) : at::zeros({w.w_hh.size(0)}, w.w_hh.options());
   }
   template <typename scalar_t>
   static void cell_weight_grad(const CpuBwdParams<scalar_t>&, scalar_t*) {}

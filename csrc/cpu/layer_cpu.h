@@ -1,9 +1,9 @@
 // One layer of any cell on the CPU, written once: checks, buffers, per direction the cell's fused sequence loop, and
 // in the backward the weight, bias and input gradients as GEMMs and fixed-order reductions over all steps. A Cell
-// (CpuLstm in cpu/lstm_cpu.cpp, CpuGru in cpu/gru_cpu.cpp) extends host/cells.h with
+// (CpuLstm in cpu/lstm_cpu.cpp, CpuGru in cpu/gru_cpu.cpp) extends host/cells.h (CpuGru's cell_weight gives zeros
+// for an absent b_hh) with
 //   template <typename scalar_t> static void fwd_loop(const CpuFwdParams<scalar_t>&);
 //   template <typename scalar_t> static void bwd_loop(const CpuBwdParams<scalar_t>&);
-//   static Tensor cell_weight(const DirectionWeights&, const LayerSizes&);  // the weight only the cell reads
 //   template <typename scalar_t> static void cell_weight_grad(const CpuBwdParams<scalar_t>&, scalar_t* out);
 #pragma once
 
@@ -86,7 +86,7 @@ LayerOutputs layer_fwd(const LayerArgs& a) {
     const at::Tensor bias = b ? b->contiguous() : at::zeros({G}, opts);
     const at::Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const at::Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : at::Tensor();
-    const at::Tensor cell_w = Cell::cell_weight(w, s);
+    const at::Tensor cell_w = Cell::cell_weight(w);
     at::Tensor r_buf = s.proj ? at::empty({seq.B, H}, opts) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_fused_cpu_fwd", [&] {
       CpuFwdParams<scalar_t> p;
@@ -145,7 +145,7 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = dirs[d];
     const SeqLayout seq = layouts[d].view();
-    const at::Tensor cell_w = Cell::cell_weight(w, s);
+    const at::Tensor cell_w = Cell::cell_weight(w);
     const at::Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const at::Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : at::Tensor();
     at::Tensor dr_buf = s.proj ? at::empty({seq.B, H}, opts) : at::Tensor();

@@ -179,10 +179,6 @@ struct CpuLstm : LstmCell {
   static void bwd_loop(const CpuBwdParams<scalar_t>& p) {
     lstm_bwd_loop(p);
   }
-  // The weight only the cell reads: the peepholes.
-  static Tensor cell_weight(const DirectionWeights& w, const LayerSizes& s) {
-    return s.peephole ? w.w_ph->contiguous() : Tensor();
-  }
   template <typename scalar_t>
   static void cell_weight_grad(const CpuBwdParams<scalar_t>& p, scalar_t* out) {
     peephole_grads<scalar_t>(p.seq, p.s, p.dg, p.ws, p.c0, out);

@@ -1,5 +1,5 @@
 // What the CUDA path's layer driver (drivers/layer_driver.h) needs to know about a cell beyond host/cells.h: its step
-// parameter types, the weight the cell itself reads, and the step fields and gradients only it has. Everything else
+// parameter types and the step fields and gradients only it has. Everything else
 // (buffers, the step table, the path choice, the GEMM path, the projection, the gradient GEMMs) is the driver's, once.
 #pragma once
 
@@ -31,9 +31,6 @@ struct LstmTraits : LstmCell {
   using FwdStep = cuda_step::FwdStepParams<T, A>;
   template <typename T, typename A>
   using BwdStep = cuda_step::BwdStepParams<T, A>;
-
-  // The weight the cell itself reads: the peepholes ([3 or 2, H]), if any.
-  static Tensor cell_weight(const DirectionWeights& w) { return w.w_ph ? w.w_ph->contiguous() : Tensor(); }
 
   // The forward step's LSTM fields. Pass: the driver's FwdPass (its buffers and sizes).
   template <typename T, typename A, typename Pass>
@@ -102,8 +99,6 @@ struct GruTraits : GruCell {
   template <typename T, typename A>
   using BwdStep = cuda_step::GruBwdStepParams<T, A>;
 
-  // The weight the cell itself reads: b_hh ([3H]), if any.
-  static Tensor cell_weight(const DirectionWeights& w) { return w.b_hh ? w.b_hh->contiguous() : Tensor(); }
 
   template <typename T, typename A, typename Pass>
   static void fill_fwd(FwdStep<T, A>& p, const Pass& f, int64_t d, int64_t, int64_t, int64_t) {

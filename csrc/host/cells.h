@@ -1,5 +1,6 @@
 // The cells as every backend's layer driver sees them, whatever the device: their checks, whether they carry a cell
-// state, where their biases go, whether W_ih and W_hh share one pre-activation gradient. Each backend extends these
+// state, where their biases go, the weight only the cell reads, whether W_ih and W_hh share one pre-activation
+// gradient. Each backend extends these
 // with what it runs (drivers/cell_traits.h for the CUDA path, cpu/layer_cpu.h for the CPU).
 #pragma once
 
@@ -28,6 +29,8 @@ struct LstmCell {
   static std::optional<at::Tensor> input_bias(const DirectionWeights& w) {
     return w.b_ih ? std::optional<at::Tensor>(*w.b_ih + *w.b_hh) : std::nullopt;
   }
+  // The weight only the cell itself reads: the peepholes ([3 or 2, H]); undefined without.
+  static at::Tensor cell_weight(const DirectionWeights& w) { return w.w_ph ? w.w_ph->contiguous() : at::Tensor(); }
 };
 
 // GRU (nn.GRU's gates r, z, n): b_hh stays with the recurrent product (r scales W_hn·h + b_hn), so W_ih's and
@@ -42,6 +45,8 @@ struct GruCell {
     return check_gru_directions(a, dirs);
   }
   static std::optional<at::Tensor> input_bias(const DirectionWeights& w) { return w.b_ih; }
+  // The weight only the cell itself reads: b_hh ([3H]); undefined without.
+  static at::Tensor cell_weight(const DirectionWeights& w) { return w.b_hh ? w.b_hh->contiguous() : at::Tensor(); }
 };
 
 }  // namespace lstm_fused

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <optional>
-#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
