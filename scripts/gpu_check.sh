@@ -37,10 +37,13 @@ grep -E "registers|spill" "$OUT/build.log" | sort | uniq -c | head -20
 
 echo "== CUDA tests"
 # Not -x: one lease should report every failing test, not the first (the full log is in $OUT/tests.log).
+# GPU-only files, then the concern files' cases on the "cuda" backend (helpers.on_backend: ids carry "cuda", the
+# emulated backend's "emulated_cuda"). The emulation tests are left to the CPU (CI runs them).
 (cd /tmp && LSTM_FUSED_TESTING=1 LSTM_FUSED_LARGE_TESTS=1 timeout 300 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib --maxfail=30 -rf \
-  --durations=8 "$ROOT/tests/test_cuda_persistent.py" "$ROOT/tests/test_cuda.py" \
-  "$ROOT/tests/test_persistent_emulation.py" "$ROOT/tests/test_cuda_emulation.py" "$ROOT/tests/test_autocast.py" \
-  "$ROOT/tests/test_large_tensors.py::test_workspace_over_2_31_elements_cuda" 2>&1) | tee "$OUT/tests.log" | tail -45
+  --durations=8 "$ROOT/tests/test_cuda_persistent.py" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_autocast.py" \
+  "$ROOT/tests/test_large_tensors.py::test_workspace_over_2_31_elements_cuda" \
+  "$ROOT"/tests/test_{parity,packed,cells,gradients,lstm_variants,compile,errors}.py -k "cuda and not emulated_cuda" \
+  2>&1) | tee "$OUT/tests.log" | tail -45
 fi
 [ "$PART" = all ] || [ "$PART" = measure ] || exit 0
 

@@ -1,10 +1,11 @@
-"""lstm_fused.LSTMCell / GRUCell against nn.LSTMCell / nn.GRUCell: parity, errors, gradcheck and compile."""
+"""lstm_fused.LSTMCell / GRUCell against nn.LSTMCell / nn.GRUCell: parity (on every backend), errors, gradcheck
+and compile."""
 import pytest
 import torch
 from torch import nn
 
 import lstm_fused
-from helpers import assert_raises_like
+from helpers import BACKENDS, assert_raises_like, on_backend
 
 
 def _twin_cells(*args, seed=0, **kwargs):
@@ -17,26 +18,30 @@ def _twin_cells(*args, seed=0, **kwargs):
     return ref, ours
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lstm_cell_parity(bias, batched, with_state, dtype):
-    ref, ours = _twin_cells(5, 33, bias=bias, dtype=dtype)
-    shape = (7, 5) if batched else (5,)
-    x = torch.randn(shape, dtype=dtype, requires_grad=True)
-    hx = None
-    leaves = [x]
-    if with_state:
-        s = (7, 33) if batched else (33,)
-        hx = (torch.randn(s, dtype=dtype, requires_grad=True), torch.randn(s, dtype=dtype, requires_grad=True))
-        leaves += list(hx)
+def test_lstm_cell_parity(backend, bias, batched, with_state, dtype):
+    with on_backend(backend) as device:
+        ref, ours = _twin_cells(5, 33, bias=bias, dtype=dtype)
+        ref, ours = ref.to(device), ours.to(device)
+        shape = (7, 5) if batched else (5,)
+        x = torch.randn(shape, dtype=dtype).to(device).requires_grad_()
+        hx = None
+        leaves = [x]
+        if with_state:
+            s = (7, 33) if batched else (33,)
+            hx = (torch.randn(s, dtype=dtype).to(device).requires_grad_(),
+                  torch.randn(s, dtype=dtype).to(device).requires_grad_())
+            leaves += list(hx)
+        results = []
+        for m in (ref, ours):
+            h, c = m(x, hx)
+            loss = (h * torch.arange(h.numel(), dtype=dtype, device=device).view(h.shape)).sum() + c.square().sum()
+            results.append((h, c, torch.autograd.grad(loss, leaves + list(m.parameters()))))
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
-    results = []
-    for m in (ref, ours):
-        h, c = m(x, hx)
-        loss = (h * torch.arange(h.numel(), dtype=dtype).view(h.shape)).sum() + c.square().sum()
-        results.append((h, c, torch.autograd.grad(loss, leaves + list(m.parameters()))))
     (h1, c1, g1), (h2, c2, g2) = results
     assert h2.shape == h1.shape and c2.shape == c1.shape
     torch.testing.assert_close(h2, h1, **tol)
@@ -76,28 +81,31 @@ def test_lstm_cell_errors_match(name):
     torch.testing.assert_close(ours(torch.ones(2, 5))[0], ref(torch.ones(2, 5))[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("with_state", [True, False])
-def test_gru_cell_parity(bias, batched, with_state):
-    torch.manual_seed(0)
-    ref = nn.GRUCell(5, 9, bias=bias, dtype=torch.float64)
-    torch.manual_seed(0)
-    ours = lstm_fused.GRUCell(5, 9, bias=bias, dtype=torch.float64)
-    x = torch.randn((4, 5) if batched else (5,), dtype=torch.float64, requires_grad=True)
-    h = torch.randn((4, 9) if batched else (9,), dtype=torch.float64, requires_grad=True) if with_state else None
-    leaves = [x] + ([h] if with_state else [])
-    res = []
-    for m in (ref, ours):
-        out = m(x, h)
-        res.append((out, torch.autograd.grad(out.sin().sum(), leaves + list(m.parameters()))))
-    torch.testing.assert_close(res[1][0], res[0][0])
-    for a, b in zip(res[1][1], res[0][1]):
-        torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError):
-        ours(torch.randn(2, 3, 5, dtype=torch.float64))
-    with pytest.raises(RuntimeError):
-        ours(torch.randn(4, 6, dtype=torch.float64))
+def test_gru_cell_parity(backend, bias, batched, with_state):
+    with on_backend(backend) as device:
+        torch.manual_seed(0)
+        ref = nn.GRUCell(5, 9, bias=bias, dtype=torch.float64).to(device)
+        torch.manual_seed(0)
+        ours = lstm_fused.GRUCell(5, 9, bias=bias, dtype=torch.float64).to(device)
+        x = torch.randn((4, 5) if batched else (5,), dtype=torch.float64).to(device).requires_grad_()
+        h = torch.randn((4, 9) if batched else (9,), dtype=torch.float64).to(device).requires_grad_() \
+            if with_state else None
+        leaves = [x] + ([h] if with_state else [])
+        res = []
+        for m in (ref, ours):
+            out = m(x, h)
+            res.append((out, torch.autograd.grad(out.sin().sum(), leaves + list(m.parameters()))))
+        torch.testing.assert_close(res[1][0], res[0][0])
+        for a, b in zip(res[1][1], res[0][1]):
+            torch.testing.assert_close(a, b)
+        with pytest.raises(ValueError):
+            ours(torch.randn(2, 3, 5, dtype=torch.float64, device=device))
+        with pytest.raises(RuntimeError):
+            ours(torch.randn(4, 6, dtype=torch.float64, device=device))
 
 
 def test_gru_cell_gradcheck_and_compile():

@@ -1,13 +1,13 @@
 """The CUDA path's logic, run on the CPU: the CUDA driver (buffers, GEMMs, step loop) with each step kernel's
-phase functions executed block by block and thread by thread (lstm_fused_testing::emu_lstm_layer_*). Compared with the CPU
-kernels at odd sizes that cross the kernels' 32-unit, 8-row and 32-k tiles, padded and packed, both
-directions, with and without projection, in every dtype the GPU path supports."""
+phase functions executed block by block and thread by thread (lstm_fused_testing::emu_*_layer_*), for every cell
+(helpers.CELLS). Compared with the CPU kernels at odd sizes that cross the kernels' 32-unit, 8-row and 32-k tiles,
+padded and packed, both directions, with and without projection, in every dtype the GPU path supports."""
 import pytest
 import torch
 
 import lstm_fused  # noqa: F401  (registers the ops)
-from helpers import (VARIANT_IDS, VARIANTS, bwd_emu, check_gru_layer, check_half_layer, check_lstm_layer, fwd_emu,
-                     gru_fwd_cpu, gru_fwd_emu, gru_layer_args, layer_args)
+from helpers import (CELLS, VARIANT_IDS, VARIANTS, bwd_emu, cell_layer_args, check_half_layer, check_layer, fwd_emu,
+                     gru_fwd_emu, gru_layer_args, layer_args)
 
 CASES = [  # T, B, I, H, proj
     (1, 1, 1, 1, 0),
@@ -23,19 +23,20 @@ CASES = [  # T, B, I, H, proj
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("directions", [1, 2])
-@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, directions, variant):
-    args = layer_args(*case, packed, torch.float64, seed=hash((case, packed, directions)) % 1000,
-                      directions=directions, peephole=variant[0], coupled=variant[1])
-    check_lstm_layer(args, need_grad_inputs=(True, False))
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_cuda_layer_matches_cpu_kernels(case, packed, directions, cell):
+    args = cell_layer_args(cell, *case, packed, torch.float64, seed=hash((case, packed, directions)) % 1000,
+                           directions=directions)
+    check_layer(args, need_grad_inputs=(True, False))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
 @pytest.mark.parametrize("packed", [False, True])
-def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed):
+@pytest.mark.parametrize("cell", ["peephole", "gru"])
+def test_emulated_cuda_layer_half_types_track_float64(dtype, tol, packed, cell):
     # Half types keep gates and cells in float32; their error against float64 is the storage rounding.
     T, B, I, H, proj = 6, 5, 12, 20, 7
-    args64 = layer_args(T, B, I, H, proj, packed, torch.float64, seed=3, directions=2, peephole=True)
+    args64 = cell_layer_args(cell, T, B, I, H, proj, packed, torch.float64, seed=3, directions=2)
     check_half_layer(args64, dtype, tol, ws_float32=True)
 
 
@@ -47,31 +48,6 @@ def test_emulated_backward_rejects_missing_workspace():
     with pytest.raises(RuntimeError, match="workspace"):
         bwd_emu(torch.ones_like(out), torch.ones_like(h_n), torch.ones_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
                 w_ph, cpl, out, ws, True, True)
-
-
-# ---- GRU ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("directions", [1, 2])
-@pytest.mark.parametrize("bias", [True, False])
-def test_emulated_cuda_gru_matches_cpu_kernels(case, packed, directions, bias):
-    T, B, I, H, _ = case
-    args = gru_layer_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions,
-                          directions=directions, bias=bias)
-    check_gru_layer(args, bias, need_grad_inputs=(True, False))
-
-
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
-def test_emulated_cuda_gru_half_types_track_float64(dtype, tol):
-    args64 = gru_layer_args(6, 5, 12, 20, True, torch.float64, seed=4, directions=2)
-    args = [[t.to(dtype) for t in a] if isinstance(a, list) else
-            (a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a) for a in args64]
-    ref = gru_fwd_cpu(*args64, True)
-    emu = gru_fwd_emu(*args, True)
-    assert emu[2].dtype == torch.float32
-    for a, b in zip(emu[:2], ref[:2]):
-        assert a.dtype == dtype
-        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -96,14 +72,14 @@ def test_emulated_inference_without_workspace_equals_training_forward(packed, di
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("directions", [1, 2])
-@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_per_step_paths_match_cpu_kernels(monkeypatch, algo, case, packed, directions, variant):
+@pytest.mark.parametrize("cell", CELLS)
+def test_per_step_paths_match_cpu_kernels(monkeypatch, algo, case, packed, directions, cell):
     # The per-step launches, with the step kernel's own reduction (step) or a cuBLAS GEMM per step feeding the
     # cell (gemm, what auto runs for batches over 64), with and without projection.
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", algo)
-    args = layer_args(*case, packed, torch.float64, seed=hash((case, packed, directions, 1)) % 1000,
-                      directions=directions, peephole=variant[0], coupled=variant[1])
-    check_lstm_layer(args, inference=True)
+    args = cell_layer_args(cell, *case, packed, torch.float64, seed=hash((case, packed, directions, 1)) % 1000,
+                           directions=directions)
+    check_layer(args, inference=True)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
@@ -111,15 +87,3 @@ def test_gemm_path_half_types_track_float64(monkeypatch, dtype, tol):
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", "auto")  # batch 70 > 64: the GEMM path
     args64 = layer_args(5, 70, 12, 20, 7, True, torch.float64, seed=8, directions=2, peephole=True)
     check_half_layer(args64, dtype, tol, backward=False)
-
-
-@pytest.mark.parametrize("algo", ["step", "gemm"])
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("directions", [1, 2])
-def test_gru_per_step_paths_match_cpu_kernels(monkeypatch, algo, case, packed, directions):
-    monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", algo)
-    T, B, I, H, _ = case
-    args = gru_layer_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions + 3,
-                          directions=directions)
-    check_gru_layer(args, True, inference=True)

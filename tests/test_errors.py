@@ -146,6 +146,13 @@ def test_cuda_tensor_on_cpu_only_build_is_a_clear_error():
         m(torch.randn(4, 2, I, device="cuda"))
 
 
+@pytest.mark.skipif(not (torch.cuda.is_available() and lstm_fused.has_cuda_kernels()), reason="needs a GPU and a CUDA build")
+def test_cuda_input_with_states_on_the_cpu_raises():
+    m = lstm_fused.LSTM(3, 4).cuda()
+    with pytest.raises(RuntimeError):
+        m(torch.randn(5, 2, 3, device="cuda"), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+
+
 @pytest.mark.parametrize("make", [lambda: lstm_fused.LSTM(3, 5, device="meta"),
                                   lambda: lstm_fused.GRU(3, 5, device="meta"),
                                   lambda: lstm_fused.LSTMCell(3, 5, device="meta"),

@@ -1,5 +1,5 @@
-"""Gradients: float64 gradcheck of the ops and of the modules (LSTM, GRU), parameters included; double backward
-raises; a single-feature input's gradients."""
+"""Gradients: float64 gradcheck of the ops and of the modules (LSTM, GRU; on every backend), parameters included;
+double backward raises; a single-feature input's gradients."""
 import pytest
 import torch
 from torch import nn
@@ -7,11 +7,13 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
+from helpers import BACKENDS, on_backend
 from lstm_fused.ops import lstm_layer
 
 
-def _t(*shape):
-    return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+def _t(*shape, device="cpu"):
+    # Drawn on the CPU (the same numbers on every backend), then moved.
+    return torch.randn(*shape, dtype=torch.float64).to(device).requires_grad_()
 
 
 @pytest.mark.parametrize("directions", [1, 2])
@@ -42,22 +44,24 @@ def test_gradcheck_layer_op(directions, proj, bias, packed):
     assert torch.autograd.gradcheck(f, [x, _t(D, B, P), _t(D, B, H), *flat])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("packed", [False, True])
-def test_gradcheck_module_all_parameters(packed):
-    torch.manual_seed(0)
-    m = lstm_fused.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64)
-    names = [n for n, _ in m.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
-    x = _t(5, 3, 3)
-    h0, c0 = _t(4, 3, 2), _t(4, 3, 4)
-    lengths = torch.tensor([5, 2, 4])
+def test_gradcheck_module_all_parameters(backend, packed):
+    with on_backend(backend) as device:
+        torch.manual_seed(0)
+        m = lstm_fused.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64).to(device)
+        names = [n for n, _ in m.named_parameters()]
+        params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+        x = _t(5, 3, 3, device=device)
+        h0, c0 = _t(4, 3, 2, device=device), _t(4, 3, 4, device=device)
+        lengths = torch.tensor([5, 2, 4])
 
-    def f(x, h0, c0, *ps):
-        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
-        out, (h, c) = functional_call(m, dict(zip(names, ps)), (inp, (h0, c0)))
-        return (out.data if packed else out), h, c
+        def f(x, h0, c0, *ps):
+            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+            out, (h, c) = functional_call(m, dict(zip(names, ps)), (inp, (h0, c0)))
+            return (out.data if packed else out), h, c
 
-    assert torch.autograd.gradcheck(f, [x, h0, c0, *params])
+        assert torch.autograd.gradcheck(f, [x, h0, c0, *params])
 
 
 @pytest.mark.parametrize("cls", [lstm_fused.LSTM, lstm_fused.GRU])
@@ -82,19 +86,21 @@ def test_single_feature_input_gradients():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("packed", [False, True])
-def test_gru_gradcheck(packed):
-    torch.manual_seed(0)
-    m = lstm_fused.GRU(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
-    names = [n for n, _ in m.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
-    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(4, 3, 4, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([5, 2, 4])
+def test_gru_gradcheck(backend, packed):
+    with on_backend(backend) as device:
+        torch.manual_seed(0)
+        m = lstm_fused.GRU(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64).to(device)
+        names = [n for n, _ in m.named_parameters()]
+        params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+        x = _t(5, 3, 3, device=device)
+        h0 = _t(4, 3, 4, device=device)
+        lengths = torch.tensor([5, 2, 4])
 
-    def f(x, h0, *ps):
-        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
-        out, h = torch.func.functional_call(m, dict(zip(names, ps)), (inp, h0))
-        return (out.data if packed else out), h
+        def f(x, h0, *ps):
+            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+            out, h = torch.func.functional_call(m, dict(zip(names, ps)), (inp, h0))
+            return (out.data if packed else out), h
 
-    assert torch.autograd.gradcheck(f, [x, h0, *params])
+        assert torch.autograd.gradcheck(f, [x, h0, *params])

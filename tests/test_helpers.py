@@ -1,7 +1,8 @@
 """The test helpers themselves (helpers.py) and the test-only instrumentation they rely on."""
+import pytest
 import torch
 
-from helpers import loss_of, requires_testing_ops
+from helpers import loss_of, on_backend, requires_testing_ops
 
 
 def test_test_loss_weights_follow_the_outputs_device():
@@ -18,3 +19,11 @@ def test_test_loss_weights_follow_the_outputs_device():
 def test_path_counts_op_reports_four_paths():
     counts = torch.ops.lstm_fused_testing.path_counts()
     assert len(counts) == 4 and all(isinstance(n, int) and n >= 0 for n in counts)
+
+
+@requires_testing_ops
+def test_emulated_backend_fails_a_block_where_the_cuda_path_did_not_run():
+    # A routing that silently fell back to the CPU kernels would pass every parity test: on_backend catches it.
+    with pytest.raises(AssertionError, match="did not run"):
+        with on_backend("emulated_cuda"):
+            pass

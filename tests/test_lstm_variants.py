@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
+from helpers import BACKENDS, on_backend
 from lstm_fused import reference
 
 VARIANTS = [dict(peephole=True), dict(coupled=True), dict(peephole=True, coupled=True)]
@@ -52,29 +53,55 @@ def test_reference_zero_peepholes_equal_nn_lstm():
 STRUCTURES = list(itertools.product([1, 2], [False, True], [0, 3], [False, True], [False, True]))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("structure", STRUCTURES, ids=str)
-def test_variant_kernels_match_reference(variant, structure):
+def test_variant_kernels_match_reference(backend, variant, structure):
     num_layers, bidirectional, proj, batch_first, packed = structure
-    torch.manual_seed(1)
-    m = lstm_fused.LSTM(4, 7, num_layers=num_layers, bidirectional=bidirectional, proj_size=proj,
-                        batch_first=batch_first, dtype=torch.float64, **variant)
-    D = 2 if bidirectional else 1
-    x = torch.randn((5, 9, 4) if batch_first else (9, 5, 4), dtype=torch.float64, requires_grad=True)
-    h0 = torch.randn(num_layers * D, 5, proj or 7, dtype=torch.float64, requires_grad=True)
-    c0 = torch.randn(num_layers * D, 5, 7, dtype=torch.float64, requires_grad=True)
-    inp = pack_padded_sequence(x, torch.tensor([9, 3, 6, 1, 9]), batch_first=batch_first,
-                               enforce_sorted=False) if packed else x
-    results = []
-    for run in (m, lambda i, hx: reference.run_lstm(m, i, hx)):
-        out, (h, c) = run(inp, (h0, c0))
-        data = out.data if packed else out
-        g = torch.Generator().manual_seed(2)
-        loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in (data, h, c))
-        results.append([data, h, c, *torch.autograd.grad(loss, [x, h0, c0, *m.parameters()], retain_graph=True)])
+    with on_backend(backend) as device:
+        torch.manual_seed(1)
+        m = lstm_fused.LSTM(4, 7, num_layers=num_layers, bidirectional=bidirectional, proj_size=proj,
+                            batch_first=batch_first, dtype=torch.float64, **variant).to(device)
+        D = 2 if bidirectional else 1
+        x = torch.randn((5, 9, 4) if batch_first else (9, 5, 4), dtype=torch.float64).to(device).requires_grad_()
+        h0 = torch.randn(num_layers * D, 5, proj or 7, dtype=torch.float64).to(device).requires_grad_()
+        c0 = torch.randn(num_layers * D, 5, 7, dtype=torch.float64).to(device).requires_grad_()
+        inp = pack_padded_sequence(x, torch.tensor([9, 3, 6, 1, 9]), batch_first=batch_first,
+                                   enforce_sorted=False) if packed else x
+        results = []
+        for run in (m, lambda i, hx: reference.run_lstm(m, i, hx)):
+            out, (h, c) = run(inp, (h0, c0))
+            data = out.data if packed else out
+            g = torch.Generator().manual_seed(2)
+            loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype).to(device)).sum() for t in (data, h, c))
+            results.append([data, h, c, *torch.autograd.grad(loss, [x, h0, c0, *m.parameters()], retain_graph=True)])
     names = ["output", "h_n", "c_n", "grad x", "grad h0", "grad c0"] + [f"grad {n}" for n, _ in m.named_parameters()]
     for name, a, b in zip(names, *results):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("packed", [False, True])
+def test_variant_wide_layer_matches_reference(backend, variant, packed):
+    # H 33 crosses the kernels' 32-unit tiles; then a fast gradcheck of every parameter (~9k).
+    with on_backend(backend) as device:
+        torch.manual_seed(0)
+        m = lstm_fused.LSTM(6, 33, num_layers=2, bidirectional=True, proj_size=5, dtype=torch.float64, **variant)
+        x = torch.randn(11, 9, 6, dtype=torch.float64)
+        lengths = torch.tensor([11, 3, 7, 1, 11, 5, 9, 2, 6])
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        ref_out, (ref_h, ref_c) = reference.run_lstm(m, inp)
+        m = m.to(device)
+        inp = pack_padded_sequence(x.to(device), lengths, enforce_sorted=False) if packed else x.to(device)
+        out, (h, c) = m(inp)
+        d_out, d_ref = (out.data, ref_out.data) if packed else (out, ref_out)
+        for a, b in ((d_out, d_ref), (h, ref_h), (c, ref_c)):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-9, atol=1e-10)
+        names = [n for n, _ in m.named_parameters()]
+        assert torch.autograd.gradcheck(
+            lambda *ps: torch.func.functional_call(m, dict(zip(names, ps)), (inp,))[1][0],
+            [p.detach().clone().requires_grad_() for p in m.parameters()], fast_mode=True)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
@@ -90,21 +117,24 @@ def test_variant_float32_matches_float64_reference(variant):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_variant_gradcheck(variant):
-    torch.manual_seed(0)
-    m = lstm_fused.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64, **variant)
-    names = [n for n, _ in m.named_parameters()]
-    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
-    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
-    lengths = torch.tensor([5, 2, 4])
+def test_variant_gradcheck(backend, variant):
+    with on_backend(backend) as device:
+        torch.manual_seed(0)
+        m = lstm_fused.LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64,
+                            **variant).to(device)
+        names = [n for n, _ in m.named_parameters()]
+        params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+        x = torch.randn(5, 3, 3, dtype=torch.float64).to(device).requires_grad_()
+        lengths = torch.tensor([5, 2, 4])
 
-    def f(x, *ps):
-        out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)),
-                                                 (pack_padded_sequence(x, lengths, enforce_sorted=False),))
-        return out.data, h, c
+        def f(x, *ps):
+            out, (h, c) = torch.func.functional_call(m, dict(zip(names, ps)),
+                                                     (pack_padded_sequence(x, lengths, enforce_sorted=False),))
+            return out.data, h, c
 
-    assert torch.autograd.gradcheck(f, [x, *params])
+        assert torch.autograd.gradcheck(f, [x, *params])
 
 
 def test_variant_compile_fullgraph_matches_eager():

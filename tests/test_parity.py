@@ -4,7 +4,7 @@ float64, unbatched, non-contiguous and view inputs, partial use of the outputs."
 import pytest
 import torch
 
-from helpers import (BACKENDS, GRU_STRUCTURES, LARGE_BATCH_SHAPES, LSTM_STRUCTURES, SHAPE_SAMPLE, SHAPES, compare_grus,
+from helpers import (BACKENDS, CUDNN_GRU_TOL, GRU_STRUCTURES, LARGE_BATCH_SHAPES, LSTM_STRUCTURES, SHAPE_SAMPLE, SHAPES, compare_grus,
                      compare_modules, on_backend, twin_grus, twin_lstms)
 
 
@@ -51,18 +51,33 @@ def test_parity_float64(bidirectional, proj_size):
     compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float64)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_unbatched_input(batch_first, with_state):
-    ref, ours = twin_lstms(4, 6, num_layers=2, bidirectional=True, proj_size=3, batch_first=batch_first)
-    x = torch.randn(7, 4, requires_grad=True)
-    if with_state:
-        h0 = torch.randn(4, 3, requires_grad=True)
-        c0 = torch.randn(4, 6, requires_grad=True)
-        out, h, c = compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
-    else:
-        out, h, c = compare_modules(ref, ours, x, None, [x], torch.float32)
+def test_unbatched_input(backend, batch_first, with_state):
+    with on_backend(backend) as device:
+        ref, ours = twin_lstms(4, 6, num_layers=2, bidirectional=True, proj_size=3, batch_first=batch_first)
+        ref, ours = ref.to(device), ours.to(device)
+        x = torch.randn(7, 4, device=device, requires_grad=True)
+        if with_state:
+            h0 = torch.randn(4, 3, device=device, requires_grad=True)
+            c0 = torch.randn(4, 6, device=device, requires_grad=True)
+            out, h, c = compare_modules(ref, ours, x, (h0, c0), [x, h0, c0], torch.float32)
+        else:
+            out, h, c = compare_modules(ref, ours, x, None, [x], torch.float32)
     assert out.shape == (7, 6) and h.shape == (4, 3) and c.shape == (4, 6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unbatched_with_dropout_in_eval(backend):
+    # Inter-layer dropout is off in eval: outputs and gradients equal nn's.
+    with on_backend(backend) as device:
+        ref, ours = twin_lstms(4, 6, num_layers=2, dropout=0.3, proj_size=2)
+        ref, ours = ref.to(device).eval(), ours.to(device).eval()
+        x = torch.randn(7, 4, device=device, requires_grad=True)
+        # cuDNN has no backward in eval mode; nn.LSTM's own CUDA kernels do (and lstm_fused never uses cuDNN).
+        with torch.backends.cudnn.flags(enabled=False):
+            compare_modules(ref, ours, x, None, [x], torch.float32)
 
 
 def test_non_contiguous_input_and_states():
@@ -145,24 +160,40 @@ def test_inference_without_workspace_equals_training_forward(packed):
     assert torch.equal(d_t, d_i) and torch.equal(h_t, h_i) and torch.equal(c_t, c_i)
 
 
-# The GRU's grid: a third of the shapes, rotated per structure, on the CPU kernels and on the emulated CUDA path (the
-# GPU's GRU parity, with tolerances scaled for cuDNN, is test_cuda.py's).
-@pytest.mark.parametrize("backend", ["cpu", "emulated_cuda"])
-@pytest.mark.parametrize("shape", range(0, len(SHAPES), 3))
-@pytest.mark.parametrize("case", range(len(GRU_STRUCTURES)))
+# The GRU's grid: on the CPU kernels and the emulated CUDA path every structure over a third of the shapes, rotated
+# per structure; on a GPU the structures with bias up to two layers over a sample plus a batch over 64, against
+# cuDNN's GRU within CUDNN_GRU_TOL.
+def _gru_cases():
+    cases = []
+    for backend in ("cpu", "emulated_cuda"):
+        for case in range(len(GRU_STRUCTURES)):
+            for shape in range(0, len(SHAPES), 3):
+                cases.append((backend, case, SHAPES[(shape + case) % len(SHAPES)]))
+    for case, (layers, _, _, bias) in enumerate(GRU_STRUCTURES):
+        if bias and layers <= 2:
+            cases += [("cuda", case, shape) for shape in (SHAPE_SAMPLE[0], SHAPE_SAMPLE[2], *LARGE_BATCH_SHAPES)]
+    return cases
+
+
+GRU_CASES = _gru_cases()
+
+
+@pytest.mark.parametrize("backend,case,shape", GRU_CASES, ids=[f"{b}-{c}-{s}" for b, c, s in GRU_CASES])
 def test_gru_parity_grid(backend, case, shape):
     num_layers, bidirectional, batch_first, bias = GRU_STRUCTURES[case]
-    T, B, H = SHAPES[(shape + case) % len(SHAPES)]
-    with on_backend(backend):
+    T, B, H = shape
+    with on_backend(backend) as device:
         ref, ours = twin_grus(H + 2, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
                               bias=bias, seed=case)
+        ref, ours = ref.to(device), ours.to(device)
         D = 2 if bidirectional else 1
-        x = torch.randn((B, T, H + 2) if batch_first else (T, B, H + 2), requires_grad=True)
+        x = torch.randn((B, T, H + 2) if batch_first else (T, B, H + 2), device=device, requires_grad=True)
+        tol = CUDNN_GRU_TOL if backend == "cuda" else None
         if case % 2:
-            h0 = torch.randn(num_layers * D, B, H, requires_grad=True)
-            compare_grus(ref, ours, x, h0, [x, h0], torch.float32)
+            h0 = torch.randn(num_layers * D, B, H, device=device, requires_grad=True)
+            compare_grus(ref, ours, x, h0, [x, h0], torch.float32, tol)
         else:
-            compare_grus(ref, ours, x, None, [x], torch.float32)
+            compare_grus(ref, ours, x, None, [x], torch.float32, tol)
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

@@ -6,9 +6,9 @@ unit. Compared with the CPU kernels and with the per-step CUDA kernels (LSTM_FUS
 import pytest
 import torch
 
-from helpers import (VARIANT_IDS, VARIANTS, assert_nested_close, bwd_cpu, bwd_emu, cast_args, check_gru_layer,
-                     check_half_layer, check_lstm_layer, fwd_cpu, fwd_emu, gru_bwd_cpu, gru_bwd_emu, gru_fwd_cpu,
-                     gru_fwd_emu, gru_layer_args, layer_args, paths_taken)
+from helpers import (CELLS, VARIANT_IDS, VARIANTS, assert_nested_close, bwd_cpu, bwd_emu, cast_args, cell_gates,
+                     cell_layer_args, check_half_layer, check_layer, fwd_cpu, fwd_emu, gru_fwd_emu, gru_layer_args,
+                     layer_args, paths_taken)
 
 plan = torch.ops.lstm_fused_testing.persistent_plan.default
 
@@ -35,11 +35,11 @@ def _device(monkeypatch, name, algo="persistent"):
     monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", algo)
 
 
-def _plans(case, directions, coupled, device, elem=8):
+def _plans(case, directions, gates, device, elem=8):
     T, B, I, H = case
-    G = (3 if coupled else 4) * H
     sms, smem = DEVICES[device]
-    return plan(4, H, H, B, directions, elem, elem, sms, smem), plan(1, H, G, B, directions, elem, elem, sms, smem)
+    return (plan(4, H, H, B, directions, elem, elem, sms, smem),
+            plan(1, H, gates * H, B, directions, elem, elem, sms, smem))
 
 
 def test_emulated_devices_reach_every_tiling():
@@ -51,7 +51,7 @@ def test_emulated_devices_reach_every_tiling():
         for case in CASES:
             for directions in (1, 2):
                 for coupled in (False, True):
-                    f, b = _plans(case, directions, coupled, device)
+                    f, b = _plans(case, directions, 3 if coupled else 4, device)
                     if not (f[0] and b[0]):
                         continue
                     H, B = case[3], case[1]
@@ -71,20 +71,20 @@ def test_emulated_devices_reach_every_tiling():
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("directions", [1, 2])
-@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-def test_persistent_matches_cpu_kernels(monkeypatch, device, case, packed, directions, variant):
+@pytest.mark.parametrize("cell", CELLS)
+def test_persistent_matches_cpu_kernels(monkeypatch, device, case, packed, directions, cell):
     T, B, I, H = case
-    fits = all(p[0] for p in _plans(case, directions, variant[1], device))
+    fits = all(p[0] for p in _plans(case, directions, cell_gates(cell), device))
     _device(monkeypatch, device)
-    args = layer_args(T, B, I, H, 0, packed, torch.float64, seed=hash((case, packed, directions)) % 1000,
-                      directions=directions, peephole=variant[0], coupled=variant[1])
+    args = cell_layer_args(cell, T, B, I, H, 0, packed, torch.float64, seed=hash((case, packed, directions)) % 1000,
+                           directions=directions)
     if not fits:
         with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
-            fwd_emu(*args, True)
+            (fwd_emu if len(args) == 11 else gru_fwd_emu)(*args, True)
         return
-    # Inference too: two alternating step buffers, h_n/c_n written by the kernel.
+    # Inference too: two alternating step buffers, h_n (and c_n) written by the kernel.
     with paths_taken() as taken:
-        check_lstm_layer(args, inference=True)
+        check_layer(args, inference=True)
     assert taken["persistent"] > 0 and taken["step"] == taken["gemm_step"] == 0, taken
 
 
@@ -313,25 +313,6 @@ def test_empty_batch_runs_without_a_launch(monkeypatch, algo):
 # ---- GRU ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("device", list(DEVICES))
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("directions", [1, 2])
-@pytest.mark.parametrize("bias", [True, False])
-def test_persistent_gru_matches_cpu_kernels(monkeypatch, device, case, packed, directions, bias):
-    T, B, I, H = case
-    sms, smem = DEVICES[device]
-    fits = plan(4, H, H, B, directions, 8, 8, sms, smem)[0] and plan(1, H, 3 * H, B, directions, 8, 8, sms, smem)[0]
-    _device(monkeypatch, device)
-    args = gru_layer_args(T, B, I, H, packed, torch.float64, seed=sum(case) + directions,
-                          directions=directions, bias=bias)
-    if not fits:
-        with pytest.raises(RuntimeError, match="LSTM_FUSED_CUDA_ALGO=persistent"):
-            gru_fwd_emu(*args, True)
-        return
-    check_gru_layer(args, bias, inference=True)
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
 @pytest.mark.parametrize("mma", ["0", "1"])
 @pytest.mark.parametrize("case", MMA_CASES)
@@ -339,21 +320,7 @@ def test_persistent_gru_half_types_track_float64(monkeypatch, dtype, tol, mma, c
     _device(monkeypatch, "5sm")
     monkeypatch.setenv("LSTM_FUSED_EMU_MMA", mma)
     T, B, I, H = case
-    args64 = gru_layer_args(T, B, I, H, True, torch.float64, seed=4, directions=2)
-    args = cast_args(args64, dtype)
-    ref = gru_fwd_cpu(*args64, True)
-    emu = gru_fwd_emu(*args, True)
-    for a, b in zip(emu[:2], ref[:2]):
-        assert a.dtype == dtype
-        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
-    grads64 = [torch.randn(t.shape, dtype=torch.float64) for t in ref[:2]]
-    x, bs, h0, w_ih, w_hh, _, _ = args
-    x6, _, h06, w_ih6, w_hh6, _, _ = args64
-    r = gru_bwd_cpu(*grads64, x6, bs, h06, w_ih6, w_hh6, ref[0], ref[2], True, True)
-    e = gru_bwd_emu(*[t.to(dtype) for t in grads64], x, bs, h0, w_ih, w_hh, emu[0], emu[2], True, True)
-    for a, b in zip([e[0], e[1], *e[2], *e[3], *e[4], *e[5]], [r[0], r[1], *r[2], *r[3], *r[4], *r[5]]):
-        scale = max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a.double(), b, rtol=tol * 4, atol=tol * 4 * scale)
+    check_half_layer(gru_layer_args(T, B, I, H, True, torch.float64, seed=4, directions=2), dtype, tol)
 
 
 # ---- layer stacks: the wavefront (lstm_stack_fwd) -------------------------------------------------------------
