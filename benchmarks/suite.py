@@ -1,7 +1,8 @@
 """The lstm_fused benchmark suite: lstm_fused against its baselines on the present device.
 
 Baselines, all measured in the same process on the same inputs (interleaved, rotated, medians):
-  nn        nn.LSTM / nn.GRU (oneDNN or PyTorch's CPU kernels on the CPU, cuDNN on CUDA)
+  nn        nn.LSTM / nn.GRU (oneDNN or PyTorch's CPU kernels on the CPU, cuDNN on CUDA); for the weight-drop
+            rows nn's module called with its weight_hh dropped for the call (AWD-LSTM's WeightDrop, functionally)
   loop      the plain-PyTorch loop of lstm_fused.reference (the only option for peephole/coupled LSTMs)
   loop+c    that loop under torch.compile (full grid only: it unrolls T steps and compiles slowly)
   step      (CUDA) lstm_fused itself with its per-step kernels (LSTM_FUSED_CUDA_ALGO=step): what the persistent
@@ -48,6 +49,8 @@ def cpu_grid(quick):
     grid += [case("lstm", 100, B, 256, packed=True) for B in (16, 64)]
     grid += [case("gru", 100, B, H) for B in (1, 16, 64) for H in (64, 256)]
     grid += [case(k, 100, B, H) for k in ("lstm-peephole", "lstm-coupled") for B in (1, 16) for H in (64, 256)]
+    grid += [case("lstm-weightdrop", 100, B, H) for B, H in ((16, 256), (64, 512))]
+    grid += [case("gru-weightdrop", 100, 16, 256)]
     return grid
 
 
@@ -62,7 +65,7 @@ def gpu_grid(quick):
 
 def flops_forward(c):
     d = 2 if c["bidir"] else 1
-    gates = 3 if c["kind"] in ("gru", "lstm-coupled") else 4
+    gates = 3 if c["kind"].startswith("gru") or c["kind"] == "lstm-coupled" else 4
     total = 0
     for layer in range(c["layers"]):
         inp = c["I"] if layer == 0 else d * c["H"]
@@ -92,25 +95,39 @@ class WithAlgo:
             os.environ["LSTM_FUSED_CUDA_ALGO"] = self.saved
 
 
+WEIGHT_DROP = 0.5  # the weight-drop rows' probability (AWD-LSTM uses 0.5)
+
+
+class NNWeightDrop(nn.Module):
+    """nn's module with each weight_hh dropped for the call in training, as AWD-LSTM's WeightDrop does it (here
+    functionally, so the parameters stay as they are)."""
+
+    def __init__(self, module, p):
+        super().__init__()
+        self.module, self.p = module, p
+
+    def forward(self, x):
+        params = {n: nn.functional.dropout(w, self.p, self.training) if n.startswith("weight_hh") else w
+                  for n, w in self.module.named_parameters()}
+        return torch.func.functional_call(self.module, params, (x,))
+
+
 def make_models(c, device, dtype):
-    kind = c["kind"]
+    kind, _, option = c["kind"].partition("-")
     kw = dict(num_layers=c["layers"], bidirectional=c["bidir"], device=device, dtype=dtype)
+    if option == "weightdrop":
+        kw["weight_drop"] = WEIGHT_DROP
     torch.manual_seed(0)
-    if kind == "gru":
-        ours = lstm_fused.GRU(c["I"], c["H"], **kw)
-        ref = nn.GRU(c["I"], c["H"], **kw)
+    variant = {"peephole": dict(peephole=True), "coupled": dict(coupled=True)}.get(option, {})
+    ours = (lstm_fused.GRU if kind == "gru" else lstm_fused.LSTM)(c["I"], c["H"], **kw, **variant)
+    run_ref = reference.run_gru if kind == "gru" else reference.run_lstm
+    loop = lambda x: run_ref(ours, x)  # noqa: E731
+    baselines = {"loop": loop}
+    if not variant:  # nn has no peephole or coupled LSTM
+        kw.pop("weight_drop", None)
+        ref = (nn.GRU if kind == "gru" else nn.LSTM)(c["I"], c["H"], **kw)
         ref.load_state_dict(ours.state_dict())
-        loop = lambda x: reference.run_gru(ours, x)  # noqa: E731
-        baselines = {"nn": ref, "loop": loop}
-    else:
-        variant = {"lstm-peephole": dict(peephole=True), "lstm-coupled": dict(coupled=True)}.get(kind, {})
-        ours = lstm_fused.LSTM(c["I"], c["H"], **kw, **variant)
-        loop = lambda x: reference.run_lstm(ours, x)  # noqa: E731
-        baselines = {"loop": loop}
-        if not variant:
-            ref = nn.LSTM(c["I"], c["H"], **kw)
-            ref.load_state_dict(ours.state_dict())
-            baselines = {"nn": ref, "loop": loop}
+        baselines = {"nn": NNWeightDrop(ref, WEIGHT_DROP) if option == "weightdrop" else ref, "loop": loop}
     if device.type == "cuda":
         baselines["step"] = WithAlgo(ours, "step")
     return ours, baselines
@@ -322,7 +339,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="float32 (default), float64, bfloat16, float16; comma-separated")
     ap.add_argument("--modes", default="inference,training")
-    ap.add_argument("--kinds", default=None, help="subset of lstm,gru,lstm-peephole,lstm-coupled")
+    ap.add_argument("--kinds", default=None, help="subset of lstm,gru,lstm-peephole,lstm-coupled,lstm-weightdrop,gru-weightdrop")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per case and model")
     ap.add_argument("--baselines", default="nn,loop,step", help="which baselines to run: nn, loop (loop+c follows loop), step (CUDA)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))

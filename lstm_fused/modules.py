@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _messages, onnx_export, ops
+from ._regularisers import drop_weight
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert"]
 
@@ -149,6 +150,14 @@ def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, drop
         raise ValueError("proj_size has to be smaller than hidden_size")
 
 
+def _check_probability(name: str, p) -> float:
+    """A regularising option's probability: a real number in [0, 1) (ValueError otherwise, as nn's dropout)."""
+    if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p < 1:
+        raise ValueError(f"{name} should be a number in range [0, 1) (the probability of an element being "
+                         f"dropped), got {p!r}")
+    return float(p)
+
+
 class _FusedRNNBase(nn.Module):
     """What LSTM and GRU share: nn.RNNBase's constructor checks, parameters (names, shapes, order, seeded init),
     attributes and repr, and the whole forward (argument checks, batching, packing, hidden states, the layer
@@ -158,9 +167,11 @@ class _FusedRNNBase(nn.Module):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None, peephole: bool = False, coupled: bool = False) -> None:
+                 device=None, dtype=None, peephole: bool = False, coupled: bool = False,
+                 weight_drop: float = 0.0) -> None:
         super().__init__()
         _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        weight_drop = _check_probability("weight_drop", weight_drop)
         for name, flag in (("peephole", peephole), ("coupled", coupled)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
@@ -176,6 +187,7 @@ class _FusedRNNBase(nn.Module):
         self.proj_size = proj_size
         self.peephole = peephole
         self.coupled = coupled
+        self.weight_drop = weight_drop
         num_directions = 2 if bidirectional else 1
         # LSTM: i, f, g, o (coupled: i, g, o with f = 1 - i); GRU: r, z, n.
         gate_size = (3 if coupled or mode == "GRU" else 4) * hidden_size
@@ -256,6 +268,8 @@ class _FusedRNNBase(nn.Module):
             s += ", peephole=True"
         if self.coupled:
             s += ", coupled=True"
+        if self.weight_drop:
+            s += ", weight_drop={weight_drop}"
         return s.format(**self.__dict__)
 
     # -- argument checks (nn's messages and exception types) ------------------------------------------------------
@@ -325,11 +339,22 @@ class _FusedRNNBase(nn.Module):
             if t.device != weight.device:
                 raise RuntimeError(_messages.hidden_device(weight.device, t.device))
 
-    def _layer_weights(self, layer: int, dtype: torch.dtype) -> tuple:
+    def _layer_weights(self, layer: int, dtype: torch.dtype, dropped_hh: Optional[list] = None) -> tuple:
         """The layer's weights in `dtype`, one entry per kind of _WEIGHT_KINDS: a list over the directions, or
-        None."""
-        return tuple(None if names is None else [_cast(getattr(self, name), dtype) for name in names]
-                     for names in self._weight_names[layer])
+        None; weight_hh taken from `dropped_hh` (_dropped_hh's) where given."""
+        weights = tuple(None if names is None else [_cast(getattr(self, name), dtype) for name in names]
+                        for names in self._weight_names[layer])
+        if dropped_hh is None:
+            return weights
+        return (weights[0], [_cast(w, dtype) for w in dropped_hh[layer]], *weights[2:])
+
+    def _dropped_hh(self) -> Optional[list]:
+        """weight_drop in training: every layer's weight_hh (a list over the directions) with this call's mask,
+        drawn for all layers before the first runs (lstm_fused/_regularisers.py); None otherwise."""
+        if not (self.weight_drop > 0 and self.training):
+            return None
+        return [[drop_weight(getattr(self, name), self.weight_drop) for name in names[1]]
+                for names in self._weight_names]
 
     def _check_device(self, x: Tensor) -> None:
         if x.device.type == "cuda" and not _HAS_CUDA_KERNELS:
@@ -394,8 +419,9 @@ class _FusedRNNBase(nn.Module):
         """The layers computed in `dtype`: the last one's output and the final states of all."""
         num_directions = 2 if self.bidirectional else 1
         finals = [[] for _ in range(self._num_states)]
+        dropped_hh = self._dropped_hh()
         for layer in range(self.num_layers):
-            weights = self._layer_weights(layer, dtype)
+            weights = self._layer_weights(layer, dtype, dropped_hh)
             first = layer * num_directions
             if self.num_layers == 1:  # the states are the layer's: no views to make, nothing to concatenate
                 layer_states = [_cast(states[i], dtype) for i in range(self._num_states)]
@@ -422,15 +448,18 @@ class LSTM(_FusedRNNBase):
     Keyword-only variants: ``peephole=True`` adds per-unit peephole weights ``weight_ph_l{k}`` [3, hidden]
     (rows p_i, p_f, p_o: i and f see c_{t-1}, o sees c_t); ``coupled=True`` couples the input and forget gates
     (f = 1 − i; gate rows i, g, o, so W_ih/W_hh/biases have 3·hidden rows and weight_ph is [2, hidden]).
+    ``weight_drop=p`` (DropConnect on the recurrent matrices, as AWD-LSTM): in training each call drops every
+    ``weight_hh_l{k}`` with F.dropout's mask and 1/(1 − p) scaling, the same for all of that call's steps.
     """
 
     _num_states = 2  # (h, c)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-                 device=None, dtype=None, *, peephole: bool = False, coupled: bool = False) -> None:
+                 device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
+                 weight_drop: float = 0.0) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, peephole, coupled)
+                         proj_size, device, dtype, peephole, coupled, weight_drop)
 
     def _packed_states(self, hx, sorted_indices: Optional[Tensor], mini_batch: int):
         # nn.LSTM's order: permute, then the op's argument checks, then the shapes.
@@ -455,7 +484,8 @@ class LSTM(_FusedRNNBase):
                 and not (self.dropout > 0 and self.training)):
             return super()._layers(x, batch_sizes, states, dtype)
         # One op for the whole stack: on the GPU its layers can run as one wavefront launch.
-        ws = [self._layer_weights(layer, dtype) for layer in range(self.num_layers)]
+        dropped_hh = self._dropped_hh()
+        ws = [self._layer_weights(layer, dtype, dropped_hh) for layer in range(self.num_layers)]
         w_ih, w_hh, b_ih, b_hh, _, w_ph = (None if ws[0][k] is None else [w[k][0] for w in ws]
                                            for k in range(len(_WEIGHT_KINDS)))
         x, h_n, c_n = ops.lstm_stack(_cast(x, dtype), batch_sizes, _cast(states[0], dtype), _cast(states[1], dtype),
@@ -468,7 +498,7 @@ class GRU(_FusedRNNBase):
 
     Same constructor, parameters (gate order r, z, n), initialisation and forward semantics as nn.GRU:
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h. ``forward(input, hx=None)``
-    returns ``output, h_n``.
+    returns ``output, h_n``. Keyword-only ``weight_drop=p``: DropConnect on ``weight_hh_l{k}``, as for LSTM.
     """
 
     _num_states = 1
@@ -476,13 +506,13 @@ class GRU(_FusedRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
-                 **kwargs) -> None:
+                 *, weight_drop: float = 0.0, **kwargs) -> None:
         if "proj_size" in kwargs:  # as nn.GRU
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype)
+                         device, dtype, weight_drop=weight_drop)
 
     def _packed_states(self, hx, sorted_indices: Optional[Tensor], mini_batch: int):
         # Checked before the permutation (nn.GRU permutes first): a wrong batch size gets "Expected hidden size"
@@ -502,12 +532,14 @@ class _FusedCellBase(nn.Module):
     fused layer op. A subclass gives `_mode` ("LSTM" / "GRU"), `_name` (nn's class name), `_num_states` and
     `_layer_op`."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None, dtype=None,
+                 weight_drop: float = 0.0) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
+        self.weight_drop = _check_probability("weight_drop", weight_drop)
         self.weight_ih = nn.Parameter(torch.empty((gates * hidden_size, input_size), **factory_kwargs))
         self.weight_hh = nn.Parameter(torch.empty((gates * hidden_size, hidden_size), **factory_kwargs))
         if bias:
@@ -533,6 +565,8 @@ class _FusedCellBase(nn.Module):
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
             s += ", bias={bias}"
+        if self.weight_drop:
+            s += ", weight_drop={weight_drop}"
         return s.format(**self.__dict__)
 
     def forward(self, input, hx=None):
@@ -595,8 +629,11 @@ class _FusedCellBase(nn.Module):
         return result, _compute_dtype(result, input.device)
 
     def _step_weights(self, dtype: torch.dtype) -> tuple:
-        """The parameters as a one-direction layer's weights (the form _lstm_layer and _gru_layer take)."""
-        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        """The parameters as a one-direction layer's weights (the form _lstm_layer and _gru_layer take); weight_hh
+        with this call's DropConnect mask under weight_drop in training."""
+        weight_hh = drop_weight(self.weight_hh, self.weight_drop) if self.weight_drop > 0 and self.training \
+            else self.weight_hh
+        params = (self.weight_ih, weight_hh, self.bias_ih, self.bias_hh)
         return tuple(None if p is None else [_cast(p, dtype)] for p in params) + (None, None)
 
 
@@ -605,23 +642,27 @@ class LSTMCell(_FusedCellBase):
 
     Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), initialisation and
     forward semantics (batched [B, I] or unbatched [I] input, optional ``(h, c)``), returning ``(h', c')``.
+    Keyword-only ``weight_drop=p``: DropConnect on ``weight_hh``, a new mask each call in training.
     """
 
     _mode, _name, _num_states = "LSTM", "LSTMCell", 2
     _layer_op = staticmethod(_lstm_layer)
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 weight_drop: float = 0.0) -> None:
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype, weight_drop)
 
 
 class GRUCell(_FusedCellBase):
-    r"""Drop-in replacement for :class:`torch.nn.GRUCell`: one fused GRU step per call, returning h'."""
+    r"""Drop-in replacement for :class:`torch.nn.GRUCell`: one fused GRU step per call, returning h'. Keyword-only
+    ``weight_drop=p``: DropConnect on ``weight_hh``, as for LSTMCell."""
 
     _mode, _name, _num_states = "GRU", "GRUCell", 1
     _layer_op = staticmethod(_gru_layer)
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 weight_drop: float = 0.0) -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype, weight_drop)
 
 
 # The hook registries of nn.Module that a replacement takes over (the dicts themselves, so that the handles the

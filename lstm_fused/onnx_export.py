@@ -29,9 +29,9 @@ Mapping (H = hidden_size, D = 2 if bidirectional else 1, one ONNX node per layer
   modules give float64 nodes, valid ONNX, but onnxruntime's CPU LSTM/GRU kernels have no float64.
 
 Not expressible with ONNX's operators, so they raise a RuntimeError saying so: ``proj_size > 0`` (ONNX's LSTM
-has no projection) and PackedSequence input (the packing is data-dependent). Dropout between layers is a
-training-time operation and is left out of the exported (inference) graph, with a warning if the module is in
-training mode with dropout > 0.
+has no projection) and PackedSequence input (the packing is data-dependent). Dropout between layers and
+weight_drop are training-time operations and are left out of the exported (inference) graph, with a warning if
+the module is in training mode with either on.
 """
 import contextlib
 import warnings
@@ -216,9 +216,16 @@ def _y_to_output(y: Tensor) -> Tensor:
 
 
 def _warn_dropout(module) -> None:
-    if module.training and module.dropout > 0 and module.num_layers > 1:
+    """Training-time randomness has no place in an (inference) ONNX graph: warn when the module in training mode
+    has some, which the graph leaves out (so it computes what the module computes in eval)."""
+    left_out = []
+    if module.training and getattr(module, "dropout", 0) > 0 and getattr(module, "num_layers", 1) > 1:
+        left_out.append("the dropout between layers")
+    if module.training and module.weight_drop > 0:
+        left_out.append("weight_drop (the weights are exported as they are, as in eval)")
+    if left_out:
         warnings.warn(
-            f"lstm_fused: the exported ONNX graph of {type(module).__name__} leaves out the dropout between layers "
+            f"lstm_fused: the exported ONNX graph of {type(module).__name__} leaves out {' and '.join(left_out)} "
             "(an ONNX export is an inference graph); call model.eval() before exporting to silence this",
             stacklevel=4,
         )
@@ -311,6 +318,7 @@ def cell_forward(module, input, hx=None):
     op, num_states = module._mode, module._num_states
     _refuse_strict_retry(module._name)
     x, states, is_batched = _cell_input(module, input, hx)
+    _warn_dropout(module)
     result_dtype = x.dtype
     dtype = _compute_dtype(result_dtype)
     w, r, b, _ = _node_weights(op, _cell_params(module), False, dtype)

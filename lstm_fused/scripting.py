@@ -211,12 +211,24 @@ class _ScriptRNNMixin:
                 groups[5].append(weights[k])
         return groups
 
+    def _script_dropped_hh(self, weights: List[Tensor]) -> List[Tensor]:
+        """weight_drop in training: every weight_hh with this call's mask, layer by layer, forward direction first
+        (the eager module's order)."""
+        out: List[Tensor] = []
+        for w in weights:
+            out.append(w)
+        if self.weight_drop > 0 and self.training:
+            num_directions = 2 if self.bidirectional else 1
+            for k in range(self.num_layers * num_directions):
+                out[k * self._per_direction + 1] = F.dropout(out[k * self._per_direction + 1], self.weight_drop, True)
+        return out
+
     def _script_layers(self, x: Tensor, batch_sizes: Optional[Tensor], states: List[Tensor]
                        ) -> Tuple[Tensor, List[Tensor]]:
         _check_cuda_kernels(x, self._has_cuda_kernels)
         result_dtype = x.dtype
         dtype = _compute_dtype(x)
-        weights = [w.to(dtype) for w in self._fused_weights]
+        weights = [w.to(dtype) for w in self._script_dropped_hh(self._fused_weights)]
         x = x.to(dtype)
         states = [state.to(dtype) for state in states]
         if self.mode == "LSTM" and self.num_layers > 1 and not self.bidirectional and self.proj_size == 0 and not (
@@ -365,7 +377,10 @@ class _ScriptCellMixin:
         if bias_ih is not None and bias_hh is not None:
             b_ih = [bias_ih.to(dtype)]
             b_hh = [bias_hh.to(dtype)]
-        return [self.weight_ih.to(dtype)], [self.weight_hh.to(dtype)], b_ih, b_hh
+        weight_hh = self.weight_hh
+        if self.weight_drop > 0 and self.training:
+            weight_hh = F.dropout(weight_hh, self.weight_drop, True)
+        return [self.weight_ih.to(dtype)], [weight_hh.to(dtype)], b_ih, b_hh
 
     def _script_params(self) -> List[Tensor]:
         params = [self.weight_ih, self.weight_hh]

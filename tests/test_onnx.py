@@ -212,13 +212,18 @@ def test_float16_module(dynamo, tmp_path):
     compare(got, want, rtol=1e-3, atol=1e-3)  # float32 results ~1e-7 apart can round to neighbouring halves
 
 
-def test_dropout_left_out_with_a_warning(tmp_path):
+@pytest.mark.parametrize("make,left_out", [
+    (lambda: lstm_fused.LSTM(I, H, 2, dropout=0.5), "the dropout between layers"),
+    (lambda: lstm_fused.GRU(I, H, 2, weight_drop=0.5), "weight_drop"),
+    (lambda: lstm_fused.LSTM(I, H, 2, dropout=0.5, weight_drop=0.5), "the dropout between layers and weight_drop"),
+], ids=["dropout", "weight_drop", "both"])
+def test_training_randomness_left_out_with_a_warning(make, left_out, tmp_path):
     """The exported graph is an inference graph: a module exported in training mode (the default exporter
-    keeps the mode) says so and leaves the dropout between layers out."""
-    model = lstm_fused.LSTM(I, H, 2, dropout=0.5)
+    keeps the mode) says so and leaves the dropout between layers and weight drop out."""
+    model = make()
     x = torch.randn(T, B, I)
     path = tmp_path / "model.onnx"
-    with pytest.warns(UserWarning, match="leaves out the dropout between layers"):
+    with pytest.warns(UserWarning, match="leaves out " + left_out):
         export(model, (x,), path, True)
     assert model.training
     with torch.no_grad():

@@ -1,0 +1,216 @@
+"""weight_drop (DropConnect on the recurrent matrices, AWD-LSTM's WeightDrop) on LSTM, GRU and the cells: against
+lstm_fused.reference on every backend (outputs, final states, every gradient), the same seed giving the same masks;
+0 and eval leave the module as it is bit for bit; the parameters are never written; the option's checks, repr and
+state dicts; torch.compile, TorchScript, torch.export and ONNX."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstm_fused
+from helpers import BACKENDS, on_backend
+from lstm_fused import reference
+
+F64 = torch.float64
+# (num_layers, bidirectional, proj_size, packed): one and several layers (a unidirectional LSTM stack of two or more
+# runs as one stack op), both directions, a projection, packed input.
+STRUCTURES = [(1, False, 0, False), (2, True, 0, True), (3, False, 0, False), (2, False, 3, True), (2, True, 2, False)]
+
+
+def _run_and_grads(run, inp, leaves, params):
+    out, state = run(inp)
+    data = out.data if hasattr(out, "batch_sizes") else out
+    states = list(state) if isinstance(state, tuple) else [state]
+    g = torch.Generator().manual_seed(2)
+    loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype).to(t.device)).sum() for t in [data, *states])
+    return [data, *states, *torch.autograd.grad(loss, leaves + params, retain_graph=True)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+@pytest.mark.parametrize("structure", STRUCTURES, ids=str)
+def test_weight_drop_matches_reference(backend, cls, structure):
+    num_layers, bidirectional, proj, packed = structure
+    if cls == "GRU" and proj:
+        pytest.skip("GRU has no projection")
+    extra = dict(proj_size=proj) if proj else {}
+    with on_backend(backend) as device:
+        torch.manual_seed(0)
+        m = getattr(lstm_fused, cls)(4, 7, num_layers=num_layers, bidirectional=bidirectional, dtype=F64,
+                                     weight_drop=0.4, **extra).to(device)
+        x = torch.randn(9, 5, 4, dtype=F64).to(device).requires_grad_()
+        lengths = torch.tensor([9, 3, 6, 1, 9])
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        run_ref = reference.run_lstm if cls == "LSTM" else reference.run_gru
+        params = list(m.parameters())
+        torch.manual_seed(5)
+        ours = _run_and_grads(m, inp, [x], params)
+        torch.manual_seed(5)
+        ref = _run_and_grads(lambda i: run_ref(m, i), inp, [x], params)
+        torch.manual_seed(6)
+        other = m(inp)[0]
+    names = ["output", *(["h_n", "c_n"] if cls == "LSTM" else ["h_n"]), "grad x"] + [
+        f"grad {n}" for n, _ in m.named_parameters()]
+    for name, a, b in zip(names, ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+    # A different seed draws different masks (so the comparison above could fail).
+    assert not torch.equal((other.data if packed else other), ours[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_cell_weight_drop_matches_reference(backend, cls, batched):
+    with on_backend(backend) as device:
+        torch.manual_seed(0)
+        m = getattr(lstm_fused, cls)(4, 6, dtype=F64, weight_drop=0.5).to(device)
+        x = torch.randn((3, 4) if batched else (4,), dtype=F64).to(device).requires_grad_()
+        h = torch.randn((3, 6) if batched else (6,), dtype=F64).to(device).requires_grad_()
+        hx, leaves = ((h, h.detach().clone().requires_grad_()), [x, h]) if cls == "LSTMCell" else (h, [x, h])
+        if cls == "LSTMCell":
+            leaves.append(hx[1])
+        run_ref = reference.run_lstm_cell if cls == "LSTMCell" else reference.run_gru_cell
+        results = []
+        for run in (m, lambda i, s: run_ref(m, i, s)):
+            torch.manual_seed(5)
+            out = run(x, hx)
+            outs = list(out) if isinstance(out, tuple) else [out]
+            loss = sum((t * torch.arange(t.numel(), dtype=F64, device=device).view(t.shape)).sum() for t in outs)
+            results.append([*outs, *torch.autograd.grad(loss, leaves + list(m.parameters()))])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: lstm_fused.LSTM(4, 6, num_layers=2, bidirectional=True, **kw),
+    lambda **kw: lstm_fused.LSTM(4, 6, num_layers=3, **kw),  # the stack op
+    lambda **kw: lstm_fused.GRU(4, 6, num_layers=2, **kw),
+    lambda **kw: lstm_fused.LSTMCell(4, 6, **kw),
+    lambda **kw: lstm_fused.GRUCell(4, 6, **kw),
+], ids=["lstm", "lstm-stack", "gru", "lstm-cell", "gru-cell"])
+def test_zero_and_eval_leave_the_module_unchanged_bit_for_bit(make):
+    cell = isinstance(make(), (lstm_fused.LSTMCell, lstm_fused.GRUCell))
+    # A cell sees weight_hh only through its state: give it one.
+    h = torch.randn(3, 6)
+    args = ((torch.randn(3, 4), (h, h) if isinstance(make(), lstm_fused.LSTMCell) else h) if cell
+            else (torch.randn(5, 3, 4),))
+    torch.manual_seed(0)
+    plain = make()
+    torch.manual_seed(0)
+    zero = make(weight_drop=0.0)
+    torch.manual_seed(0)
+    dropping = make(weight_drop=0.3)
+    assert "weight_drop" not in repr(zero) and "weight_drop=0.3" in repr(dropping)
+    assert plain.state_dict().keys() == dropping.state_dict().keys()
+    for a, b in zip(plain.state_dict().values(), dropping.state_dict().values()):
+        assert torch.equal(a, b)  # the option adds no parameters and does not change their initialisation
+
+    def flat(result):
+        return [t for r in (result if isinstance(result, tuple) else (result,))
+                for t in (r if isinstance(r, tuple) else (r,))]
+
+    torch.manual_seed(1)
+    want = flat(plain(*args))
+    after_plain = torch.rand(4)
+    torch.manual_seed(1)
+    got = flat(zero(*args))
+    assert torch.equal(torch.rand(4), after_plain)  # p = 0 draws nothing
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    dropping.eval()
+    assert all(torch.equal(a, b) for a, b in zip(flat(dropping(*args)), want))
+    dropping.train()
+    before = [p.detach().clone() for p in dropping.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(flat(dropping(*args)), want))
+    assert all(torch.equal(a, b) for a, b in zip(dropping.parameters(), before))  # the parameters are not written
+
+
+def test_dropped_entries_get_no_gradient_and_kept_ones_are_scaled():
+    # The call's mask is F.dropout's over weight_hh: nn.LSTM with weight_hh times that mask gives the same numbers,
+    # and no gradient reaches a dropped weight.
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(3, 5, weight_drop=0.5, dtype=F64)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    torch.manual_seed(3)
+    out = m(x)[0]
+    out.sum().backward()
+    torch.manual_seed(3)
+    mask = torch.nn.functional.dropout(torch.ones_like(m.weight_hh_l0), 0.5, training=True)
+    assert (mask == 0).any() and (mask == 2).any()
+    assert not m.weight_hh_l0.grad[mask == 0].any()
+    assert m.weight_hh_l0.grad[mask == 2].abs().sum() > 0
+    plain = nn.LSTM(3, 5, dtype=F64)
+    plain.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        plain.weight_hh_l0.mul_(mask)
+    torch.testing.assert_close(out, plain(x)[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5, "0.1", True, None])
+@pytest.mark.parametrize("cls", [lstm_fused.LSTM, lstm_fused.GRU, lstm_fused.LSTMCell, lstm_fused.GRUCell])
+def test_bad_probability_is_a_value_error(cls, p):
+    with pytest.raises(ValueError, match="weight_drop should be a number in range"):
+        cls(3, 4, weight_drop=p)
+
+
+@pytest.mark.parametrize("cls", [lstm_fused.LSTM, lstm_fused.GRU, lstm_fused.LSTMCell, lstm_fused.GRUCell])
+def test_weight_drop_is_keyword_only(cls):
+    n_positional = {lstm_fused.LSTM: 10, lstm_fused.GRU: 9, lstm_fused.LSTMCell: 5, lstm_fused.GRUCell: 5}[cls]
+    with pytest.raises(TypeError):
+        cls(3, 4, *([None] * (n_positional - 2)), 0.5)
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_compile_fullgraph_draws_eagers_masks(cls):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = getattr(lstm_fused, cls)(4, 6, num_layers=2, bidirectional=True, weight_drop=0.3)
+    x = torch.randn(5, 3, 4)
+    compiled = torch.compile(m, fullgraph=True)
+    results = []
+    for run in (m, compiled):
+        torch.manual_seed(7)
+        out = run(x)[0]
+        (g,) = torch.autograd.grad(out.square().sum(), [m.weight_hh_l1_reverse])
+        results.append((out, g))
+    # Inductor draws its own random numbers unless told to fall back to eager's; with the fallback the masks match.
+    with torch._inductor.config.patch(fallback_random=True):
+        torch._dynamo.reset()
+        compiled = torch.compile(m, fullgraph=True)
+        torch.manual_seed(7)
+        out = compiled(x)[0]
+        (g,) = torch.autograd.grad(out.square().sum(), [m.weight_hh_l1_reverse])
+    torch.testing.assert_close(out, results[0][0])
+    torch.testing.assert_close(g, results[0][1])
+    assert results[1][0].shape == results[0][0].shape and torch.isfinite(results[1][1]).all()
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("make", [lambda: lstm_fused.LSTM(4, 6, num_layers=2, bidirectional=True, weight_drop=0.3),
+                                  lambda: lstm_fused.LSTM(4, 6, num_layers=3, weight_drop=0.3),
+                                  lambda: lstm_fused.GRU(4, 6, num_layers=2, weight_drop=0.3),
+                                  lambda: lstm_fused.LSTMCell(4, 6, weight_drop=0.3),
+                                  lambda: lstm_fused.GRUCell(4, 6, weight_drop=0.3)],
+                         ids=["lstm", "lstm-stack", "gru", "lstm-cell", "gru-cell"])
+def test_torchscript_draws_eagers_masks(make):
+    torch.manual_seed(0)
+    m = make()
+    scripted = torch.jit.script(m)
+    x = torch.randn(3, 4) if isinstance(m, (lstm_fused.LSTMCell, lstm_fused.GRUCell)) else torch.randn(5, 3, 4)
+    for train in (True, False):
+        m.train(train)
+        scripted.train(train)
+        torch.manual_seed(4)
+        want = m(x)
+        torch.manual_seed(4)
+        got = scripted(x)
+        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+            assert torch.equal(a, b)
+
+
+def test_export_in_eval_runs_the_weights_as_they_are():
+    torch.manual_seed(0)
+    m = lstm_fused.LSTM(4, 6, num_layers=2, weight_drop=0.3).eval()
+    x = torch.randn(5, 3, 4)
+    ep = torch.export.export(m, (x,))
+    for a, b in zip(torch.utils._pytree.tree_leaves(ep.module()(x)), torch.utils._pytree.tree_leaves(m(x))):
+        assert torch.equal(a, b)
