@@ -41,6 +41,8 @@ def lstm_layer(
     w_hr: Optional[list[Tensor]],
     w_ph: Optional[list[Tensor]] = None,
     coupled: bool = False,
+    zoneout_h: Optional[Tensor] = None,
+    zoneout_c: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over a whole sequence in D = len(w_ih) directions (the second one reversed).
 
@@ -48,11 +50,16 @@ def lstm_layer(
     h0: [D, B, P], c0: [D, B, H] (P = proj_size or H); the weight lists hold one tensor per direction.
     w_ph: peephole weights per direction ([3, H]: p_i, p_f, p_o; [2, H]: p_i, p_o when coupled).
     coupled: f = 1 − i, with gate rows i, g, o (3H) in W_ih, W_hh and the biases.
+    zoneout_h / zoneout_c: [D, rows, P] / [D, rows, H] (rows: T·B, or N packed), how much of its previous value each
+    unit of h / c keeps per row (0/1 masks in training, the probability, expanded, in eval); float64 for float64
+    input, else float32.
     Returns output ([T, B, D·P] or [N, D·P], directions side by side), h_n [D, B, P], c_n [D, B, H].
     """
     need_workspace = _needs_workspace(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
-    out, h_n, c_n, _ = _call("lstm_layer_fwd", (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph,
-                                                 coupled, need_workspace))
+    args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace)
+    if zoneout_h is not None or zoneout_c is not None:  # (without, the call keeps the schema's defaults)
+        args += (zoneout_h, zoneout_c)
+    out, h_n, c_n, _ = _call("lstm_layer_fwd", args)
     return out, h_n, c_n
 
 
@@ -66,15 +73,18 @@ def _check_same_device(input, *groups):
 
 
 @torch.library.register_fake("lstm_fused::lstm_layer_fwd")
-def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace):
+def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace,
+                         zoneout_h=None, zoneout_c=None):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
-    _check_same_device(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
+    _check_same_device(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, zoneout_h, zoneout_c)
     directions = len(w_ih)
     gates = 3 if coupled else 4
     hidden = w_ih[0].shape[0] // gates
     p = w_hr[0].shape[0] if w_hr is not None else hidden
     lead = tuple(input.shape[:-1])
-    ws_shape = (directions, *lead, (gates + 1) * hidden) if need_workspace else (0,)
+    # Per row the gates and c_t; with zoneout on c the candidate c̃_t and the zoned-out c_t.
+    cols = (gates + 1 + (zoneout_c is not None)) * hidden
+    ws_shape = (directions, *lead, cols) if need_workspace else (0,)
     ws = input.new_empty(ws_shape, dtype=_workspace_dtype(input.dtype))
     return input.new_empty((*lead, directions * p)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws
 
@@ -82,7 +92,7 @@ def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_h
 @torch.library.register_fake("lstm_fused::lstm_layer_bwd")
 def _lstm_layer_bwd_fake(
     grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled, output,
-    workspace, has_bias, need_grad_input,
+    workspace, has_bias, need_grad_input, zoneout_h=None, zoneout_c=None,
 ):
     return (
         input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
@@ -97,7 +107,8 @@ def _lstm_layer_bwd_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, _ = inputs
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, _, *zoneout = inputs
+    zoneout_h, zoneout_c = (*zoneout, None, None)[:2]
     out, _, _, ws = output
     # Unused outputs (the workspace, h_n, c_n, a stack's lower outputs) reach the backward as None, not as
     # zero tensors of their full size (the workspace's alone is as large as all the gates).
@@ -107,12 +118,16 @@ def _setup_context(ctx, inputs, output):
     ctx.has_proj = w_hr is not None
     ctx.has_peephole = w_ph is not None
     ctx.coupled = coupled
-    ctx.save_for_backward(input, batch_sizes, h0, c0, out, ws, *w_ih, *w_hh, *(w_hr or ()), *(w_ph or ()))
+    # The dispatcher drops trailing arguments equal to their defaults before autograd sees the call (setup_context
+    # gets them filled back in); the backward returns one gradient per argument that was left.
+    ctx.n_op_args = 14 if zoneout_c is not None else 13 if zoneout_h is not None else 12
+    ctx.save_for_backward(input, batch_sizes, h0, c0, out, ws, zoneout_h, zoneout_c, *w_ih, *w_hh, *(w_hr or ()),
+                          *(w_ph or ()))
     ctx.mark_non_differentiable(ws)
 
 
 def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
-    input, batch_sizes, h0, c0, out, ws, *weights = ctx.saved_tensors
+    input, batch_sizes, h0, c0, out, ws, zoneout_h, zoneout_c, *weights = ctx.saved_tensors
     d = ctx.directions
     w_ih, w_hh, rest = weights[:d], weights[d : 2 * d], weights[2 * d :]
     w_hr = rest[:d] if ctx.has_proj else None
@@ -122,10 +137,11 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
     need_grad_input = ctx.needs_input_grad[0]
-    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph = _call("lstm_layer_bwd", (
-        grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, ctx.coupled, out, ws,
-        ctx.has_bias, need_grad_input,
-    ))
+    args = (grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, ctx.coupled, out, ws,
+            ctx.has_bias, need_grad_input)
+    if zoneout_h is not None or zoneout_c is not None:
+        args += (zoneout_h, zoneout_c)
+    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph = _call("lstm_layer_bwd", args)
     return (
         gi if need_grad_input else None,
         None,
@@ -139,6 +155,7 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
         gw_ph if ctx.has_peephole else None,
         None,
         None,
+        *[None] * (ctx.n_op_args - 12),  # the zoneout masks: drawn, not learned
     )
 
 
@@ -289,21 +306,23 @@ def gru_layer(
     w_hh: list[Tensor],
     b_ih: Optional[list[Tensor]],
     b_hh: Optional[list[Tensor]],
+    zoneout_h: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer over a whole sequence in D = len(w_ih) directions (the second one reversed).
 
-    input: [T, B, I] or packed data [N, I] with batch_sizes; h0: [D, B, H]. Returns output ([..., D·H]) and
-    h_n [D, B, H].
+    input: [T, B, I] or packed data [N, I] with batch_sizes; h0: [D, B, H]; zoneout_h: [D, rows, H], as
+    lstm_layer's. Returns output ([..., D·H]) and h_n [D, B, H].
     """
     need_workspace = _needs_workspace(input, h0, w_ih, w_hh, b_ih, b_hh)
-    out, h_n, _ = _call("gru_layer_fwd", (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace))
+    args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace)
+    out, h_n, _ = _call("gru_layer_fwd", args + (zoneout_h,) if zoneout_h is not None else args)
     return out, h_n
 
 
 @torch.library.register_fake("lstm_fused::gru_layer_fwd")
-def _gru_layer_fwd_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace):
+def _gru_layer_fwd_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace, zoneout_h=None):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
-    _check_same_device(input, h0, w_ih, w_hh, b_ih, b_hh)
+    _check_same_device(input, h0, w_ih, w_hh, b_ih, b_hh, zoneout_h)
     directions, hidden = len(w_ih), w_ih[0].shape[0] // 3
     lead = tuple(input.shape[:-1])
     ws_shape = (directions, *lead, 4 * hidden) if need_workspace else (0,)
@@ -313,7 +332,7 @@ def _gru_layer_fwd_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_wor
 
 @torch.library.register_fake("lstm_fused::gru_layer_bwd")
 def _gru_layer_bwd_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace, has_bias,
-                        need_grad_input):
+                        need_grad_input, zoneout_h=None):
     return (
         input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
         h0.new_empty(h0.shape),
@@ -325,25 +344,26 @@ def _gru_layer_bwd_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_h
 
 
 def _gru_setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, w_ih, w_hh, b_ih, _, _ = inputs
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, _, _, *zoneout = inputs
+    zoneout_h = zoneout[0] if zoneout else None
     out, _, ws = output
     ctx.set_materialize_grads(False)  # as in _setup_context
     ctx.directions = len(w_ih)
     ctx.has_bias = b_ih is not None
-    ctx.save_for_backward(input, batch_sizes, h0, out, ws, *w_ih, *w_hh)
+    ctx.has_zoneout = zoneout_h is not None  # (the argument is dropped from the call when None: see _setup_context)
+    ctx.save_for_backward(input, batch_sizes, h0, out, ws, zoneout_h, *w_ih, *w_hh)
     ctx.mark_non_differentiable(ws)
 
 
 def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
-    input, batch_sizes, h0, out, ws, *weights = ctx.saved_tensors
+    input, batch_sizes, h0, out, ws, zoneout_h, *weights = ctx.saved_tensors
     d = ctx.directions
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     need_grad_input = ctx.needs_input_grad[0]
-    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _call("gru_layer_bwd", (
-        grad_out, grad_h_n, input, batch_sizes, h0, list(weights[:d]), list(weights[d:]), out, ws, ctx.has_bias,
-        need_grad_input,
-    ))
+    args = (grad_out, grad_h_n, input, batch_sizes, h0, list(weights[:d]), list(weights[d:]), out, ws, ctx.has_bias,
+            need_grad_input)
+    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _call("gru_layer_bwd", args + (zoneout_h,) if ctx.has_zoneout else args)
     return (
         gi if need_grad_input else None,
         None,
@@ -353,6 +373,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
         gb_ih if ctx.has_bias else None,
         gb_hh if ctx.has_bias else None,
         None,
+        *([None] if ctx.has_zoneout else []),  # the mask: drawn, not learned
     )
 
 

@@ -121,3 +121,27 @@ def test_gru_opcheck(packed, bias, directions):
     out, h_n, ws = torch.ops.lstm_fused.gru_layer_fwd.default(x, bs, h0, w_ih, w_hh, b_ih, b_hh, True)
     torch.library.opcheck(torch.ops.lstm_fused.gru_layer_bwd.default,
                           [torch.randn_like(out), torch.randn_like(h_n), x, bs, h0, w_ih, w_hh, out, ws, bias, True])
+
+
+@pytest.mark.parametrize("which", ["h", "c", "both"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_opcheck_zoneout(which, packed):
+    # The zoneout masks (trailing arguments with defaults): schema, fake kernels (the workspace grows by c̃), autograd.
+    fwd_args = _layer_args(packed, True, True, requires_grad=True, directions=2, peephole=True)
+    rows = fwd_args[0].shape[0] if packed else fwd_args[0].shape[0] * fwd_args[0].shape[1]
+    g = torch.Generator().manual_seed(1)
+    zo_h = (torch.rand(2, rows, 3, generator=g) < 0.4).float() if which != "c" else None
+    zo_c = (torch.rand(2, rows, 6, generator=g) < 0.4).float() if which != "h" else None
+    torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_fwd.default, fwd_args + [True, zo_h, zo_c])
+    plain = [[t.detach() for t in a] if isinstance(a, list) else (a.detach() if isinstance(a, torch.Tensor) else a)
+             for a in fwd_args]
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, cpl = plain
+    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(*plain, True, zo_h, zo_c)
+    args = [torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0, w_ih, w_hh, w_hr,
+            w_ph, cpl, out, ws, True, True, zo_h, zo_c]
+    torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_bwd.default, args)
+    gru = [x, bs, h0[:, :, :1].expand(2, h0.shape[1], 6).contiguous().requires_grad_(),
+           [torch.randn(18, 5, requires_grad=True) for _ in range(2)], [torch.randn(18, 6, requires_grad=True)
+                                                                      for _ in range(2)], None, None, True]
+    mask = (torch.rand(2, rows, 6, generator=g) < 0.4).float()
+    torch.library.opcheck(torch.ops.lstm_fused.gru_layer_fwd.default, gru + [mask])

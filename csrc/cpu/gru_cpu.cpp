@@ -60,6 +60,8 @@ void gru_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
       p.h_state = h_state;
       p.h_out = out + off * ld_out;
       p.ld_h = ld_out;
+      p.zoneout = prm.s.zoneout_h;
+      p.zo_h = prm.zo_h.advanced(off);
       at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { gru_fwd_pointwise_dispatch(p, b, e); });
     };
     run_steps(seq.B, s0, s1, step_rows, split_rows);
@@ -92,8 +94,11 @@ void gru_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
     p.dh_state = dh_state;
     p.dgx = dgx + off * G;
     p.dgh = dgh + off * G;
+    p.zoneout = prm.s.zoneout_h;
+    p.zo_h = prm.zo_h.advanced(off);
     at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { gru_bwd_pointwise_dispatch(p, b, e); });
-    // Gradient for h_{t-1}: the direct z ⊙ dh (already in dh_state) plus the recurrent product.
+    // Gradient for h_{t-1}: the direct z ⊙ dh (with zoneout also m ⊙ dh; already in dh_state) plus the recurrent
+    // product.
     gemm<scalar_t>(false, r1 - r0, p.dgh + r0 * G, G, w_hh_op, true, dh_state + r0 * H, H);
   };
   // Processing order backwards: steps T-1 .. 0 of step_rows' numbering.

@@ -6,7 +6,9 @@
 
 namespace lstm_fused {
 
-template <typename scalar_t>
+// kZoneout: h keeps part of its previous value (p.zo_h); a separate instantiation, so layers without zoneout run
+// the code they ran before it existed.
+template <typename scalar_t, bool kZoneout = false>
 LF_ALWAYS_INLINE void gru_fwd_pointwise(const GruFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   const int64_t H = p.H;
   const scalar_t* __restrict bh = p.b_hh;
@@ -25,6 +27,7 @@ LF_ALWAYS_INLINE void gru_fwd_pointwise(const GruFwdStep<scalar_t>& p, int64_t b
       GruGates<scalar_t> act;
       scalar_t hv;
       gru_cell_forward(x, h, hs[j], act, hv);
+      if constexpr (kZoneout) hv = zoneout_forward(p.zo_h.at(b, j), hs[j], hv);
       w[j] = act.r;
       w[H + j] = act.z;
       w[2 * H + j] = act.n;
@@ -35,7 +38,7 @@ LF_ALWAYS_INLINE void gru_fwd_pointwise(const GruFwdStep<scalar_t>& p, int64_t b
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kZoneout = false>
 LF_ALWAYS_INLINE void gru_bwd_pointwise(const GruBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   const int64_t H = p.H;
   for (int64_t b = begin / H; b * H < end; ++b) {
@@ -51,36 +54,42 @@ LF_ALWAYS_INLINE void gru_bwd_pointwise(const GruBwdStep<scalar_t>& p, int64_t b
     for (int64_t j = j0; j < j1; ++j) {
       const GruGates<scalar_t> act{w[j], w[H + j], w[2 * H + j]};
       GruGates<scalar_t> dx, dhh;
-      scalar_t direct;
-      gru_cell_backward(act, w[3 * H + j], hp[j], dhs[j] + go[j], dx, dhh, direct);
+      scalar_t direct, dhv = dhs[j] + go[j], carry = 0;
+      if constexpr (kZoneout) dhv = zoneout_backward(p.zo_h.at(b, j), dhv, carry);
+      gru_cell_backward(act, w[3 * H + j], hp[j], dhv, dx, dhh, direct);
       dgx[j] = dx.r;
       dgx[H + j] = dx.z;
       dgx[2 * H + j] = dx.n;
       dgh[j] = dhh.r;
       dgh[H + j] = dhh.z;
       dgh[2 * H + j] = dhh.n;
-      dhs[j] = direct;
+      if constexpr (kZoneout)
+        dhs[j] = direct + carry;
+      else
+        dhs[j] = direct;
     }
   }
 }
 
 void gru_fwd_pointwise_f32(const GruFwdStep<float>& p, int64_t begin, int64_t end);
 void gru_bwd_pointwise_f32(const GruBwdStep<float>& p, int64_t begin, int64_t end);
+void gru_fwd_pointwise_zoneout_f32(const GruFwdStep<float>& p, int64_t begin, int64_t end);
+void gru_bwd_pointwise_zoneout_f32(const GruBwdStep<float>& p, int64_t begin, int64_t end);
 
 template <typename scalar_t>
 void gru_fwd_pointwise_dispatch(const GruFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   if constexpr (std::is_same_v<scalar_t, float>)
-    gru_fwd_pointwise_f32(p, begin, end);
+    p.zoneout ? gru_fwd_pointwise_zoneout_f32(p, begin, end) : gru_fwd_pointwise_f32(p, begin, end);
   else
-    gru_fwd_pointwise(p, begin, end);
+    p.zoneout ? gru_fwd_pointwise<scalar_t, true>(p, begin, end) : gru_fwd_pointwise(p, begin, end);
 }
 
 template <typename scalar_t>
 void gru_bwd_pointwise_dispatch(const GruBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   if constexpr (std::is_same_v<scalar_t, float>)
-    gru_bwd_pointwise_f32(p, begin, end);
+    p.zoneout ? gru_bwd_pointwise_zoneout_f32(p, begin, end) : gru_bwd_pointwise_f32(p, begin, end);
   else
-    gru_bwd_pointwise(p, begin, end);
+    p.zoneout ? gru_bwd_pointwise<scalar_t, true>(p, begin, end) : gru_bwd_pointwise(p, begin, end);
 }
 
 }  // namespace lstm_fused

@@ -35,8 +35,9 @@ struct CpuFwdParams {
   int64_t ld_out = 0;                // D·P
   scalar_t* h_state = nullptr;       // [B, P] h0 in, h_n out
   scalar_t* c_state = nullptr;       // [B, H] c0 in, c_n out (LSTM)
-  scalar_t* ws = nullptr;            // [N, G + H] the workspace rows the backward reads; nullptr: inference
+  scalar_t* ws = nullptr;            // [N, Cell::ws_cols] the workspace rows the backward reads; nullptr: inference
   scalar_t* r_buf = nullptr;         // [B, H] o·tanh(c) before the projection, if any
+  ZoneoutMask<scalar_t> zo_h, zo_c;  // [N, P] / [N, H] this direction's zoneout masks (a zero where absent)
 };
 
 // One direction of a layer's backward (its recurrent part: the cell's loop).
@@ -52,7 +53,7 @@ struct CpuBwdParams {
   const scalar_t* w_hh = nullptr;    // [G, P]
   const scalar_t* w_hr = nullptr;    // [P, H] or nullptr
   const scalar_t* cell_w = nullptr;  // as in CpuFwdParams
-  const scalar_t* ws = nullptr;      // [N, G + H] the forward's workspace
+  const scalar_t* ws = nullptr;      // [N, Cell::ws_cols] the forward's workspace
   scalar_t* dh_state = nullptr;      // [B, P] grad of h_n in, grad of h0 out
   scalar_t* dc_state = nullptr;      // [B, H] grad of c_n in, grad of c0 out (LSTM)
   scalar_t* dg = nullptr;            // [N, G] out: pre-activation gradients of the input-side product
@@ -60,7 +61,17 @@ struct CpuBwdParams {
   scalar_t* dh_total = nullptr;      // [N, P] with a projection: total gradient of each h_t
   scalar_t* r_all = nullptr;         // [N, H] with a projection: o·tanh(c_t) of each row
   scalar_t* dr_buf = nullptr;        // [B, H] with a projection: gradient of o·tanh(c_t) at one step
+  ZoneoutMask<scalar_t> zo_h, zo_c;  // as in CpuFwdParams
+  scalar_t* dh_carry = nullptr;      // [B, P] with zoneout: the part of a step's h gradient for h_{t-1}
 };
+
+// Direction d's zoneout mask from the op's [D, rows, width] tensor, or a zero (keeps nothing) where there is none.
+template <typename scalar_t>
+ZoneoutMask<scalar_t> zoneout_mask(const std::optional<at::Tensor>& mask, int64_t d) {
+  static const scalar_t kZero = 0;
+  if (!mask) return {&kZero, 0, 0};
+  return {(*mask)[d].const_data_ptr<scalar_t>(), mask->stride(1), mask->stride(2)};
+}
 
 template <typename Cell>
 LayerOutputs layer_fwd(const LayerArgs& a) {
@@ -72,7 +83,7 @@ LayerOutputs layer_fwd(const LayerArgs& a) {
   const int64_t D = static_cast<int64_t>(dirs.size()), H = s.H, P = s.P, G = s.G();
   LayerOutputs r;
   r.output = at::empty(with_last(input, D * P), opts);
-  auto ws_shape = with_last(input, G + H);
+  auto ws_shape = with_last(input, Cell::ws_cols(s));
   ws_shape.insert(ws_shape.begin(), D);
   r.workspace = a.need_workspace ? at::empty(ws_shape, opts) : at::empty({0}, opts);
   r.h_n = a.h0.contiguous().clone();
@@ -104,6 +115,8 @@ LayerOutputs layer_fwd(const LayerArgs& a) {
       p.c_state = Cell::kHasCellState ? r.c_n[d].data_ptr<scalar_t>() : nullptr;
       p.ws = a.need_workspace ? r.workspace[d].data_ptr<scalar_t>() : nullptr;
       p.r_buf = s.proj ? r_buf.data_ptr<scalar_t>() : nullptr;
+      p.zo_h = zoneout_mask<scalar_t>(a.zoneout_h, d);
+      p.zo_c = zoneout_mask<scalar_t>(a.zoneout_c, d);
       Cell::fwd_loop(p);
     });
   }
@@ -121,7 +134,7 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
   check_shape(a.grad_output, output.sizes(), "grad_output");
   check_shape(a.grad_h_n, h0.sizes(), "grad_h_n");
   if (Cell::kHasCellState) check_shape(a.grad_c_n, c0.sizes(), "grad_c_n");
-  TORCH_CHECK(output.numel() == N * D * P && a.workspace.numel() == D * N * (G + H), "lstm_fused: output/workspace "
+  TORCH_CHECK(output.numel() == N * D * P && a.workspace.numel() == D * N * Cell::ws_cols(s), "lstm_fused: output/workspace "
               "do not come from ", Cell::kFwdOp, " with these arguments (was the forward run without a workspace, e.g. "
               "under no_grad?)");
   for (auto [t, name] : {std::pair{&a.grad_output, "grad_output"}, {&a.grad_h_n, "grad_h_n"},
@@ -149,6 +162,8 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
     const at::Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const at::Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : at::Tensor();
     at::Tensor dr_buf = s.proj ? at::empty({seq.B, H}, opts) : at::Tensor();
+    // The zoneout step writes it without a projection even when only c has zoneout (zeros, then unused).
+    at::Tensor dh_carry = s.zoneout() ? at::empty({seq.B, P}, opts) : at::Tensor();
     g.w_ih.push_back(at::empty({G, s.I}, opts));
     g.w_hh.push_back(at::empty({G, P}, opts));
     if (a.has_bias) g.b_ih.push_back(at::empty({G}, opts));
@@ -175,6 +190,9 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
       p.dh_total = s.proj ? dh_total.data_ptr<scalar_t>() : nullptr;
       p.r_all = s.proj ? r_all.data_ptr<scalar_t>() : nullptr;
       p.dr_buf = s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr;
+      p.zo_h = zoneout_mask<scalar_t>(a.fwd.zoneout_h, d);
+      p.zo_c = zoneout_mask<scalar_t>(a.fwd.zoneout_c, d);
+      p.dh_carry = s.zoneout() ? dh_carry.data_ptr<scalar_t>() : nullptr;
       Cell::bwd_loop(p);
       // Everything below is one GEMM or reduction over all steps. Both directions read the same input, so its
       // gradient is their sum (accumulated in direction order).

@@ -30,7 +30,7 @@ void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
   const scalar_t* w_ph = prm.cell_w;  // [3 or 2, H] peephole weights or nullptr
   scalar_t *out = prm.out, *h_state = prm.h_state, *c_state = prm.c_state, *ws = prm.ws, *r_buf = prm.r_buf;
   const int64_t ld_out = prm.ld_out;
-  const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = G + H;
+  const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = s.lstm_ws_cols();
   const GemmOperand<scalar_t> w_ih_t(true, s.I, G, w_ih, s.I);         // W_ihᵀ [I, 4H]
   const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);              // W_hhᵀ [P, 4H], reused every step
   const GemmOperand<scalar_t> w_hr_t(true, H, w_hr ? P : 0, w_hr, H);  // W_hrᵀ [H, P]
@@ -69,10 +69,19 @@ void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
       p.h_out = w_hr ? r_buf : o;
       p.ld_h = w_hr ? H : ld_out;
       p.h_state = w_hr ? nullptr : h_state;
+      const ZoneoutMask<scalar_t> zo_h = prm.zo_h.advanced(seq.offsets[t]);
+      p.zoneout = s.zoneout();
+      p.zo_h = zo_h;
+      p.zo_c = prm.zo_c.advanced(seq.offsets[t]);
+      p.cells_zoned = s.zoneout_c ? g + G + H : g + G;
       at::parallel_for(r0 * H, r1 * H, kPointwiseGrain,
                        [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
       if (w_hr) {
         gemm<scalar_t>(false, r1 - r0, r_buf + r0 * H, H, w_hr_t, false, o + r0 * ld_out, ld_out);
+        if (s.zoneout_h)  // zoneout of the projected h: the candidate is the GEMM's row, the previous value the state
+          for (int64_t b = r0; b < r1; ++b)
+            for (int64_t j = 0; j < P; ++j)
+              o[b * ld_out + j] = zoneout_forward(zo_h.at(b, j), h_state[b * P + j], o[b * ld_out + j]);
         copy_rows(h_state + r0 * P, P, o + r0 * ld_out, ld_out, r1 - r0, P);
       }
     };
@@ -89,7 +98,10 @@ void lstm_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
   const int64_t ld_gout = prm.ld;
   scalar_t *dh_state = prm.dh_state, *dc_state = prm.dc_state, *dgates = prm.dg;
   scalar_t *dh_total = prm.dh_total, *r_all = prm.r_all, *dr_buf = prm.dr_buf;
-  const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = G + H;
+  const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = s.lstm_ws_cols();
+  // Column of c_t as the next step reads it: the zoned-out one when c has zoneout.
+  const int64_t c_col = s.zoneout_c ? G + H : G;
+  scalar_t* dh_carry = prm.dh_carry;  // [B, P] with zoneout on h
   const GemmOperand<scalar_t> w_hh_op(false, G, P, w_hh, P);          // W_hh [G, P]
   const GemmOperand<scalar_t> w_hr_op(false, w_hr ? P : 0, H, w_hr, H);  // W_hr [P, H]
   auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
@@ -106,17 +118,30 @@ void lstm_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
     p.gates = ws + row0 * ld_ws;
     p.cells = p.gates + G;
     p.ld_ws = ld_ws;
-    p.c_prev = n_prev > 0 ? ws + seq.offsets[prev] * ld_ws + G : nullptr;
+    p.c_prev = n_prev > 0 ? ws + seq.offsets[prev] * ld_ws + c_col : nullptr;
     p.n_prev = n_prev;
     p.c_init = c0;
     p.dc_state = dc_state;
     p.dgates = dgates + row0 * G;
+    const ZoneoutMask<scalar_t> zo_h = prm.zo_h.advanced(row0);
+    p.zoneout = s.zoneout();
+    p.zo_h = zo_h;
+    p.zo_c = prm.zo_c.advanced(row0);
+    p.dh_carry = dh_carry;
     if (w_hr) {
-      // h_t = W_hr·(o·tanh(c_t)): sum the two gradients reaching h_t, then map them back through W_hr.
+      // h_t = W_hr·(o·tanh(c_t)): sum the two gradients reaching h_t, then map them back through W_hr. With
+      // zoneout on h, the sum splits first into the candidate's part (kept, for W_hr's gradient too) and h_{t-1}'s.
       scalar_t* dht = dh_total + row0 * P;
       const scalar_t* go = gout + row0 * ld_gout;
       for (int64_t b = r0; b < r1; ++b)
         for (int64_t j = 0; j < P; ++j) dht[b * P + j] = dh_state[b * P + j] + go[b * ld_gout + j];
+      if (s.zoneout_h)
+        for (int64_t b = r0; b < r1; ++b)
+          for (int64_t j = 0; j < P; ++j) {
+            scalar_t carry = 0;
+            dht[b * P + j] = zoneout_backward(zo_h.at(b, j), dht[b * P + j], carry);
+            dh_carry[b * P + j] = carry;
+          }
       gemm<scalar_t>(false, r1 - r0, dht + r0 * P, P, w_hr_op, false, dr_buf + r0 * H, H);
       p.dh = dr_buf;
       p.ld_dh = H;
@@ -128,8 +153,12 @@ void lstm_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
       p.ld_dh_extra = ld_gout;
     }
     at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
-    // Gradient for h_{t-1}. Rows that started from h0 at this step keep it: it is their grad of h0.
+    // Gradient for h_{t-1} (plus, with zoneout on h, the part that reaches it directly). Rows that started from h0
+    // at this step keep it: it is their grad of h0.
     gemm<scalar_t>(false, r1 - r0, p.dgates + r0 * G, G, w_hh_op, false, dh_state + r0 * P, P);
+    if (s.zoneout_h)
+      for (int64_t b = r0; b < r1; ++b)
+        for (int64_t j = 0; j < P; ++j) dh_state[b * P + j] += dh_carry[b * P + j];
   };
   // Processing order backwards: steps T-1 .. 0 of step_rows' numbering.
   run_steps(seq.B, 0, seq.T, [&](int64_t i, int64_t r0, int64_t r1) { step_rows(seq.T - 1 - i, r0, r1); },
@@ -141,8 +170,9 @@ void lstm_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
 template <typename scalar_t>
 void peephole_grads(const SeqLayout& seq, const LayerSizes& s, const scalar_t* dg, const scalar_t* ws,
                     const scalar_t* c0, scalar_t* out) {
-  const int64_t H = s.H, G = s.G(), ld_ws = G + H;
+  const int64_t H = s.H, G = s.G(), ld_ws = s.lstm_ws_cols();
   const int64_t ci = 0, cf = H, co = s.coupled ? 2 * H : 3 * H;
+  const int64_t c_col = s.zoneout_c ? G + H : G;  // c_{t-1} as the step read it (zoned out); o saw c̃_t at G
   at::parallel_for(0, H, 64, [&](int64_t j0, int64_t j1) {
     std::vector<double> acc_i(j1 - j0, 0.0), acc_f(j1 - j0, 0.0), acc_o(j1 - j0, 0.0);
     for (int64_t t = 0; t < seq.T; ++t) {
@@ -150,7 +180,7 @@ void peephole_grads(const SeqLayout& seq, const LayerSizes& s, const scalar_t* d
       seq.prev_rows(t, prev, n_prev);
       for (int64_t b = 0; b < seq.batch_sizes[t]; ++b) {
         const int64_t r = seq.offsets[t] + b;
-        const scalar_t* cp = b < n_prev ? ws + (seq.offsets[prev] + b) * ld_ws + G : c0 + b * H;
+        const scalar_t* cp = b < n_prev ? ws + (seq.offsets[prev] + b) * ld_ws + c_col : c0 + b * H;
         const scalar_t* c = ws + r * ld_ws + G;
         const scalar_t* d = dg + r * G;
         for (int64_t j = j0; j < j1; ++j) {

@@ -23,9 +23,10 @@ LF_ALWAYS_INLINE void row_run(int64_t b, int64_t begin, int64_t end, int64_t H, 
 }
 
 // kProj: the layer has a projection, so h goes to the projection input only (the state is written after
-// the projection GEMM). kPeephole / kCoupled: the LSTM variant (cell_math.h). Template flags keep the inner
-// loops branch-free, hence vectorisable.
-template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled>
+// the projection GEMM). kPeephole / kCoupled: the LSTM variant (cell_math.h). kZoneout: c (and, without a
+// projection, h) keep part of their previous value (p.zo_c, p.zo_h). Template flags keep the inner loops
+// branch-free, hence vectorisable.
+template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled, bool kZoneout = false>
 LF_ALWAYS_INLINE void lstm_fwd_rows(const LstmFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   using C = GateCols<kCoupled>;
   const int64_t H = p.H, ci = C::i(H), cf = C::f(H), cg = C::g(H), co = C::o(H);
@@ -41,6 +42,9 @@ LF_ALWAYS_INLINE void lstm_fwd_rows(const LstmFwdStep<scalar_t>& p, int64_t begi
     scalar_t* __restrict cs = p.c_state + b * H;
     scalar_t* __restrict h = p.h_out + b * p.ld_h;
     scalar_t* __restrict hs = kProj ? nullptr : p.h_state + b * H;
+    // Zoneout without c's own zoneout writes the candidate again here (cells_zoned == cells): no aliasing store
+    // can differ from the other.
+    scalar_t* czd = kZoneout ? p.cells_zoned + b * p.ld_ws : nullptr;
 #pragma GCC ivdep
     for (int64_t j = j0; j < j1; ++j) {
       LstmGates<scalar_t> pre{g[ci + j] + bias[ci + j], kCoupled ? scalar_t(0) : g[cf + j] + bias[cf + j],
@@ -59,11 +63,23 @@ LF_ALWAYS_INLINE void lstm_fwd_rows(const LstmFwdStep<scalar_t>& p, int64_t begi
       g[cg + j] = act.g;
       g[co + j] = act.o;
       cell[j] = c;
-      cs[j] = c;
+      if constexpr (kZoneout) {
+        const scalar_t cz = zoneout_forward(p.zo_c.at(b, j), cs[j], c);
+        czd[j] = cz;
+        cs[j] = cz;
+        if constexpr (!kProj) hv = zoneout_forward(p.zo_h.at(b, j), hs[j], hv);
+      } else {
+        cs[j] = c;
+      }
       h[j] = hv;
       if constexpr (!kProj) hs[j] = hv;
     }
   }
+}
+
+template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled>
+LF_ALWAYS_INLINE void lstm_fwd_rows_zoneout(const LstmFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
+  lstm_fwd_rows<scalar_t, kProj, kPeephole, kCoupled, true>(p, begin, end);
 }
 
 // Runtime flags to template arguments, with plain branches: the callee must inline into the per-ISA clones
@@ -89,14 +105,23 @@ LF_ALWAYS_INLINE void lstm_fwd_rows(const LstmFwdStep<scalar_t>& p, int64_t begi
     }                                                                \
   } while (0)
 
+// The passes with and without zoneout are separate entry points: a layer without zoneout runs the very code (and
+// rounding) it ran before zoneout existed.
 template <typename scalar_t>
 LF_ALWAYS_INLINE void lstm_fwd_pointwise(const LstmFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   LF_VARIANT_DISPATCH(lstm_fwd_rows, p.h_state == nullptr, p.peep != nullptr, p.coupled, p, begin, end);
 }
 
+template <typename scalar_t>
+LF_ALWAYS_INLINE void lstm_fwd_pointwise_zoneout(const LstmFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
+  LF_VARIANT_DISPATCH(lstm_fwd_rows_zoneout, p.h_state == nullptr, p.peep != nullptr, p.coupled, p, begin, end);
+}
+
 // Without a projection dh is the sum of two terms (recurrent + output gradient); with one it is a single
-// term (already mapped back through W_hr) and o·tanh(c) is stored for W_hr's gradient.
-template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled>
+// term (already mapped back through W_hr) and o·tanh(c) is stored for W_hr's gradient. kZoneout: `cells` are the
+// candidates c̃_t; the gradients of c_t (and, without a projection, of h_t) split into the candidates' and the
+// previous states' parts.
+template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled, bool kZoneout = false>
 LF_ALWAYS_INLINE void lstm_bwd_rows(const LstmBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   using C = GateCols<kCoupled>;
   const int64_t H = p.H, ci = C::i(H), cf = C::f(H), cg = C::g(H), co = C::o(H);
@@ -115,6 +140,7 @@ LF_ALWAYS_INLINE void lstm_bwd_rows(const LstmBwdStep<scalar_t>& p, int64_t begi
     scalar_t* __restrict dcs = p.dc_state + b * H;
     scalar_t* __restrict dg = p.dgates + b * G;
     scalar_t* __restrict r = kProj ? p.r_out + b * H : nullptr;
+    scalar_t* __restrict carry = kZoneout && !kProj ? p.dh_carry + b * H : nullptr;
 #pragma GCC ivdep
     for (int64_t j = j0; j < j1; ++j) {
       const scalar_t ai = g[ci + j];
@@ -124,6 +150,15 @@ LF_ALWAYS_INLINE void lstm_bwd_rows(const LstmBwdStep<scalar_t>& p, int64_t begi
         dhv = dh[j];
       else
         dhv = dh[j] + dh2[j];
+      scalar_t dc_next = dcs[j], dc_carry = 0;
+      if constexpr (kZoneout) {
+        if constexpr (!kProj) {
+          scalar_t dh_carry = 0;
+          dhv = zoneout_backward(p.zo_h.at(b, j), dhv, dh_carry);
+          carry[j] = dh_carry;
+        }
+        dc_next = zoneout_backward(p.zo_c.at(b, j), dc_next, dc_carry);
+      }
       Peepholes<scalar_t> peep;
       if constexpr (kPeephole) {
         peep.i = pi[j];
@@ -132,20 +167,33 @@ LF_ALWAYS_INLINE void lstm_bwd_rows(const LstmBwdStep<scalar_t>& p, int64_t begi
       }
       LstmGates<scalar_t> dpre;
       scalar_t dc_prev;
-      lstm_cell_backward<scalar_t, kPeephole, kCoupled>(act, cell[j], cp[j], dhv, dcs[j], dpre, dc_prev, peep);
+      lstm_cell_backward<scalar_t, kPeephole, kCoupled>(act, cell[j], cp[j], dhv, dc_next, dpre, dc_prev, peep);
       dg[ci + j] = dpre.i;
       if constexpr (!kCoupled) dg[cf + j] = dpre.f;
       dg[cg + j] = dpre.g;
       dg[co + j] = dpre.o;
-      dcs[j] = dc_prev;
+      if constexpr (kZoneout)
+        dcs[j] = dc_prev + dc_carry;
+      else
+        dcs[j] = dc_prev;
       if constexpr (kProj) r[j] = lstm_hidden_from_saved(act, cell[j]);
     }
   }
 }
 
+template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled>
+LF_ALWAYS_INLINE void lstm_bwd_rows_zoneout(const LstmBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
+  lstm_bwd_rows<scalar_t, kProj, kPeephole, kCoupled, true>(p, begin, end);
+}
+
 template <typename scalar_t>
 LF_ALWAYS_INLINE void lstm_bwd_pointwise(const LstmBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   LF_VARIANT_DISPATCH(lstm_bwd_rows, p.r_out != nullptr, p.peep != nullptr, p.coupled, p, begin, end);
+}
+
+template <typename scalar_t>
+LF_ALWAYS_INLINE void lstm_bwd_pointwise_zoneout(const LstmBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
+  LF_VARIANT_DISPATCH(lstm_bwd_rows_zoneout, p.r_out != nullptr, p.peep != nullptr, p.coupled, p, begin, end);
 }
 
 // Entry points compiled for several x86-64 levels (AVX-512, AVX2+FMA, baseline) and picked at load time,
@@ -158,21 +206,23 @@ LF_ALWAYS_INLINE void lstm_bwd_pointwise(const LstmBwdStep<scalar_t>& p, int64_t
 
 void lstm_fwd_pointwise_f32(const LstmFwdStep<float>& p, int64_t begin, int64_t end);
 void lstm_bwd_pointwise_f32(const LstmBwdStep<float>& p, int64_t begin, int64_t end);
+void lstm_fwd_pointwise_zoneout_f32(const LstmFwdStep<float>& p, int64_t begin, int64_t end);
+void lstm_bwd_pointwise_zoneout_f32(const LstmBwdStep<float>& p, int64_t begin, int64_t end);
 
 template <typename scalar_t>
 void lstm_fwd_pointwise_dispatch(const LstmFwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   if constexpr (std::is_same_v<scalar_t, float>)
-    lstm_fwd_pointwise_f32(p, begin, end);
+    p.zoneout ? lstm_fwd_pointwise_zoneout_f32(p, begin, end) : lstm_fwd_pointwise_f32(p, begin, end);
   else
-    lstm_fwd_pointwise(p, begin, end);
+    p.zoneout ? lstm_fwd_pointwise_zoneout(p, begin, end) : lstm_fwd_pointwise(p, begin, end);
 }
 
 template <typename scalar_t>
 void lstm_bwd_pointwise_dispatch(const LstmBwdStep<scalar_t>& p, int64_t begin, int64_t end) {
   if constexpr (std::is_same_v<scalar_t, float>)
-    lstm_bwd_pointwise_f32(p, begin, end);
+    p.zoneout ? lstm_bwd_pointwise_zoneout_f32(p, begin, end) : lstm_bwd_pointwise_f32(p, begin, end);
   else
-    lstm_bwd_pointwise(p, begin, end);
+    p.zoneout ? lstm_bwd_pointwise_zoneout(p, begin, end) : lstm_bwd_pointwise(p, begin, end);
 }
 
 }  // namespace lstm_fused

@@ -34,6 +34,7 @@ struct FwdPass {
 
   explicit FwdPass(const LayerArgs& args) : a(args) {
     s = Cell::check(a, dirs);
+    TORCH_CHECK(!s.zoneout(), "lstm_fused: zoneout is not yet implemented on the CUDA path (it runs on the CPU)");
     check_dtype(a.input);
     D = static_cast<int64_t>(dirs.size());
     lh = direction_layouts(a.input, a.batch_sizes, a.h0.size(1), D);
@@ -173,6 +174,7 @@ struct BwdPass {
         need_grad_input(a.need_grad_input) {
     const Tensor &grad_output = a.grad_output, &output = a.output, &workspace = a.workspace;
     s = Cell::check(a.fwd, dirs);
+    TORCH_CHECK(!s.zoneout(), "lstm_fused: zoneout is not yet implemented on the CUDA path (it runs on the CPU)");
     check_dtype(input);
     D = static_cast<int64_t>(dirs.size());
     lh = direction_layouts(input, batch_sizes, h0.size(1), D);

@@ -3,6 +3,7 @@
 // batch_sizes, TypeError for unsupported dtypes.
 #pragma once
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,8 +24,14 @@ struct LayerSizes {
   bool coupled = false;   // LSTM with a coupled input-forget gate: gates i, g, o
   bool peephole = false;  // peephole weights w_ph
   int64_t n_gates = 4;    // gate blocks of W_ih / W_hh (LSTM 4, coupled LSTM 3, GRU 3)
+  bool zoneout_h = false;  // zoneout masks given for h / c
+  bool zoneout_c = false;
   int64_t gates() const { return n_gates; }
   int64_t G() const { return gates() * H; }  // gate rows of W_ih / W_hh
+  bool zoneout() const { return zoneout_h || zoneout_c; }
+  // Workspace columns of an LSTM row: the activated gates, c_t (with zoneout_c the candidate c̃_t, then the zoned-out
+  // c_t).
+  int64_t lstm_ws_cols() const { return G() + H + (zoneout_c ? H : 0); }
 };
 
 // Owns the batch_sizes/offsets arrays a SeqLayout points into.
@@ -169,14 +176,37 @@ inline LayerSizes check_directions(const CellKind& cell, const LayerArgs& a, std
   return s;
 }
 
-// An LSTM layer (coupled: gate blocks i, g, o).
-inline LayerSizes check_lstm_directions(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
-  return check_directions(lstm_cell(a.coupled), a, dirs);
+// A zoneout mask: [D, rows, width] (rows: the input's rows, T·B or N; any strides), in the accumulate dtype (float64
+// for float64 input, float32 otherwise), on the input's device.
+inline bool check_zoneout_mask(const std::optional<at::Tensor>& mask, const at::Tensor& input, int64_t D, int64_t I,
+                               int64_t width, const char* name) {
+  if (!mask) return false;
+  const int64_t rows = input.numel() / std::max<int64_t>(1, I);
+  TORCH_CHECK(mask->dim() == 3 && mask->size(0) == D && mask->size(1) == rows && mask->size(2) == width,
+              "lstm_fused: expected ", name, " of shape [", D, ", ", rows, ", ", width, "] (directions, input rows, ",
+              "state size), got ", mask->sizes());
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(mask->scalar_type() == acc, "lstm_fused: ", name, " must be ", acc, " for ", input.scalar_type(),
+              " input, got ", mask->scalar_type());
+  TORCH_CHECK(mask->device() == input.device(), "lstm_fused: ", name, " is on ", mask->device(), " but input is on ",
+              input.device());
+  return true;
 }
 
-// A GRU layer: h0 [D, B, H], weights with gate blocks r, z, n, no projection or peepholes.
+// An LSTM layer (coupled: gate blocks i, g, o), with its zoneout masks.
+inline LayerSizes check_lstm_directions(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
+  LayerSizes s = check_directions(lstm_cell(a.coupled), a, dirs);
+  const int64_t D = static_cast<int64_t>(dirs.size());
+  s.zoneout_h = check_zoneout_mask(a.zoneout_h, a.input, D, s.I, s.P, "zoneout_h");
+  s.zoneout_c = check_zoneout_mask(a.zoneout_c, a.input, D, s.I, s.H, "zoneout_c");
+  return s;
+}
+
+// A GRU layer: h0 [D, B, H], weights with gate blocks r, z, n, no projection or peepholes; its zoneout mask.
 inline LayerSizes check_gru_directions(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
-  return check_directions(gru_cell(), a, dirs);
+  LayerSizes s = check_directions(gru_cell(), a, dirs);
+  s.zoneout_h = check_zoneout_mask(a.zoneout_h, a.input, static_cast<int64_t>(dirs.size()), s.I, s.H, "zoneout_h");
+  return s;
 }
 
 // Builds the row layout of a padded [T, B, ...] or packed [N, ...] sequence, validating batch_sizes.

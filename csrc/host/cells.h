@@ -31,6 +31,8 @@ struct LstmCell {
   }
   // The weight only the cell itself reads: the peepholes ([3 or 2, H]); undefined without.
   static at::Tensor cell_weight(const DirectionWeights& w) { return w.w_ph ? w.w_ph->contiguous() : at::Tensor(); }
+  // Workspace columns per row: gates and c_t (with zoneout on c, c̃_t and c_t).
+  static int64_t ws_cols(const LayerSizes& s) { return s.lstm_ws_cols(); }
 };
 
 // GRU (nn.GRU's gates r, z, n): b_hh stays with the recurrent product (r scales W_hn·h + b_hn), so W_ih's and
@@ -47,6 +49,8 @@ struct GruCell {
   static std::optional<at::Tensor> input_bias(const DirectionWeights& w) { return w.b_ih; }
   // The weight only the cell itself reads: b_hh ([3H]); undefined without.
   static at::Tensor cell_weight(const DirectionWeights& w) { return w.b_hh ? w.b_hh->contiguous() : at::Tensor(); }
+  // Workspace columns per row: r, z, n and the recurrent n product.
+  static int64_t ws_cols(const LayerSizes& s) { return s.G() + s.H; }
 };
 
 }  // namespace lstm_fused

@@ -41,10 +41,14 @@ struct LayerArgs {
   LayerWeights w;
   bool coupled = false;
   bool need_workspace = false;
+  // Zoneout masks [D, rows, P] / [D, rows, H] (a layer op's; a stack has none): how much of the previous h / c each
+  // row and unit keeps.
+  std::optional<Tensor> zoneout_h, zoneout_c;
 
   // A stack's layer l, fed `x` (the input, or the output of the layer below).
   LayerArgs layer(int64_t l, const Tensor& x) const {
-    return {x, batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1), w.slice(l, 1), coupled, need_workspace};
+    return {x, batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1), w.slice(l, 1), coupled, need_workspace,
+            std::nullopt, std::nullopt};
   }
 };
 
@@ -137,22 +141,26 @@ inline void read_layer(ArgReader& r, LayerArgs& f, Op op, bool biases) {
 
 // lstm_layer_fwd, lstm_stack_fwd, gru_layer_fwd: the layer, then need_workspace.
 inline LayerArgs read_fwd(Stack& s, Op op) {
-  ArgReader r(s, op == Op::kLstmLayer ? 12 : op == Op::kLstmStack ? 11 : 8);
+  ArgReader r(s, op == Op::kLstmLayer ? 14 : op == Op::kLstmStack ? 11 : 9);
   LayerArgs a;
   read_layer(r, a, op, /*biases=*/true);
   a.need_workspace = r.flag();
+  if (op != Op::kLstmStack) a.zoneout_h = r.opt_tensor();
+  if (op == Op::kLstmLayer) a.zoneout_c = r.opt_tensor();
   return a;
 }
 
 // lstm_layer_bwd, gru_layer_bwd: grad_output, grad_h_n, [grad_c_n], the layer, output, workspace, has_bias,
 // need_grad_input.
 inline LayerBwdArgs read_layer_bwd(Stack& s, Op op) {
-  ArgReader r(s, op == Op::kLstmLayer ? 16 : 11);
+  ArgReader r(s, op == Op::kLstmLayer ? 18 : 12);
   LayerBwdArgs a;
   a.grad_output = r.tensor(), a.grad_h_n = r.tensor();
   if (op != Op::kGruLayer) a.grad_c_n = r.tensor();
   read_layer(r, a.fwd, op, /*biases=*/false);
   a.output = r.tensor(), a.workspace = r.tensor(), a.has_bias = r.flag(), a.need_grad_input = r.flag();
+  a.fwd.zoneout_h = r.opt_tensor();
+  if (op == Op::kLstmLayer) a.fwd.zoneout_c = r.opt_tensor();
   return a;
 }
 

@@ -148,6 +148,22 @@ LF_HOST_DEVICE acc_t lstm_hidden_from_saved(const LstmGates<acc_t>& act, acc_t c
   return act.o * lf_tanh(c);
 }
 
+// ---- zoneout (Krueger et al. 2016) --------------------------------------------------------------------
+// A state keeps its previous value by m and takes the candidate by 1 − m: m is 0 or 1 in training, the
+// probability itself in eval (the expectation). Both functions are exact for m = 0 and finite values.
+template <typename acc_t>
+LF_HOST_DEVICE acc_t zoneout_forward(acc_t m, acc_t previous, acc_t candidate) {
+  return m * previous + (acc_t(1) - m) * candidate;
+}
+
+// The gradient d reaching the zoned-out state splits into the candidate's, (1 − m)·d (returned), and the part that
+// flows straight to the previous state, m·d (added to `previous_grad`).
+template <typename acc_t>
+LF_HOST_DEVICE acc_t zoneout_backward(acc_t m, acc_t d, acc_t& previous_grad) {
+  previous_grad += m * d;
+  return (acc_t(1) - m) * d;
+}
+
 // ---- GRU (nn.GRU's equations, gate order r, z, n) -----------------------------------------------------
 // r = σ(x_r + h_r), z = σ(x_z + h_z), n = tanh(x_n + r ⊙ h_n), h' = (1 − z) ⊙ n + z ⊙ h, where x_* are the
 // input projections with b_ih and h_* the recurrent products with b_hh (kept apart: r gates h_n only).

@@ -51,6 +51,17 @@ struct SeqLayout {
   }
 };
 
+// A zoneout mask seen from one step: element (b, j) of the step's rows at data[b·ld + j·col] (an expanded scalar
+// has ld = col = 0). Absent: data points at a zero, which keeps nothing.
+template <typename acc_t>
+struct ZoneoutMask {
+  const acc_t* data = nullptr;
+  int64_t ld = 0, col = 0;
+  LF_HOST_DEVICE acc_t at(int64_t b, int64_t j) const { return data[b * ld + j * col]; }
+  // The same mask from `rows` rows further on.
+  ZoneoutMask advanced(int64_t rows) const { return {data + rows * ld, ld, col}; }
+};
+
 // One forward step's pointwise pass over rows [0, rows) of step t.
 template <typename scalar_t>
 struct LstmFwdStep {
@@ -65,6 +76,11 @@ struct LstmFwdStep {
   scalar_t* h_out = nullptr;       // [rows, ld_h] o·tanh(c_t): the output row, or the projection input
   int64_t ld_h = 0;
   scalar_t* h_state = nullptr;     // [rows, H] second copy of h_t (the recurrent state); nullptr with a projection
+  // Zoneout (zoneout set): h (without a projection; with one it follows the projection GEMM) and c keep m of
+  // their previous value; `cells` then holds the candidate c̃_t and cells_zoned the zoned-out c_t.
+  bool zoneout = false;
+  ZoneoutMask<scalar_t> zo_h, zo_c;
+  scalar_t* cells_zoned = nullptr;  // [rows, ld_ws] c_t = m ⊙ c_{t-1} + (1 − m) ⊙ c̃_t (cells + H)
 };
 
 // One backward step's pointwise pass over rows [0, rows) of step t.
@@ -86,6 +102,11 @@ struct LstmBwdStep {
   scalar_t* dc_state = nullptr;      // [rows, H] dc_t in (from step t+1 or c_n), dc_{t-1} out
   scalar_t* dgates = nullptr;        // [rows, G] pre-activation gradients out
   scalar_t* r_out = nullptr;         // [rows, H] o·tanh(c_t) for W_hr's gradient; set iff there is a projection
+  // Zoneout: `cells` are the candidates c̃_t, c_prev the zoned-out c_{t-1}. Without a projection the step splits
+  // dh (+ dh_extra) itself and writes the part m ⊙ dh for h_{t-1} into dh_carry; with one the caller has split it.
+  bool zoneout = false;
+  ZoneoutMask<scalar_t> zo_h, zo_c;
+  scalar_t* dh_carry = nullptr;      // [rows, H] out (no projection): m ⊙ (dh + dh_extra)
 };
 
 // One GRU forward step's pointwise pass over rows [0, rows) of step t.
@@ -99,6 +120,8 @@ struct GruFwdStep {
   scalar_t* h_state = nullptr;     // [rows, H] h_{t-1} in, h_t out
   scalar_t* h_out = nullptr;       // [rows, ld_h] h_t (the layer output rows)
   int64_t ld_h = 0;
+  bool zoneout = false;            // h_t = m ⊙ h_{t-1} + (1 − m) ⊙ h̃_t
+  ZoneoutMask<scalar_t> zo_h;
 };
 
 // One GRU backward step's pointwise pass over rows [0, rows) of step t.
@@ -115,6 +138,8 @@ struct GruBwdStep {
   scalar_t* dh_state = nullptr;      // [rows, H] in: recurrent gradient of h_t; out: z ⊙ dh (direct part for h_{t-1})
   scalar_t* dgx = nullptr;           // [rows, 3H] out: input-side pre-activation gradients
   scalar_t* dgh = nullptr;           // [rows, 3H] out: recurrent-side pre-activation gradients
+  bool zoneout = false;              // as in GruFwdStep: dh_state out also carries m ⊙ dh
+  ZoneoutMask<scalar_t> zo_h;
 };
 
 }  // namespace lstm_fused
