@@ -7,20 +7,31 @@ import itertools
 import pytest
 import torch
 
-from helpers import requires_testing_ops
+from helpers import gru_layer_args, layer_args, requires_testing_ops
 from lstm_fused import ops, reference
 
 F64 = torch.float64
 
 
-def _reference_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, zo_h, zo_c):
-    """The op's contract, one step at a time: rows of step t are [off_t, off_t + n_t) of the (packed) data."""
+def _steps(x, batch_sizes):
+    """The op's row layout: the input as rows, and per step t its row count n_t and first row off_t (the rows of step
+    t are [off_t, off_t + n_t) of the data, padded or packed)."""
     if batch_sizes is None:
         T, B = x.shape[:2]
         sizes, rows = [B] * T, x.reshape(T * B, -1)
     else:
         sizes, rows = batch_sizes.tolist(), x
-    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+    return rows, sizes, [sum(sizes[:t]) for t in range(len(sizes))]
+
+
+def _as_output(outs, x, batch_sizes):
+    out = torch.cat(outs, -1)
+    return out if batch_sizes is not None else out.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _reference_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, zo_h, zo_c):
+    """The op's contract, one step at a time."""
+    rows, sizes, offsets = _steps(x, batch_sizes)
     outs, h_n, c_n = [], [], []
     for d in range(len(w_ih)):
         h, c = h0[d], c0[d]
@@ -39,33 +50,18 @@ def _reference_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph,
         outs.append(torch.cat(out))
         h_n.append(h)
         c_n.append(c)
-    out = torch.cat(outs, -1)
-    if batch_sizes is None:
-        out = out.reshape(x.shape[0], x.shape[1], -1)
-    return out, torch.stack(h_n), torch.stack(c_n)
+    return _as_output(outs, x, batch_sizes), torch.stack(h_n), torch.stack(c_n)
+
+
+def _with_grad(args):
+    return [[t.requires_grad_() for t in a] if isinstance(a, list) else
+            (a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a) for a in args]
 
 
 def _layer(T, B, I, H, proj, packed, directions, peephole, coupled, seed):
-    g = torch.Generator().manual_seed(seed)
-
-    def t(*s, scale=1.0):
-        return (torch.randn(*s, generator=g, dtype=F64) * scale).requires_grad_()
-
-    P, G, D = proj or H, (3 if coupled else 4) * H, directions
-    if packed:
-        lengths = torch.randint(1, T + 1, (B,), generator=g).sort(descending=True).values
-        lengths[0] = T
-        batch_sizes = torch.tensor([int((lengths > s).sum()) for s in range(T)])
-        x = t(int(batch_sizes.sum()), I)
-    else:
-        batch_sizes, x = None, t(T, B, I)
-    k = H ** -0.5
-    args = [x, batch_sizes, t(D, B, P), t(D, B, H), [t(G, I, scale=k) for _ in range(D)],
-            [t(G, P, scale=k) for _ in range(D)], [t(G, scale=k) for _ in range(D)], [t(G, scale=k) for _ in range(D)],
-            [t(P, H, scale=k) for _ in range(D)] if proj else None,
-            [t(2 if coupled else 3, H) for _ in range(D)] if peephole else None, coupled]
-    rows = x.shape[0] if packed else T * B
-    return args, rows, P, g
+    """helpers.layer_args (float64, leaves requiring grad), its row count, P, and a generator for the masks."""
+    args = _with_grad(layer_args(T, B, I, H, proj, packed, F64, seed, directions, peephole, coupled))
+    return args, args[0].shape[0] if packed else T * B, proj or H, torch.Generator().manual_seed(seed + 100)
 
 
 def _masks(kind, which, D, rows, P, H, g):
@@ -151,12 +147,7 @@ def test_bad_masks_are_clear_errors(bad):
 
 
 def _reference_gru_layer(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, zo_h):
-    if batch_sizes is None:
-        T, B = x.shape[:2]
-        sizes, rows = [B] * T, x.reshape(T * B, -1)
-    else:
-        sizes, rows = batch_sizes.tolist(), x
-    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+    rows, sizes, offsets = _steps(x, batch_sizes)
     outs, h_n = [], []
     for d in range(len(w_ih)):
         h = h0[d]
@@ -171,23 +162,12 @@ def _reference_gru_layer(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, zo_h):
             out[t] = h_new
         outs.append(torch.cat(out))
         h_n.append(h)
-    out = torch.cat(outs, -1)
-    if batch_sizes is None:
-        out = out.reshape(x.shape[0], x.shape[1], -1)
-    return out, torch.stack(h_n)
+    return _as_output(outs, x, batch_sizes), torch.stack(h_n)
 
 
 def _gru_args(T, B, I, H, packed, directions, bias, seed):
-    args, rows, _, g = _layer(T, B, I, H, 0, packed, directions, False, False, seed)
-    x, bs, h0 = args[:3]
-    k = H ** -0.5
-
-    def t(*s):
-        return (torch.randn(*s, generator=g, dtype=F64) * k).requires_grad_()
-
-    D = directions
-    return [x, bs, h0, [t(3 * H, I) for _ in range(D)], [t(3 * H, H) for _ in range(D)],
-            [t(3 * H) for _ in range(D)] if bias else None, [t(3 * H) for _ in range(D)] if bias else None], rows, g
+    args = _with_grad(gru_layer_args(T, B, I, H, packed, F64, seed, directions, bias))
+    return args, args[0].shape[0] if packed else T * B, torch.Generator().manual_seed(seed + 100)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
