@@ -165,6 +165,9 @@ class _FusedRNNBase(nn.Module):
     `_layer_op` (its fused layer op), `_packed_states` (a PackedSequence's hx checked and permuted in nn's order)
     and `_result_dtypes` (the dtypes of the results, autocast included)."""
 
+    # A module pickled before the option existed unpickles without the attribute: it reads this default.
+    weight_drop = 0.0
+
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, peephole: bool = False, coupled: bool = False,
@@ -531,6 +534,8 @@ class _FusedCellBase(nn.Module):
     [gates·H, H], bias_ih, bias_hh (None without bias), seeded init and repr; and the forward, one step of the
     fused layer op. A subclass gives `_mode` ("LSTM" / "GRU"), `_name` (nn's class name), `_num_states` and
     `_layer_op`."""
+
+    weight_drop = 0.0  # as in _FusedRNNBase
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None, dtype=None,
                  weight_drop: float = 0.0) -> None:

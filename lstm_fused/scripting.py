@@ -443,6 +443,7 @@ def scriptable(module):
     twin._has_cuda_kernels = ops.has_kernel("CUDA")
     # TorchScript reads instance attributes only: the class constant the shared forwards read goes on the twin.
     twin._num_states = type(twin)._num_states
+    twin.weight_drop = module.weight_drop  # (a module pickled before weight_drop has only the class default)
     if isinstance(twin, _FusedRNNBase):
         twin._fused_weights = list(twin._flat_weights)
         twin._per_direction = len(twin._all_weights[0])

@@ -214,3 +214,19 @@ def test_export_in_eval_runs_the_weights_as_they_are():
     ep = torch.export.export(m, (x,))
     for a, b in zip(torch.utils._pytree.tree_leaves(ep.module()(x)), torch.utils._pytree.tree_leaves(m(x))):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make", [lambda: lstm_fused.LSTM(4, 6, num_layers=2), lambda: lstm_fused.GRU(4, 6),
+                                  lambda: lstm_fused.LSTMCell(4, 6), lambda: lstm_fused.GRUCell(4, 6)],
+                         ids=["lstm", "gru", "lstm-cell", "gru-cell"])
+def test_module_pickled_before_the_option_still_runs_and_scripts(make):
+    # An instance from before weight_drop existed has no such attribute: forward, repr and TorchScript still work.
+    m = make()
+    del m.weight_drop
+    assert "weight_drop" not in vars(m)
+    x = torch.randn(3, 4) if isinstance(m, (lstm_fused.LSTMCell, lstm_fused.GRUCell)) else torch.randn(5, 3, 4)
+    want = m(x)
+    assert "weight_drop" not in repr(m)
+    got = torch.jit.script(m)(x)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        assert torch.equal(a, b)
