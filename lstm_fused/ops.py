@@ -29,6 +29,17 @@ def _needs_workspace(*groups) -> bool:
     return any(t.requires_grad for g in groups if g is not None for t in (g if isinstance(g, (list, tuple)) else [g]))
 
 
+def _with_optional(args: tuple, *optional) -> tuple:
+    """`args` plus the trailing optional arguments up to the last one given. The dispatcher drops trailing arguments
+    equal to their defaults (None) before autograd sees a call, so an op's backward returns one gradient per argument
+    left: len(_with_optional((), *optional)) of them for these."""
+    n = 0
+    for i, a in enumerate(optional):  # (a loop: dynamo traces this on every compiled forward)
+        if a is not None:
+            n = i + 1
+    return args + tuple(optional[:n])
+
+
 def lstm_layer(
     input: Tensor,
     batch_sizes: Optional[Tensor],
@@ -57,9 +68,7 @@ def lstm_layer(
     """
     need_workspace = _needs_workspace(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
     args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace)
-    if zoneout_h is not None or zoneout_c is not None:  # (without, the call keeps the schema's defaults)
-        args += (zoneout_h, zoneout_c)
-    out, h_n, c_n, _ = _call("lstm_layer_fwd", args)
+    out, h_n, c_n, _ = _call("lstm_layer_fwd", _with_optional(args, zoneout_h, zoneout_c))
     return out, h_n, c_n
 
 
@@ -118,9 +127,7 @@ def _setup_context(ctx, inputs, output):
     ctx.has_proj = w_hr is not None
     ctx.has_peephole = w_ph is not None
     ctx.coupled = coupled
-    # The dispatcher drops trailing arguments equal to their defaults before autograd sees the call (setup_context
-    # gets them filled back in); the backward returns one gradient per argument that was left.
-    ctx.n_op_args = 14 if zoneout_c is not None else 13 if zoneout_h is not None else 12
+    ctx.n_masks = len(_with_optional((), zoneout_h, zoneout_c))  # the mask arguments the call kept
     ctx.save_for_backward(input, batch_sizes, h0, c0, out, ws, zoneout_h, zoneout_c, *w_ih, *w_hh, *(w_hr or ()),
                           *(w_ph or ()))
     ctx.mark_non_differentiable(ws)
@@ -139,9 +146,7 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
     need_grad_input = ctx.needs_input_grad[0]
     args = (grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, ctx.coupled, out, ws,
             ctx.has_bias, need_grad_input)
-    if zoneout_h is not None or zoneout_c is not None:
-        args += (zoneout_h, zoneout_c)
-    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph = _call("lstm_layer_bwd", args)
+    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph = _call("lstm_layer_bwd", _with_optional(args, zoneout_h, zoneout_c))
     return (
         gi if need_grad_input else None,
         None,
@@ -155,7 +160,7 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
         gw_ph if ctx.has_peephole else None,
         None,
         None,
-        *[None] * (ctx.n_op_args - 12),  # the zoneout masks: drawn, not learned
+        *[None] * ctx.n_masks,  # the zoneout masks: drawn, not learned
     )
 
 
@@ -315,7 +320,7 @@ def gru_layer(
     """
     need_workspace = _needs_workspace(input, h0, w_ih, w_hh, b_ih, b_hh)
     args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace)
-    out, h_n, _ = _call("gru_layer_fwd", args + (zoneout_h,) if zoneout_h is not None else args)
+    out, h_n, _ = _call("gru_layer_fwd", _with_optional(args, zoneout_h))
     return out, h_n
 
 
@@ -350,7 +355,7 @@ def _gru_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # as in _setup_context
     ctx.directions = len(w_ih)
     ctx.has_bias = b_ih is not None
-    ctx.has_zoneout = zoneout_h is not None  # (the argument is dropped from the call when None: see _setup_context)
+    ctx.n_masks = len(_with_optional((), zoneout_h))
     ctx.save_for_backward(input, batch_sizes, h0, out, ws, zoneout_h, *w_ih, *w_hh)
     ctx.mark_non_differentiable(ws)
 
@@ -363,7 +368,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
     need_grad_input = ctx.needs_input_grad[0]
     args = (grad_out, grad_h_n, input, batch_sizes, h0, list(weights[:d]), list(weights[d:]), out, ws, ctx.has_bias,
             need_grad_input)
-    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _call("gru_layer_bwd", args + (zoneout_h,) if ctx.has_zoneout else args)
+    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _call("gru_layer_bwd", _with_optional(args, zoneout_h))
     return (
         gi if need_grad_input else None,
         None,
@@ -373,7 +378,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
         gb_ih if ctx.has_bias else None,
         gb_hh if ctx.has_bias else None,
         None,
-        *([None] if ctx.has_zoneout else []),  # the mask: drawn, not learned
+        *[None] * ctx.n_masks,  # the mask: drawn, not learned
     )
 
 

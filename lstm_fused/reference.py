@@ -130,13 +130,13 @@ def _zoneout_ps(module, num_states: int) -> list:
     return [getattr(module, "zoneout", 0.0), getattr(module, "zoneout_cell", 0.0)][:num_states]
 
 
-def _dropped_hh(module, num_layers: int, D: int, suffix_of) -> dict:
+def _dropped_hh(module, D: int) -> dict:
     """weight_hh of every layer and direction, dropped for this call when weight_drop is on in training."""
     p = getattr(module, "weight_drop", 0.0)
     if not (p > 0 and module.training):
         return {}
-    return {(layer, d): drop_weight(getattr(module, f"weight_hh{suffix_of(layer, d)}"), p)
-            for layer in range(num_layers) for d in range(D)}
+    return {(layer, d): drop_weight(getattr(module, f"weight_hh_l{layer}{'_reverse' if d else ''}"), p)
+            for layer in range(module.num_layers) for d in range(D)}
 
 
 def _run(module, input, hx, step, num_states: int):
@@ -164,7 +164,7 @@ def _run(module, input, hx, step, num_states: int):
         hx = tuple(x.new_zeros(module.num_layers * D, B, s) for s in widths)
     elif num_states == 1:
         hx = (hx,)
-    dropped = _dropped_hh(module, module.num_layers, D, lambda layer, d: f"_l{layer}{'_reverse' if d else ''}")
+    dropped = _dropped_hh(module, D)
     finals = [[] for _ in range(num_states)]
     for layer in range(module.num_layers):
         # This layer's zoneout masks, drawn in the layout of the layer's output rows, then seen in padded form.

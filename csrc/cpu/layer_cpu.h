@@ -162,8 +162,10 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
     const at::Tensor w_ih_c = w.w_ih.contiguous(), w_hh_c = w.w_hh.contiguous();
     const at::Tensor w_hr_c = s.proj ? w.w_hr->contiguous() : at::Tensor();
     at::Tensor dr_buf = s.proj ? at::empty({seq.B, H}, opts) : at::Tensor();
-    // The zoneout step writes it without a projection even when only c has zoneout (zeros, then unused).
-    at::Tensor dh_carry = s.zoneout() ? at::empty({seq.B, P}, opts) : at::Tensor();
+    // The LSTM's zoneout step writes it without a projection even when only c has zoneout (zeros, then unused); the
+    // GRU adds its carry to dh_state itself.
+    const bool carry = Cell::kHasCellState && s.zoneout();
+    at::Tensor dh_carry = carry ? at::empty({seq.B, P}, opts) : at::Tensor();
     g.w_ih.push_back(at::empty({G, s.I}, opts));
     g.w_hh.push_back(at::empty({G, P}, opts));
     if (a.has_bias) g.b_ih.push_back(at::empty({G}, opts));
@@ -192,7 +194,7 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
       p.dr_buf = s.proj ? dr_buf.data_ptr<scalar_t>() : nullptr;
       p.zo_h = zoneout_mask<scalar_t>(a.fwd.zoneout_h, d);
       p.zo_c = zoneout_mask<scalar_t>(a.fwd.zoneout_c, d);
-      p.dh_carry = s.zoneout() ? dh_carry.data_ptr<scalar_t>() : nullptr;
+      p.dh_carry = carry ? dh_carry.data_ptr<scalar_t>() : nullptr;
       Cell::bwd_loop(p);
       // Everything below is one GEMM or reduction over all steps. Both directions read the same input, so its
       // gradient is their sum (accumulated in direction order).
