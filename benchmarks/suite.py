@@ -3,7 +3,8 @@
 Baselines, all measured in the same process on the same inputs (interleaved, rotated, medians):
   nn        nn.LSTM / nn.GRU (oneDNN or PyTorch's CPU kernels on the CPU, cuDNN on CUDA); for the weight-drop
             rows nn's module called with its weight_hh dropped for the call (AWD-LSTM's WeightDrop, functionally)
-  loop      the plain-PyTorch loop of lstm_fused.reference (the only option for peephole/coupled LSTMs)
+  loop      the plain-PyTorch loop of lstm_fused.reference (the only option for peephole/coupled LSTMs and
+            zoneout, which nn does not have)
   loop+c    that loop under torch.compile (full grid only: it unrolls T steps and compiles slowly)
   step      (CUDA) lstm_fused itself with its per-step kernels (LSTM_FUSED_CUDA_ALGO=step): what the persistent
             kernel, which auto picks where it can run, gains over them
@@ -51,6 +52,8 @@ def cpu_grid(quick):
     grid += [case(k, 100, B, H) for k in ("lstm-peephole", "lstm-coupled") for B in (1, 16) for H in (64, 256)]
     grid += [case("lstm-weightdrop", 100, B, H) for B, H in ((16, 256), (64, 512))]
     grid += [case("gru-weightdrop", 100, 16, 256)]
+    grid += [case("lstm-zoneout", 100, B, H) for B, H in ((16, 256), (64, 512))]
+    grid += [case("gru-zoneout", 100, 16, 256)]
     return grid
 
 
@@ -59,7 +62,8 @@ def gpu_grid(quick):
     grid += [case("lstm", 512, 256, 1024), case("lstm", 512, 16, 512, layers=2, bidir=True),
              case("lstm", 512, 16, 512, layers=3), case("lstm", 512, 16, 1024, I=256),
              case("lstm", 512, 16, 512, packed=True), case("gru", 512, 16, 512),
-             case("lstm-peephole", 512, 16, 512), case("lstm-coupled", 512, 16, 512)]
+             case("lstm-peephole", 512, 16, 512), case("lstm-coupled", 512, 16, 512),
+             case("lstm-weightdrop", 512, 16, 512), case("lstm-zoneout", 512, 16, 512), case("gru-zoneout", 512, 16, 512)]
     return grid[:6] + [case("lstm", 512, 16, 512, layers=3), case("lstm", 512, 256, 1024)] if quick else grid
 
 
@@ -96,6 +100,7 @@ class WithAlgo:
 
 
 WEIGHT_DROP = 0.5  # the weight-drop rows' probability (AWD-LSTM uses 0.5)
+ZONEOUT = 0.1  # the zoneout rows' probability, on h and (LSTM) on c (Tacotron 2 uses 0.1)
 
 
 class NNWeightDrop(nn.Module):
@@ -118,12 +123,13 @@ def make_models(c, device, dtype):
     if option == "weightdrop":
         kw["weight_drop"] = WEIGHT_DROP
     torch.manual_seed(0)
-    variant = {"peephole": dict(peephole=True), "coupled": dict(coupled=True)}.get(option, {})
+    zoneout = dict(zoneout=ZONEOUT, **(dict(zoneout_cell=ZONEOUT) if kind == "lstm" else {}))
+    variant = {"peephole": dict(peephole=True), "coupled": dict(coupled=True), "zoneout": zoneout}.get(option, {})
     ours = (lstm_fused.GRU if kind == "gru" else lstm_fused.LSTM)(c["I"], c["H"], **kw, **variant)
     run_ref = reference.run_gru if kind == "gru" else reference.run_lstm
     loop = lambda x: run_ref(ours, x)  # noqa: E731
     baselines = {"loop": loop}
-    if not variant:  # nn has no peephole or coupled LSTM
+    if not variant:  # nn has no peephole or coupled LSTM, and no zoneout
         kw.pop("weight_drop", None)
         ref = (nn.GRU if kind == "gru" else nn.LSTM)(c["I"], c["H"], **kw)
         ref.load_state_dict(ours.state_dict())
@@ -339,7 +345,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="float32 (default), float64, bfloat16, float16; comma-separated")
     ap.add_argument("--modes", default="inference,training")
-    ap.add_argument("--kinds", default=None, help="subset of lstm,gru,lstm-peephole,lstm-coupled,lstm-weightdrop,gru-weightdrop")
+    ap.add_argument("--kinds", default=None, help="subset of lstm,gru,lstm-peephole,lstm-coupled,lstm-weightdrop,"
+                    "gru-weightdrop,lstm-zoneout,gru-zoneout")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per case and model")
     ap.add_argument("--baselines", default="nn,loop,step", help="which baselines to run: nn, loop (loop+c follows loop), step (CUDA)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))

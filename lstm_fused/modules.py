@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _messages, onnx_export, ops
-from ._regularisers import drop_weight
+from ._regularisers import drop_weight, zoneout_op_mask
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert"]
 
@@ -110,12 +110,26 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
 _WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ph")
 
 
-def _lstm_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, coupled: bool = False):
-    return ops.lstm_layer(x, batch_sizes, states[0], states[1], *weights, coupled)
+# `zoneout`: the layer's zoneout masks for the op (h's, then LSTM's c's; None where off), or None.
+def _lstm_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, coupled: bool = False, zoneout=None):
+    zo_h, zo_c = zoneout if zoneout is not None else (None, None)
+    return ops.lstm_layer(x, batch_sizes, states[0], states[1], *weights, coupled, zoneout_h=zo_h, zoneout_c=zo_c)
 
 
-def _gru_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights):
-    return ops.gru_layer(x, batch_sizes, states[0], *weights[:4])
+def _gru_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, zoneout=None):
+    return ops.gru_layer(x, batch_sizes, states[0], *weights[:4], zoneout_h=zoneout[0] if zoneout is not None else None)
+
+
+def _zoneout_masks(ps: tuple, widths: tuple, directions: int, rows: list, training: bool, device: torch.device,
+                   dtype: torch.dtype) -> Optional[tuple]:
+    """One layer's (or cell step's) zoneout arguments for the op, drawn in _regularisers' order: per state with
+    probability ps[k] > 0 a [directions, R, widths[k]] mask in the accumulate dtype of `dtype`, else None; None when
+    every probability is 0 (nothing drawn)."""
+    if not any(p > 0 for p in ps):
+        return None
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return tuple(zoneout_op_mask(directions, rows, w, p, training, device, acc) if p > 0 else None
+                 for p, w in zip(ps, widths))
 
 
 def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
@@ -165,16 +179,20 @@ class _FusedRNNBase(nn.Module):
     `_layer_op` (its fused layer op), `_packed_states` (a PackedSequence's hx checked and permuted in nn's order)
     and `_result_dtypes` (the dtypes of the results, autocast included)."""
 
-    # A module pickled before the option existed unpickles without the attribute: it reads this default.
+    # A module pickled before the options existed unpickles without the attributes: it reads these defaults.
     weight_drop = 0.0
+    zoneout = 0.0
+    zoneout_cell = 0.0
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, peephole: bool = False, coupled: bool = False,
-                 weight_drop: float = 0.0) -> None:
+                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0) -> None:
         super().__init__()
         _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
         weight_drop = _check_probability("weight_drop", weight_drop)
+        zoneout = _check_probability("zoneout", zoneout)
+        zoneout_cell = _check_probability("zoneout_cell", zoneout_cell)
         for name, flag in (("peephole", peephole), ("coupled", coupled)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
@@ -191,6 +209,9 @@ class _FusedRNNBase(nn.Module):
         self.peephole = peephole
         self.coupled = coupled
         self.weight_drop = weight_drop
+        self.zoneout = zoneout
+        if mode == "LSTM":
+            self.zoneout_cell = zoneout_cell
         num_directions = 2 if bidirectional else 1
         # LSTM: i, f, g, o (coupled: i, g, o with f = 1 - i); GRU: r, z, n.
         gate_size = (3 if coupled or mode == "GRU" else 4) * hidden_size
@@ -273,6 +294,10 @@ class _FusedRNNBase(nn.Module):
             s += ", coupled=True"
         if self.weight_drop:
             s += ", weight_drop={weight_drop}"
+        if self.zoneout:
+            s += ", zoneout={zoneout}"
+        if self.zoneout_cell:
+            s += ", zoneout_cell={zoneout_cell}"
         return s.format(**self.__dict__)
 
     # -- argument checks (nn's messages and exception types) ------------------------------------------------------
@@ -359,6 +384,18 @@ class _FusedRNNBase(nn.Module):
         return [[drop_weight(getattr(self, name), self.weight_drop) for name in names[1]]
                 for names in self._weight_names]
 
+    def _zoneout_on(self) -> bool:
+        return self.zoneout > 0 or self.zoneout_cell > 0
+
+    def _layer_zoneout(self, x: Tensor, batch_sizes: Optional[Tensor], dtype: torch.dtype) -> Optional[tuple]:
+        """This layer's zoneout masks (drawn just before it runs), over its output rows: [T, B] padded, [N] packed."""
+        if not self._zoneout_on():
+            return None
+        rows = [x.size(0), x.size(1)] if batch_sizes is None else [x.size(0)]
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return _zoneout_masks((self.zoneout, self.zoneout_cell)[:self._num_states], (P, self.hidden_size),
+                              2 if self.bidirectional else 1, rows, self.training, x.device, dtype)
+
     def _check_device(self, x: Tensor) -> None:
         if x.device.type == "cuda" and not _HAS_CUDA_KERNELS:
             raise RuntimeError(_messages.NO_CUDA_KERNELS)
@@ -432,7 +469,8 @@ class _FusedRNNBase(nn.Module):
                 layer_states = [_cast(states[i][first : first + num_directions], dtype)
                                 for i in range(self._num_states)]
             # One op per layer: both directions step together (one launch per step on the GPU).
-            x, *layer_finals = self._layer_op(_cast(x, dtype), batch_sizes, layer_states, weights)
+            zoneout = self._layer_zoneout(x, batch_sizes, dtype)
+            x, *layer_finals = self._layer_op(_cast(x, dtype), batch_sizes, layer_states, weights, zoneout=zoneout)
             for acc, final in zip(finals, layer_finals):
                 acc.append(final)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
@@ -453,6 +491,9 @@ class LSTM(_FusedRNNBase):
     (f = 1 − i; gate rows i, g, o, so W_ih/W_hh/biases have 3·hidden rows and weight_ph is [2, hidden]).
     ``weight_drop=p`` (DropConnect on the recurrent matrices, as AWD-LSTM): in training each call drops every
     ``weight_hh_l{k}`` with F.dropout's mask and 1/(1 − p) scaling, the same for all of that call's steps.
+    ``zoneout=p`` / ``zoneout_cell=p`` (Krueger et al. 2016): in training each unit of h / c keeps its previous value
+    with probability p per step (h's candidate comes from c's candidate; with proj_size, the projected h); in eval
+    h_t = p·h_{t-1} + (1 − p)·h̃_t. Masks come from torch's generator of the input's device.
     """
 
     _num_states = 2  # (h, c)
@@ -460,9 +501,9 @@ class LSTM(_FusedRNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
-                 weight_drop: float = 0.0) -> None:
+                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, peephole, coupled, weight_drop)
+                         proj_size, device, dtype, peephole, coupled, weight_drop, zoneout, zoneout_cell)
 
     def _packed_states(self, hx, sorted_indices: Optional[Tensor], mini_batch: int):
         # nn.LSTM's order: permute, then the op's argument checks, then the shapes.
@@ -479,12 +520,12 @@ class LSTM(_FusedRNNBase):
                                       and _autocast_dtype(x, "lstm") is not None) else output_dtype
         return output_dtype, (output_dtype, c_dtype)
 
-    def _layer_op(self, x: Tensor, batch_sizes: Optional[Tensor], states, weights: tuple):
-        return _lstm_layer(x, batch_sizes, states, weights, self.coupled)
+    def _layer_op(self, x: Tensor, batch_sizes: Optional[Tensor], states, weights: tuple, zoneout=None):
+        return _lstm_layer(x, batch_sizes, states, weights, self.coupled, zoneout)
 
     def _layers(self, x: Tensor, batch_sizes: Optional[Tensor], states, dtype: torch.dtype):
         if not (self.num_layers > 1 and not self.bidirectional and self.proj_size == 0
-                and not (self.dropout > 0 and self.training)):
+                and not (self.dropout > 0 and self.training) and not self._zoneout_on()):
             return super()._layers(x, batch_sizes, states, dtype)
         # One op for the whole stack: on the GPU its layers can run as one wavefront launch.
         dropped_hh = self._dropped_hh()
@@ -501,7 +542,8 @@ class GRU(_FusedRNNBase):
 
     Same constructor, parameters (gate order r, z, n), initialisation and forward semantics as nn.GRU:
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h. ``forward(input, hx=None)``
-    returns ``output, h_n``. Keyword-only ``weight_drop=p``: DropConnect on ``weight_hh_l{k}``, as for LSTM.
+    returns ``output, h_n``. Keyword-only ``weight_drop=p`` (DropConnect on ``weight_hh_l{k}``) and ``zoneout=p``
+    (on h), as for LSTM.
     """
 
     _num_states = 1
@@ -509,13 +551,13 @@ class GRU(_FusedRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
-                 *, weight_drop: float = 0.0, **kwargs) -> None:
+                 *, weight_drop: float = 0.0, zoneout: float = 0.0, **kwargs) -> None:
         if "proj_size" in kwargs:  # as nn.GRU
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype, weight_drop=weight_drop)
+                         device, dtype, weight_drop=weight_drop, zoneout=zoneout)
 
     def _packed_states(self, hx, sorted_indices: Optional[Tensor], mini_batch: int):
         # Checked before the permutation (nn.GRU permutes first): a wrong batch size gets "Expected hidden size"
@@ -535,16 +577,17 @@ class _FusedCellBase(nn.Module):
     fused layer op. A subclass gives `_mode` ("LSTM" / "GRU"), `_name` (nn's class name), `_num_states` and
     `_layer_op`."""
 
-    weight_drop = 0.0  # as in _FusedRNNBase
+    weight_drop = zoneout = zoneout_cell = 0.0  # as in _FusedRNNBase
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None, dtype=None,
-                 weight_drop: float = 0.0) -> None:
+                 weight_drop: float = 0.0, zoneout: float = 0.0) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
         self.weight_drop = _check_probability("weight_drop", weight_drop)
+        self.zoneout = _check_probability("zoneout", zoneout)
         self.weight_ih = nn.Parameter(torch.empty((gates * hidden_size, input_size), **factory_kwargs))
         self.weight_hh = nn.Parameter(torch.empty((gates * hidden_size, hidden_size), **factory_kwargs))
         if bias:
@@ -572,6 +615,10 @@ class _FusedCellBase(nn.Module):
             s += ", bias={bias}"
         if self.weight_drop:
             s += ", weight_drop={weight_drop}"
+        if self.zoneout:
+            s += ", zoneout={zoneout}"
+        if self.zoneout_cell:
+            s += ", zoneout_cell={zoneout_cell}"
         return s.format(**self.__dict__)
 
     def forward(self, input, hx=None):
@@ -587,8 +634,11 @@ class _FusedCellBase(nn.Module):
         result_dtype, compute_dtype = self._check_step(input, states)
         # One time step of the fused layer op: [1, B, I] in, the states after that step out.
         step_states = [_cast(states[i].unsqueeze(0), compute_dtype) for i in range(self._num_states)]
-        _, *finals = self._layer_op(_cast(input.unsqueeze(0), compute_dtype), None, step_states,
-                                    self._step_weights(compute_dtype))
+        weights = self._step_weights(compute_dtype)  # (weight drop draws first, as in a sequence module)
+        zoneout = _zoneout_masks((self.zoneout, self.zoneout_cell)[:self._num_states], (self.hidden_size,) * 2, 1,
+                                 [input.size(0)], self.training, input.device, compute_dtype)
+        _, *finals = self._layer_op(_cast(input.unsqueeze(0), compute_dtype), None, step_states, weights,
+                                    zoneout=zoneout)
         finals = [_cast(final[0], result_dtype) for final in finals]
         if not is_batched:
             finals = [final.squeeze(0) for final in finals]
@@ -647,27 +697,30 @@ class LSTMCell(_FusedCellBase):
 
     Same constructor, parameters (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), initialisation and
     forward semantics (batched [B, I] or unbatched [I] input, optional ``(h, c)``), returning ``(h', c')``.
-    Keyword-only ``weight_drop=p``: DropConnect on ``weight_hh``, a new mask each call in training.
+    Keyword-only ``weight_drop=p``: DropConnect on ``weight_hh``, a new mask each call in training; ``zoneout=p`` /
+    ``zoneout_cell=p``: h / c keep their value (hx's) with probability p, a new mask each call (eval: the expectation).
     """
 
     _mode, _name, _num_states = "LSTM", "LSTMCell", 2
     _layer_op = staticmethod(_lstm_layer)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 weight_drop: float = 0.0) -> None:
-        super().__init__(input_size, hidden_size, bias, 4, device, dtype, weight_drop)
+                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0) -> None:
+        zoneout_cell = _check_probability("zoneout_cell", zoneout_cell)
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype, weight_drop, zoneout)
+        self.zoneout_cell = zoneout_cell
 
 
 class GRUCell(_FusedCellBase):
     r"""Drop-in replacement for :class:`torch.nn.GRUCell`: one fused GRU step per call, returning h'. Keyword-only
-    ``weight_drop=p``: DropConnect on ``weight_hh``, as for LSTMCell."""
+    ``weight_drop=p`` (DropConnect on ``weight_hh``) and ``zoneout=p``, as for LSTMCell."""
 
     _mode, _name, _num_states = "GRU", "GRUCell", 1
     _layer_op = staticmethod(_gru_layer)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 weight_drop: float = 0.0) -> None:
-        super().__init__(input_size, hidden_size, bias, 3, device, dtype, weight_drop)
+                 weight_drop: float = 0.0, zoneout: float = 0.0) -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype, weight_drop, zoneout)
 
 
 # The hook registries of nn.Module that a replacement takes over (the dicts themselves, so that the handles the

@@ -167,18 +167,19 @@ def _run(module, input, hx, step, num_states: int):
     dropped = _dropped_hh(module, D)
     finals = [[] for _ in range(num_states)]
     for layer in range(module.num_layers):
-        # This layer's zoneout masks, drawn in the layout of the layer's output rows, then seen in padded form.
-        masks = []
-        for d in range(D):
-            for p, w in zip(_zoneout_ps(module, num_states), widths):
-                if p <= 0:
-                    masks.append(None)
-                    continue
-                rows = (input.data.shape[0], w) if packed else (T, B, w)
-                m = zoneout_mask(rows, p, module.training, x.device, x.dtype)
-                if packed and isinstance(m, Tensor):
-                    m = pad_packed_sequence(PackedSequence(m, *input[1:]))[0]  # [T, B, w], the caller's order
-                masks.append(m)
+        # This layer's zoneout masks, one draw per state over its directions in the layout of the layer's output
+        # rows, then seen per direction in padded form.
+        masks = [[None] * num_states for _ in range(D)]
+        for k, (p, w) in enumerate(zip(_zoneout_ps(module, num_states), widths)):
+            if p <= 0:
+                continue
+            rows = (D, input.data.shape[0], w) if packed else (D, T, B, w)
+            m = zoneout_mask(rows, p, module.training, x.device, x.dtype)
+            for d in range(D):
+                md = m[d] if isinstance(m, Tensor) else m
+                if packed and isinstance(md, Tensor):
+                    md = pad_packed_sequence(PackedSequence(md, *input[1:]))[0]  # [T, B, w], the caller's order
+                masks[d][k] = md
         outs = []
         for d in range(D):
             params = _layer_params(module, layer, d)
@@ -189,7 +190,7 @@ def _run(module, input, hx, step, num_states: int):
             for t in (range(T - 1, -1, -1) if d == 1 else range(T)):
                 new = step(x[t], states, params)
                 new = [n if m is None else zoneout(s, n, m[t] if isinstance(m, Tensor) else m)
-                       for n, s, m in zip(new, states, masks[d * num_states:(d + 1) * num_states])]
+                       for n, s, m in zip(new, states, masks[d])]
                 active = (t < lengths).unsqueeze(1)  # sequences still running at t
                 states = [torch.where(active, n, s) for n, s in zip(new, states)]
                 ys[t] = torch.where(active, new[0], torch.zeros_like(new[0]))

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _messages, ops
+from ._regularisers import zoneout_op_mask
 from . import modules as _eager
 from .modules import _FusedCellBase, _FusedRNNBase
 
@@ -78,6 +79,19 @@ def _optional(tensors: List[Tensor], present: bool) -> Optional[List[Tensor]]:
 
 # TorchScript has no union of a tuple and a tensor, so each twin's typed forward turns its hx into a list of
 # states ([h, c] for LSTM, [h] for GRU) and back; everything between is shared, in the eager modules' order.
+def _zoneout_masks(ps: List[float], widths: List[int], directions: int, rows: List[int], training: bool,
+                   device: torch.device, dtype: torch.dtype) -> List[Optional[Tensor]]:
+    """modules._zoneout_masks: per state a mask for the op, or None (p = 0, nothing drawn)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    masks: List[Optional[Tensor]] = []
+    for k in range(len(ps)):
+        if ps[k] > 0:
+            masks.append(zoneout_op_mask(directions, rows, widths[k], ps[k], training, device, acc))
+        else:
+            masks.append(None)
+    return masks
+
+
 def _pair_states(hx: Optional[Tuple[Tensor, Tensor]]) -> Optional[List[Tensor]]:
     if hx is None:
         return None
@@ -232,7 +246,7 @@ class _ScriptRNNMixin:
         x = x.to(dtype)
         states = [state.to(dtype) for state in states]
         if self.mode == "LSTM" and self.num_layers > 1 and not self.bidirectional and self.proj_size == 0 and not (
-                self.dropout > 0 and self.training):
+                self.dropout > 0 and self.training) and not (self.zoneout > 0 or self.zoneout_cell > 0):
             x, finals = self._script_lstm_stack(x, batch_sizes, states, weights)
         else:
             x, finals = self._script_layer_loop(x, batch_sizes, states, weights)
@@ -264,7 +278,10 @@ class _ScriptRNNMixin:
             for group in groups:
                 layer_params.extend(group)
             need = _needs_workspace([x] + layer_states, layer_params)
-            x, layer_finals = self._script_layer(x, batch_sizes, layer_states, groups, need)
+            rows = [x.size(0), x.size(1)] if batch_sizes is None else [x.size(0)]
+            masks = _zoneout_masks([self.zoneout, self.zoneout_cell][:self._num_states], self._script_state_widths(),
+                                   num_directions, rows, self.training, x.device, x.dtype)
+            x, layer_finals = self._script_layer(x, batch_sizes, layer_states, groups, need, masks)
             for i in range(len(finals)):
                 finals[i].append(layer_finals[i])
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
@@ -290,11 +307,12 @@ class LSTM(_ScriptRNNMixin, _eager.LSTM):
         return output, (finals[0], finals[1])
 
     def _script_layer(self, x: Tensor, batch_sizes: Optional[Tensor], states: List[Tensor],
-                      groups: List[List[Tensor]], need: bool) -> Tuple[Tensor, List[Tensor]]:
+                      groups: List[List[Tensor]], need: bool, masks: List[Optional[Tensor]]
+                      ) -> Tuple[Tensor, List[Tensor]]:
         x, h_n, c_n, _ = torch.ops.lstm_fused.lstm_layer_fwd(
             x, batch_sizes, states[0], states[1], groups[0], groups[1], _optional(groups[2], self.bias),
             _optional(groups[3], self.bias), _optional(groups[4], self.proj_size > 0),
-            _optional(groups[5], self.peephole), self.coupled, need)
+            _optional(groups[5], self.peephole), self.coupled, need, masks[0], masks[1])
         return x, [h_n, c_n]
 
 
@@ -314,10 +332,11 @@ class GRU(_ScriptRNNMixin, _eager.GRU):
         return output, finals[0]
 
     def _script_layer(self, x: Tensor, batch_sizes: Optional[Tensor], states: List[Tensor],
-                      groups: List[List[Tensor]], need: bool) -> Tuple[Tensor, List[Tensor]]:
+                      groups: List[List[Tensor]], need: bool, masks: List[Optional[Tensor]]
+                      ) -> Tuple[Tensor, List[Tensor]]:
         x, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(
             x, batch_sizes, states[0], groups[0], groups[1], _optional(groups[2], self.bias),
-            _optional(groups[3], self.bias), need)
+            _optional(groups[3], self.bias), need, masks[0])
         return x, [h_n]
 
 
@@ -382,6 +401,11 @@ class _ScriptCellMixin:
             weight_hh = F.dropout(weight_hh, self.weight_drop, True)
         return [self.weight_ih.to(dtype)], [weight_hh.to(dtype)], b_ih, b_hh
 
+    def _script_step_masks(self, x: Tensor, dtype: torch.dtype) -> List[Optional[Tensor]]:
+        """The step's zoneout masks, drawn after weight_drop's (x: the step input [1, B, I])."""
+        return _zoneout_masks([self.zoneout, self.zoneout_cell][:self._num_states],
+                              [self.hidden_size, self.hidden_size], 1, [x.size(1)], self.training, x.device, dtype)
+
     def _script_params(self) -> List[Tensor]:
         params = [self.weight_ih, self.weight_hh]
         bias_ih = self.bias_ih
@@ -402,8 +426,9 @@ class LSTMCell(_ScriptCellMixin, _eager.LSTMCell):
 
     def _script_step_op(self, x: Tensor, states: List[Tensor], dtype: torch.dtype, need: bool) -> List[Tensor]:
         w_ih, w_hh, b_ih, b_hh = self._script_step_weights(dtype)
+        masks = self._script_step_masks(x, dtype)
         _, h_n, c_n, _ = torch.ops.lstm_fused.lstm_layer_fwd(x, None, states[0], states[1], w_ih, w_hh, b_ih, b_hh,
-                                                              None, None, False, need)
+                                                              None, None, False, need, masks[0], masks[1])
         return [h_n, c_n]
 
 
@@ -417,7 +442,8 @@ class GRUCell(_ScriptCellMixin, _eager.GRUCell):
 
     def _script_step_op(self, x: Tensor, states: List[Tensor], dtype: torch.dtype, need: bool) -> List[Tensor]:
         w_ih, w_hh, b_ih, b_hh = self._script_step_weights(dtype)
-        _, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(x, None, states[0], w_ih, w_hh, b_ih, b_hh, need)
+        masks = self._script_step_masks(x, dtype)
+        _, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(x, None, states[0], w_ih, w_hh, b_ih, b_hh, need, masks[0])
         return [h_n]
 
 
@@ -443,7 +469,8 @@ def scriptable(module):
     twin._has_cuda_kernels = ops.has_kernel("CUDA")
     # TorchScript reads instance attributes only: the class constant the shared forwards read goes on the twin.
     twin._num_states = type(twin)._num_states
-    twin.weight_drop = module.weight_drop  # (a module pickled before weight_drop has only the class default)
+    # (A module pickled before an option existed has only the class default; GRUs have no zoneout_cell.)
+    twin.weight_drop, twin.zoneout, twin.zoneout_cell = module.weight_drop, module.zoneout, module.zoneout_cell
     if isinstance(twin, _FusedRNNBase):
         twin._fused_weights = list(twin._flat_weights)
         twin._per_direction = len(twin._all_weights[0])

@@ -1,6 +1,6 @@
 """A small forward+backward over every CUDA kernel variant, for compute-sanitizer (memcheck, racecheck,
 synccheck): per-step kernels (LSTM_FUSED_CUDA_ALGO=step), the persistent kernel (auto picks it for these
-small batches without projection) and the per-step GEMM path (LSTM_FUSED_CUDA_ALGO=gemm)."""
+small batches without projection) and the per-step GEMM path (LSTM_FUSED_CUDA_ALGO=gemm), zoneout on each."""
 import os
 
 import torch
@@ -31,5 +31,19 @@ os.environ["LSTM_FUSED_CUDA_ALGO"] = "gemm"
 for m in (lstm_fused.LSTM(5, 37, bidirectional=True, proj_size=3).cuda(), lstm_fused.GRU(5, 37).cuda()):
     out, state = m(torch.randn(4, 70, 5, device="cuda", requires_grad=True))
     (out.sum() + (state[0] if isinstance(state, tuple) else state).sum()).backward()
+# Zoneout (masks read through strides, the projection's zoneout launch, the backward's carry) on every path.
+for algo in ("step", "auto", "gemm"):
+    os.environ["LSTM_FUSED_CUDA_ALGO"] = algo
+    for m in (lstm_fused.LSTM(5, 37, bidirectional=True, zoneout=0.2, zoneout_cell=0.3).cuda(),
+              lstm_fused.LSTM(5, 37, proj_size=3, zoneout=0.2, zoneout_cell=0.3).cuda(),
+              lstm_fused.GRU(5, 37, bidirectional=True, zoneout=0.2).cuda()):
+        if algo == "auto" and m.proj_size:
+            continue
+        for training in (True, False):
+            m.train(training)
+            x = torch.randn(6, 9, 5, device="cuda", requires_grad=True)
+            packed = pack_padded_sequence(x, torch.tensor([6, 1, 4, 6, 2, 3, 5, 6, 1]), enforce_sorted=False)
+            out, state = m(packed)
+            (out.data.sum() + (state[0] if isinstance(state, tuple) else state).sum()).backward()
 torch.cuda.synchronize()
 print("sanitizer case done")

@@ -19,16 +19,17 @@ def suite():
 
 
 def test_quick_suite_runs_and_writes_every_output(suite, tmp_path, monkeypatch):
-    # A tiny stand-in grid: a packed row and its padded twin, a variant (I != H) with no nn baseline, and an option
-    # whose nn baseline is nn's module with the option done around it (weight drop).
+    # A tiny stand-in grid: a packed row and its padded twin, a variant (I != H) with no nn baseline, an option
+    # whose nn baseline is nn's module with the option done around it (weight drop), and one nn does not have.
     monkeypatch.setattr(suite, "cpu_grid", lambda quick: [suite.case("lstm", 6, 3, 8), suite.case("lstm", 6, 3, 8, packed=True),
                                                           suite.case("lstm-coupled", 5, 2, 4, I=3),
-                                                          suite.case("gru-weightdrop", 5, 2, 4)])
+                                                          suite.case("gru-weightdrop", 5, 2, 4),
+                                                          suite.case("lstm-zoneout", 5, 2, 4)])
     suite.main(["--quick", "--min-time", "0", "--device", "cpu", "--out", str(tmp_path)])
     with open(tmp_path / "results_cpu_quick.json") as f:
         res = json.load(f)
     rows = res["rows"]
-    assert len(rows) == 8 and {r["mode"] for r in rows} == {"inference", "training"}
+    assert len(rows) == 10 and {r["mode"] for r in rows} == {"inference", "training"}
     for r in rows:
         assert r["fused_ms"] > 0 and r["speedup_vs_loop"] > 0
         assert (r["kind"] in ("lstm", "gru-weightdrop")) == ("speedup_vs_nn" in r)

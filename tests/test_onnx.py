@@ -232,13 +232,24 @@ def test_training_randomness_left_out_with_a_warning(make, left_out, tmp_path):
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
-@pytest.mark.parametrize("case", ["proj_size", "packed-lstm", "packed-gru"])
+@pytest.mark.parametrize("case", ["proj_size", "packed-lstm", "packed-gru", "zoneout-lstm", "zoneout-gru",
+                                  "zoneout-lstm-cell", "zoneout-gru-cell"])
 def test_unsupported_configurations_raise(case, dynamo, tmp_path):
     lengths = torch.tensor([T, T - 2, 1])
     if case == "proj_size":
         model, args = lstm_fused.LSTM(I, H, proj_size=2, peephole=True), (torch.randn(T, B, I),)
         message = ("lstm_fused: ONNX export of LSTM (peephole=True) with proj_size>0 is not supported: ONNX's LSTM "
                    "operator has no projection")
+    elif case.startswith("zoneout"):
+        model, args, message = {
+            "zoneout-lstm": (lstm_fused.LSTM(I, H, 2, zoneout=0.1, zoneout_cell=0.2), (torch.randn(T, B, I),),
+                             "LSTM with zoneout=0.1 and zoneout_cell=0.2"),
+            "zoneout-gru": (lstm_fused.GRU(I, H, zoneout=0.3), (torch.randn(T, B, I),), "GRU with zoneout=0.3"),
+            "zoneout-lstm-cell": (lstm_fused.LSTMCell(I, H, zoneout_cell=0.2), (torch.randn(B, I),),
+                                  "LSTMCell with zoneout_cell=0.2"),
+            "zoneout-gru-cell": (lstm_fused.GRUCell(I, H, zoneout=0.3), (torch.randn(B, I),), "GRUCell with zoneout=0.3"),
+        }[case]
+        message = f"lstm_fused: ONNX export of {message} is not supported: ONNX's LSTM and GRU operators have no zoneout"
     else:
         model = lstm_fused.LSTM(I, H) if case == "packed-lstm" else lstm_fused.GRU(I, H)
         args = (pack_padded_sequence(torch.randn(T, B, I), lengths),)
@@ -246,8 +257,8 @@ def test_unsupported_configurations_raise(case, dynamo, tmp_path):
     # The default exporter wraps the error (TorchExportError, a RuntimeError) and quotes its message.
     with pytest.raises(RuntimeError, match=re.escape(message)) as info:
         export(model.eval(), args, tmp_path / "model.onnx", dynamo)
-    assert "Export the module with padded input" in str(info.value) or "Export a model without proj_size" in str(
-        info.value)
+    assert any(todo in str(info.value) for todo in ("Export the module with padded input", "Export a model without "
+                                                    "proj_size", "Export the model with zoneout=0"))
 
 
 def test_other_tracers_keep_the_fused_ops():

@@ -1,13 +1,14 @@
-"""Zoneout in the fused layer ops (the modules' option lands once every backend runs it): lstm_layer with zoneout
-masks against a step-by-step loop over lstm_fused.reference's cell and zoneout, float64, outputs, final states and
-every gradient; masks on h, on c, on both, 0/1 (training) and an expanded probability (eval); gradcheck; all-zero
-masks equal no zoneout bit for bit."""
+"""Zoneout in the fused layer ops, on every backend (the CPU kernels; the CUDA path's step, GEMM and persistent
+kernels, emulated on the CPU and on a GPU): lstm_layer and gru_layer with zoneout masks against a step-by-step loop
+over lstm_fused.reference's cell and zoneout, float64, outputs, final states and every gradient; masks on h, on c, on
+both, 0/1 (training) and an expanded probability (eval); gradcheck; all-zero masks equal no zoneout bit for bit."""
+import contextlib
 import itertools
 
 import pytest
 import torch
 
-from helpers import gru_layer_args, layer_args, requires_testing_ops
+from helpers import gru_layer_args, layer_args, on_backend, paths_taken
 from lstm_fused import ops, reference
 
 F64 = torch.float64
@@ -85,6 +86,58 @@ CASES = [  # T, B, I, H, proj
     (9, 5, 4, 33, 0),
 ]
 
+# The CUDA path's recurrent kernels (LSTM_FUSED_CUDA_ALGO) and the path counter each one moves.
+ALGOS = {"step": "step", "gemm": "gemm_step", "persistent": "persistent"}
+
+
+@contextlib.contextmanager
+def _running_on(backend, algo, proj, monkeypatch):
+    """The block's ops on `backend` (helpers.on_backend) with the CUDA path's kernel `algo` forced (None: the automatic
+    choice), checking that kernel ran; yields the device."""
+    if algo == "persistent" and proj:
+        pytest.skip("the persistent kernel has no projection (the automatic choice never picks it)")
+    if algo is not None:
+        monkeypatch.setenv("LSTM_FUSED_CUDA_ALGO", algo)
+    with on_backend(backend) as device:
+        if backend == "cpu" or algo is None:
+            yield device
+            return
+        with paths_taken() as taken:
+            yield device
+        assert taken[ALGOS[algo]] > 0, taken
+
+
+def _on(args, device):
+    """The op arguments on `device`, new leaves where the originals require grad (batch_sizes stays on the CPU)."""
+    def one(a):
+        if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+            return a
+        c = a.detach().to(device)
+        return c.requires_grad_() if a.requires_grad else c
+
+    return [[one(t) for t in a] if isinstance(a, list) else one(a) for a in args]
+
+
+def _results(outputs, leaves):
+    """Outputs and the gradients of a fixed random weighting of them, on the CPU."""
+    w = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=w, dtype=F64).to(t.device)).sum() for t in outputs)
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [t.detach().cpu() if t is not None else None for t in (*outputs, *grads)]
+
+
+def _check_lstm(case, packed, directions, variant, which, kind, backend, algo, monkeypatch):
+    T, B, I, H, proj = case
+    args, rows, P, g = _layer(T, B, I, H, proj, packed, directions, *variant, seed=sum(case) + directions)
+    zo_h, zo_c = _masks(kind, which, directions, rows, P, H, g)
+    expected = _results(_reference_layer(*args, zo_h, zo_c), _leaves(args))
+    with _running_on(backend, algo, proj, monkeypatch) as device:
+        ours = _on(args, device)
+        masks = [m.to(device) if m is not None else None for m in (zo_h, zo_c)]
+        actual = _results(ops.lstm_layer(*ours, zoneout_h=masks[0], zoneout_c=masks[1]), _leaves(ours))
+    for i, (a, b) in enumerate(zip(actual, expected, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"result {i}")
+
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("packed", [False, True])
@@ -93,20 +146,25 @@ CASES = [  # T, B, I, H, proj
                          ids=["lstm", "peephole", "coupled", "peephole+coupled"])
 @pytest.mark.parametrize("which", ["h", "c", "both"])
 @pytest.mark.parametrize("kind", ["train", "eval"])
-def test_lstm_layer_zoneout_matches_reference(case, packed, directions, variant, which, kind):
-    T, B, I, H, proj = case
-    args, rows, P, g = _layer(T, B, I, H, proj, packed, directions, *variant, seed=sum(case) + directions)
-    zo_h, zo_c = _masks(kind, which, directions, rows, P, H, g)
-    leaves = _leaves(args)
-    results = []
-    for run in (lambda: ops.lstm_layer(*args, zoneout_h=zo_h, zoneout_c=zo_c),
-                lambda: _reference_layer(*args, zo_h, zo_c)):
-        out, h_n, c_n = run()
-        w = torch.Generator().manual_seed(1)
-        loss = sum((t * torch.randn(t.shape, generator=w, dtype=F64)).sum() for t in (out, h_n, c_n))
-        results.append([out, h_n, c_n, *torch.autograd.grad(loss, leaves, allow_unused=True)])
-    for i, (a, b) in enumerate(zip(*results, strict=True)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"result {i}")
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_lstm_layer_zoneout_matches_reference(case, packed, directions, variant, which, kind, backend, monkeypatch):
+    _check_lstm(case, packed, directions, variant, which, kind, backend, None, monkeypatch)
+
+
+# The CUDA path's kernels one by one, emulated and on a GPU, over structures that between them cover padded and
+# packed input, one and two directions, every variant, training and eval masks.
+LSTM_STRUCTURES = [(False, 1, (False, False), "train"), (True, 2, (True, False), "eval"),
+                   (True, 1, (False, True), "train"), (False, 2, (True, True), "train")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("structure", LSTM_STRUCTURES, ids=str)
+@pytest.mark.parametrize("which", ["h", "c", "both"])
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("backend", ["emulated_cuda", "cuda"])
+def test_lstm_layer_zoneout_cuda_kernels(case, structure, which, algo, backend, monkeypatch):
+    packed, directions, variant, kind = structure
+    _check_lstm(case, packed, directions, variant, which, kind, backend, algo, monkeypatch)
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -170,24 +228,39 @@ def _gru_args(T, B, I, H, packed, directions, bias, seed):
     return args, args[0].shape[0] if packed else T * B, torch.Generator().manual_seed(seed + 100)
 
 
+def _check_gru(case, packed, directions, bias, kind, backend, algo, monkeypatch):
+    T, B, I, H, _ = case
+    args, rows, g = _gru_args(T, B, I, H, packed, directions, bias, seed=sum(case) + directions)
+    zo_h, _ = _masks(kind, "h", directions, rows, H, H, g)
+    expected = _results(_reference_gru_layer(*args, zo_h), _leaves(args))
+    with _running_on(backend, algo, 0, monkeypatch) as device:
+        ours = _on(args, device)
+        actual = _results(ops.gru_layer(*ours, zoneout_h=zo_h.to(device)), _leaves(ours))
+    for i, (a, b) in enumerate(zip(actual, expected, strict=True)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"result {i}")
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("directions", [1, 2])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", ["train", "eval"])
-def test_gru_layer_zoneout_matches_reference(case, packed, directions, bias, kind):
-    T, B, I, H, _ = case
-    args, rows, g = _gru_args(T, B, I, H, packed, directions, bias, seed=sum(case) + directions)
-    zo_h, _ = _masks(kind, "h", directions, rows, H, H, g)
-    leaves = _leaves(args)
-    results = []
-    for run in (lambda: ops.gru_layer(*args, zoneout_h=zo_h), lambda: _reference_gru_layer(*args, zo_h)):
-        out, h_n = run()
-        w = torch.Generator().manual_seed(1)
-        loss = sum((t * torch.randn(t.shape, generator=w, dtype=F64)).sum() for t in (out, h_n))
-        results.append([out, h_n, *torch.autograd.grad(loss, leaves)])
-    for i, (a, b) in enumerate(zip(*results, strict=True)):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"result {i}")
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_gru_layer_zoneout_matches_reference(case, packed, directions, bias, kind, backend, monkeypatch):
+    _check_gru(case, packed, directions, bias, kind, backend, None, monkeypatch)
+
+
+GRU_STRUCTURES = [(False, 1, True, "train"), (True, 2, True, "eval"), (True, 1, False, "train"),
+                  (False, 2, False, "train")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("structure", GRU_STRUCTURES, ids=str)
+@pytest.mark.parametrize("algo", list(ALGOS))
+@pytest.mark.parametrize("backend", ["emulated_cuda", "cuda"])
+def test_gru_layer_zoneout_cuda_kernels(case, structure, algo, backend, monkeypatch):
+    packed, directions, bias, kind = structure
+    _check_gru(case, packed, directions, bias, kind, backend, algo, monkeypatch)
 
 
 def test_gru_zero_mask_equals_no_zoneout_bit_for_bit():
@@ -199,18 +272,3 @@ def test_gru_zero_mask_equals_no_zoneout_bit_for_bit():
     ga = torch.autograd.grad(sum(t.sum() for t in plain), leaves)
     gb = torch.autograd.grad(sum(t.sum() for t in zoned), leaves)
     assert all(torch.equal(a, b) for a, b in zip(ga, gb))
-
-
-@requires_testing_ops
-def test_the_cuda_path_refuses_zoneout_until_it_runs_it():
-    # Not silently ignored: the CUDA driver (here emulated) says it has no zoneout yet, for LSTM and GRU.
-    args, rows, P, g = _layer(3, 2, 3, 4, 0, False, 1, False, False, seed=1)
-    plain = [[t.detach() for t in a] if isinstance(a, list) else (a.detach() if isinstance(a, torch.Tensor) else a)
-             for a in args]
-    mask = torch.zeros(1, rows, 4, dtype=F64)
-    with pytest.raises(RuntimeError, match="zoneout is not yet implemented on the CUDA path"):
-        torch.ops.lstm_fused_testing.emu_lstm_layer_fwd(*plain, False, mask, None)
-    x, bs, h0 = plain[:3]
-    w = [torch.randn(12, 3, dtype=F64)], [torch.randn(12, 4, dtype=F64)]
-    with pytest.raises(RuntimeError, match="zoneout is not yet implemented on the CUDA path"):
-        torch.ops.lstm_fused_testing.emu_gru_layer_fwd(x, bs, h0, *w, None, None, False, mask)

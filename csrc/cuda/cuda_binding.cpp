@@ -115,6 +115,11 @@ struct GpuRunner {
     C10_CUDA_CHECK(err);
   }
   template <typename T, typename A>
+  void step(const cuda_step::DirectionParams<cuda_step::ProjZoneoutParams<T, A>>& p) {
+    const cudaError_t err = cuda_step::launch_proj_zoneout<T, A>(p, stream);
+    C10_CUDA_CHECK(err);
+  }
+  template <typename T, typename A>
   void step(const cuda_step::DirectionParams<cuda_step::GruFwdStepParams<T, A>>& p) {
     const cudaError_t err = cuda_step::launch_gru_fwd_step<T, A>(p, stream);
     C10_CUDA_CHECK(err);

@@ -26,20 +26,12 @@ __global__ void __launch_bounds__(kThreads) gru_bwd_step_kernel(const DirectionP
 
 template <typename T, typename A>
 cudaError_t launch_gru_fwd_step(const DirectionParams<GruFwdStepParams<T, A>>& p, cudaStream_t stream) {
-  int64_t gx, gy;
-  launch_grid(p, gx, gy);
-  if (gx == 0 || gy == 0) return cudaSuccess;
-  gru_fwd_step_kernel<T, A><<<dim3(gx, gy, p.count), dim3(kJT, kBT), 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_on_step_grid(gru_fwd_step_kernel<T, A>, p, stream);
 }
 
 template <typename T, typename A>
 cudaError_t launch_gru_bwd_step(const DirectionParams<GruBwdStepParams<T, A>>& p, cudaStream_t stream) {
-  int64_t gx, gy;
-  launch_grid(p, gx, gy);
-  if (gx == 0 || gy == 0) return cudaSuccess;
-  gru_bwd_step_kernel<T, A><<<dim3(gx, gy, p.count), dim3(kJT, kBT), 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_on_step_grid(gru_bwd_step_kernel<T, A>, p, stream);
 }
 
 #define LF_INSTANTIATE_GRU(T, A)                                                                          \

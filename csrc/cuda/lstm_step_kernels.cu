@@ -25,15 +25,22 @@ __global__ void __launch_bounds__(kThreads, 4) bwd_step_kernel(const DirectionPa
   lstm_bwd_step_block<kMode>(dp, blockIdx.x, blockIdx.y, blockIdx.z, smem, ex);
 }
 
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads) proj_zoneout_kernel(const DirectionParams<ProjZoneoutParams<T, A>> dp) {
+  GpuExec ex;
+  proj_zoneout_block(dp, blockIdx.x, blockIdx.y, blockIdx.z, ex);
+}
+
 }  // namespace
 
 template <typename T, typename A>
+cudaError_t launch_proj_zoneout(const DirectionParams<ProjZoneoutParams<T, A>>& p, cudaStream_t stream) {
+  return launch_on_step_grid(proj_zoneout_kernel<T, A>, p, stream);
+}
+
+template <typename T, typename A>
 cudaError_t launch_fwd_step(const DirectionParams<FwdStepParams<T, A>>& p, cudaStream_t stream) {
-  int64_t gx, gy;
-  launch_grid(p, gx, gy);
-  if (gx == 0 || gy == 0) return cudaSuccess;
-  fwd_step_kernel<T, A><<<dim3(gx, gy, p.count), dim3(kJT, kBT), 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_on_step_grid(fwd_step_kernel<T, A>, p, stream);
 }
 
 template <typename T, typename A>
@@ -58,7 +65,8 @@ cudaError_t launch_bwd_step(const DirectionParams<BwdStepParams<T, A>>& p, int m
 
 #define LF_INSTANTIATE(T, A)                                                            \
   template cudaError_t launch_fwd_step<T, A>(const DirectionParams<FwdStepParams<T, A>>&, cudaStream_t); \
-  template cudaError_t launch_bwd_step<T, A>(const DirectionParams<BwdStepParams<T, A>>&, int, cudaStream_t);
+  template cudaError_t launch_bwd_step<T, A>(const DirectionParams<BwdStepParams<T, A>>&, int, cudaStream_t); \
+  template cudaError_t launch_proj_zoneout<T, A>(const DirectionParams<ProjZoneoutParams<T, A>>&, cudaStream_t);
 
 LF_INSTANTIATE(float, float)
 LF_INSTANTIATE(double, double)

@@ -11,11 +11,27 @@
 namespace lstm_fused {
 namespace cuda_step {
 
+#if defined(__CUDACC__)
+// One launch of `kernel` on the grid launch_grid(p) gives (kernels/lstm_step_phases.h: units or outputs × rows ×
+// directions), none when it has no block.
+template <typename Params, typename Kernel>
+cudaError_t launch_on_step_grid(Kernel kernel, const Params& p, cudaStream_t stream) {
+  int64_t gx, gy;
+  launch_grid(p, gx, gy);
+  if (gx == 0 || gy == 0) return cudaSuccess;
+  kernel<<<dim3(gx, gy, p.count), dim3(kJT, kBT), 0, stream>>>(p);
+  return cudaGetLastError();
+}
+#endif
+
 template <typename T, typename A>
 cudaError_t launch_fwd_step(const DirectionParams<FwdStepParams<T, A>>& p, cudaStream_t stream);
 
 template <typename T, typename A>
 cudaError_t launch_bwd_step(const DirectionParams<BwdStepParams<T, A>>& p, int mode, cudaStream_t stream);
+
+template <typename T, typename A>
+cudaError_t launch_proj_zoneout(const DirectionParams<ProjZoneoutParams<T, A>>& p, cudaStream_t stream);
 
 template <typename T, typename A>
 cudaError_t launch_gru_fwd_step(const DirectionParams<GruFwdStepParams<T, A>>& p, cudaStream_t stream);

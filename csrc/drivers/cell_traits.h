@@ -32,19 +32,26 @@ struct LstmTraits : LstmCell {
   template <typename T, typename A>
   using BwdStep = cuda_step::BwdStepParams<T, A>;
 
-  // The forward step's LSTM fields. Pass: the driver's FwdPass (its buffers and sizes).
+  // Workspace column of c_t as the next step reads it: the zoned-out one when c has zoneout (the candidate c̃_t is at G).
+  static int64_t c_col(const LayerSizes& s) { return s.G() + (s.zoneout_c ? s.H : 0); }
+
+  // The forward step's LSTM fields (step `step` at time t, whose rows start at row `off`). Pass: the driver's FwdPass
+  // (its buffers and sizes).
   template <typename T, typename A, typename Pass>
-  static void fill_fwd(FwdStep<T, A>& p, const Pass& f, int64_t d, int64_t step, int64_t prev, int64_t n_prev) {
+  static void fill_fwd(FwdStep<T, A>& p, const Pass& f, int64_t d, int64_t step, int64_t off, int64_t prev,
+                       int64_t n_prev) {
     const LayerSizes& s = f.s;
     p.P = s.P;
     p.coupled = s.coupled;
     p.peep = s.peephole ? f.cell_w[d].template const_data_ptr<T>() : nullptr;
     p.ld_ws = f.LW;
     p.ld_h = s.proj ? s.H : f.D * s.P;
-    p.c_prev = n_prev > 0 ? f.ws.template const_data_ptr<A>() + f.ws_row(d, step - 1, prev) + f.G : nullptr;
+    p.c_prev = n_prev > 0 ? f.ws.template const_data_ptr<A>() + f.ws_row(d, step - 1, prev) + c_col(s) : nullptr;
     p.c0 = f.c0c.template const_data_ptr<T>() + d * f.c0c.stride(0);
     p.ld_xw = f.G;
     p.c_n = f.c_n.template data_ptr<T>() + d * f.B * s.H;
+    p.zo_c = mask_rows<A>(f.a.zoneout_c, d, off);
+    if (!s.proj) p.zo_h = mask_rows<A>(f.a.zoneout_h, d, off);  // with a projection: FwdPass::project
   }
 
   // The backward step's LSTM fields. Pass: the driver's BwdPass.
@@ -59,10 +66,13 @@ struct LstmTraits : LstmCell {
     p.ld_gout = b.D * P;
     p.dg_later = r.has_later ? b.dg.template const_data_ptr<A>() + (d * N + r.later_off) * G : nullptr;
     p.gout = b.gout.defined() ? b.gout.template const_data_ptr<T>() + r.off * b.D * P + d * P : nullptr;
-    p.c_prev = r.n_prev > 0 ? b.ws.template const_data_ptr<A>() + (d * N + r.prev_off) * b.LW + G : nullptr;
+    p.c_prev = r.n_prev > 0 ? b.ws.template const_data_ptr<A>() + (d * N + r.prev_off) * b.LW + c_col(s) : nullptr;
     p.c0 = b.c0c.template const_data_ptr<T>() + d * B * H;
     p.dc_state = b.dc_state.template data_ptr<A>() + d * B * H;
     p.dg = b.dg.template data_ptr<A>() + (d * N + r.off) * G;
+    p.zo_h = mask_rows<A>(b.zoneout_h, d, r.off);
+    p.zo_c = mask_rows<A>(b.zoneout_c, d, r.off);
+    if (s.zoneout_h) p.dh_carry = b.dh_carry.template data_ptr<A>() + d * B * P;
     if (s.proj) {
       p.dh_tot = b.dh_tot.template data_ptr<A>() + (d * N + r.off) * P;
       p.dr = b.dr.template const_data_ptr<A>() + d * B * H;
@@ -70,9 +80,13 @@ struct LstmTraits : LstmCell {
     }
   }
 
-  // dh0 of rows that started from h0 is the recurrent product alone (c0's gradient is carried in dc_state).
+  // dh0 of rows [b0, b0 + n) of the batch, which started from h0 at the step whose rows start at row r0: the
+  // recurrent product, plus with zoneout on h the part of h_t's gradient that reaches h0 directly (the carry the
+  // step left; no later step touched those rows). c0's gradient is carried in dc_state.
   template <typename Pass>
-  static void h0_grad_rows(Tensor&, const Pass&, int64_t, int64_t, int64_t) {}
+  static void h0_grad_rows(Tensor& rows, const Pass& b, int64_t d, int64_t, int64_t b0, int64_t n) {
+    if (b.s.zoneout_h) rows.add_(b.dh_carry[d].narrow(0, b0, n));
+  }
 
   // Peephole gradients: per unit, sums over rows of dpre_i·c_{t-1}, dpre_f·c_{t-1} and dpre_o·c_t.
   template <typename Pass>
@@ -81,8 +95,8 @@ struct LstmTraits : LstmCell {
     if (!s.peephole) return;
     const int64_t H = s.H, G = b.G;
     const Tensor dgd = b.dg[d];
-    const Tensor cells = b.ws[d].narrow(1, G, H);
-    const Tensor c_prev = gather_prev_hidden(b.lh[d].view(), b.batch_sizes.has_value(), cells,
+    const Tensor cells = b.ws[d].narrow(1, G, H);  // the candidates c̃_t, which o saw
+    const Tensor c_prev = gather_prev_hidden(b.lh[d].view(), b.batch_sizes.has_value(), b.ws[d].narrow(1, c_col(s), H),
                                              b.c0[d].to(b.At).contiguous());
     const int64_t co = s.coupled ? 2 * H : 3 * H;
     std::vector<Tensor> rows{(dgd.narrow(1, 0, H) * c_prev).sum(0)};
@@ -101,8 +115,9 @@ struct GruTraits : GruCell {
 
 
   template <typename T, typename A, typename Pass>
-  static void fill_fwd(FwdStep<T, A>& p, const Pass& f, int64_t d, int64_t, int64_t, int64_t) {
+  static void fill_fwd(FwdStep<T, A>& p, const Pass& f, int64_t d, int64_t, int64_t off, int64_t, int64_t) {
     p.b_hh = f.cell_w[d].defined() ? f.cell_w[d].template const_data_ptr<T>() : nullptr;
+    p.zo_h = mask_rows<A>(f.a.zoneout_h, d, off);
   }
 
   template <typename T, typename A, typename Pass>
@@ -118,12 +133,21 @@ struct GruTraits : GruCell {
     p.dh = b.dh.template data_ptr<A>() + (d * N + r.off) * H;
     p.dgx = b.dg.template data_ptr<A>() + (d * N + r.off) * G;
     p.dgh = b.dg_rec.template data_ptr<A>() + (d * N + r.off) * G;
+    p.zo_h = mask_rows<A>(b.zoneout_h, d, r.off);
+    if (r.has_later) p.zo_h_later = mask_rows<A>(b.zoneout_h, d, r.later_off);
   }
 
-  // Rows that started from h0: dh0 = dGh·W_hh + z ⊙ dh (h' = (1 − z) ⊙ n + z ⊙ h).
+  // Rows that started from h0 (rows [r0, r0 + n) of the sequence): dh0 = dGh·W_hh + z ⊙ dh (h' = (1 − z) ⊙ n + z ⊙ h);
+  // with zoneout, z ⊙ (1 − m) ⊙ dh + m ⊙ dh.
   template <typename Pass>
-  static void h0_grad_rows(Tensor& rows, const Pass& b, int64_t d, int64_t r0, int64_t n) {
-    rows.add_(b.ws[d].narrow(0, r0, n).narrow(1, b.H, b.H) * b.dh[d].narrow(0, r0, n));
+  static void h0_grad_rows(Tensor& rows, const Pass& b, int64_t d, int64_t r0, int64_t, int64_t n) {
+    const Tensor z = b.ws[d].narrow(0, r0, n).narrow(1, b.H, b.H), dh = b.dh[d].narrow(0, r0, n);
+    if (!b.zoneout_h) {
+      rows.add_(z * dh);
+      return;
+    }
+    const Tensor m = (*b.zoneout_h)[d].narrow(0, r0, n);
+    rows.add_(z * ((1 - m) * dh) + m * dh);
   }
 
   template <typename Pass>

@@ -130,6 +130,14 @@ inline void check_persistent_possible(bool proj) {
               "persistent kernel does not support proj_size");
 }
 
+// Direction d's zoneout mask from an op's [D, rows, width] tensor (any strides), from row `row` on; data nullptr where
+// the op has none.
+template <typename A>
+ZoneoutMask<A> mask_rows(const std::optional<Tensor>& m, int64_t d, int64_t row) {
+  if (!m) return {};
+  return {m->const_data_ptr<A>() + d * m->stride(0) + row * m->stride(1), m->stride(1), m->stride(2)};
+}
+
 inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline void check_dtype(const Tensor& input) {

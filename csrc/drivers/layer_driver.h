@@ -28,17 +28,17 @@ struct FwdPass {
   LayerSizes s;
   int64_t D = 0, H = 0, P = 0, G = 0, LW = 0, N = 0, B = 0, n_steps = 0;
   std::vector<SeqLayoutHolder> lh;
-  // ws: per row the activated gates and what else the backward reads (LSTM: c_t; GRU: the recurrent n product).
+  // ws: per row the activated gates and what else the backward reads (LSTM: c_t, or with zoneout on c the candidate
+  // c̃_t and c_t; GRU: the recurrent n product).
   Tensor ws, out, h_n, c_n, h0c, c0c;
   std::vector<Tensor> xw, w_hh_c, cell_w, r_buf, w_hr_t;  // per direction
 
   explicit FwdPass(const LayerArgs& args) : a(args) {
     s = Cell::check(a, dirs);
-    TORCH_CHECK(!s.zoneout(), "lstm_fused: zoneout is not yet implemented on the CUDA path (it runs on the CPU)");
     check_dtype(a.input);
     D = static_cast<int64_t>(dirs.size());
     lh = direction_layouts(a.input, a.batch_sizes, a.h0.size(1), D);
-    H = s.H, P = s.P, G = s.G(), LW = G + H, N = lh[0].N, B = lh[0].batch_sizes[0];
+    H = s.H, P = s.P, G = s.G(), LW = Cell::ws_cols(s), N = lh[0].N, B = lh[0].batch_sizes[0];
     n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
     const auto T_opts = a.input.options();
     const auto A_opts = a.input.options().dtype(acc_type(a.input.scalar_type()));
@@ -92,7 +92,7 @@ struct FwdPass {
         p.h_out = s.proj ? r_buf[d].data_ptr<T>() : out.data_ptr<T>() + off * D * P + d * P;
         p.h_n = s.proj ? nullptr : h_n.data_ptr<T>() + d * B * P;
         ending_rows(seq, t, p.end_lo, p.end_hi);
-        Cell::fill_fwd(p, *this, d, step, prev, n_prev);
+        Cell::fill_fwd(p, *this, d, step, off, prev, n_prev);
       }
     }
     return steps;
@@ -118,7 +118,7 @@ struct FwdPass {
           steps[step].dir[d].rec = rec[d].template const_data_ptr<A>();
         }
         runner.step(steps[step]);  // one launch: this step of every direction
-        if (s.proj) project(step);
+        if (s.proj) project<T, A>(runner, step);
       }
     });
     auto ws_shape = with_last(a.input, LW);
@@ -128,7 +128,11 @@ struct FwdPass {
   }
 
   // The projection of step `step`'s rows, h_t = W_hr·(o·tanh(c_t)), into the output and, for rows that end here, h_n.
-  void project(int64_t step) {
+  // With zoneout on h, one launch for every direction then zones the projected rows out and writes h_n.
+  template <typename T, typename A, typename Runner>
+  void project(Runner& runner, int64_t step) {
+    cuda_step::DirectionParams<cuda_step::ProjZoneoutParams<T, A>> zo;
+    zo.count = static_cast<int>(D);
     for (int64_t d = 0; d < D; ++d) {
       const SeqLayout seq = lh[d].view();
       const int64_t t = seq.time_at(step), off = seq.offsets[t], bs = seq.batch_sizes[t];
@@ -136,8 +140,22 @@ struct FwdPass {
       at::mm_out(o, r_buf[d].narrow(0, 0, bs), w_hr_t[d]);
       int64_t e0, e1;
       ending_rows(seq, t, e0, e1);
-      if (e1 > e0) h_n[d].narrow(0, e0, e1 - e0).copy_(o.narrow(0, e0, e1 - e0));
+      if (!s.zoneout_h) {
+        if (e1 > e0) h_n[d].narrow(0, e0, e1 - e0).copy_(o.narrow(0, e0, e1 - e0));
+        continue;
+      }
+      int64_t prev, n_prev;
+      seq.prev_rows(t, prev, n_prev);
+      auto& p = zo.dir[d];
+      p.P = P, p.rows = bs, p.n_prev = n_prev, p.ld_out = D * P;
+      p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + seq.offsets[prev] * D * P + d * P : nullptr;
+      p.h0 = h0c.const_data_ptr<T>() + d * h0c.stride(0);
+      p.zo_h = mask_rows<A>(a.zoneout_h, d, off);
+      p.out = out.data_ptr<T>() + off * D * P + d * P;
+      p.end_lo = e0, p.end_hi = e1;
+      p.h_n = h_n.data_ptr<T>() + d * B * P;
     }
+    if (s.zoneout_h) runner.step(zo);
   }
 };
 
@@ -167,18 +185,19 @@ struct BwdPass {
   Tensor dh;        // [D, N, H] GRU: total gradient of each h_t (the next step's z ⊙ dh reads it)
   Tensor dc_state;  // [D, B, H] LSTM: gradient of the cell state, carried from step to step
   Tensor dh_tot, dr, r_all;  // projection: [D, N, P] gradient of h_t, [D, B, H] of o·tanh(c_t), [D, N, H] o·tanh(c_t)
+  std::optional<Tensor> zoneout_h, zoneout_c;  // the forward's masks [D, N, P] / [D, N, H], any strides
+  Tensor dh_carry;  // [D, B, P] LSTM with zoneout on h: the part of a step's h gradient for h_{t-1} (BwdStepParams)
   std::vector<Tensor> w_hh_t, w_hr_a, cell_w;  // per direction
 
   explicit BwdPass(const LayerBwdArgs& a)
       : input(a.fwd.input), batch_sizes(a.fwd.batch_sizes), h0(a.fwd.h0), c0(a.fwd.c0), has_bias(a.has_bias),
-        need_grad_input(a.need_grad_input) {
+        need_grad_input(a.need_grad_input), zoneout_h(a.fwd.zoneout_h), zoneout_c(a.fwd.zoneout_c) {
     const Tensor &grad_output = a.grad_output, &output = a.output, &workspace = a.workspace;
     s = Cell::check(a.fwd, dirs);
-    TORCH_CHECK(!s.zoneout(), "lstm_fused: zoneout is not yet implemented on the CUDA path (it runs on the CPU)");
     check_dtype(input);
     D = static_cast<int64_t>(dirs.size());
     lh = direction_layouts(input, batch_sizes, h0.size(1), D);
-    H = s.H, P = s.P, G = s.G(), LW = G + H, N = lh[0].N;
+    H = s.H, P = s.P, G = s.G(), LW = Cell::ws_cols(s), N = lh[0].N;
     n_steps = static_cast<int64_t>(lh[0].batch_sizes.size());
     B = h0.size(1);
     Tt = input.scalar_type(), At = acc_type(Tt);
@@ -204,6 +223,7 @@ struct BwdPass {
     if (Cell::kHasCellState) {
       c0c = c0.contiguous();
       dc_state = a.grad_c_n.to(At).contiguous().clone();
+      if (s.zoneout_h) dh_carry = at::zeros({D, B, P}, A_opts);
     }
     if (s.proj) {
       dh_tot = at::empty({D, N, P}, A_opts);
@@ -313,7 +333,7 @@ struct BwdPass {
           const int64_t r0 = seq.offsets[t] + n_prev, n = bs - n_prev;
           Tensor rows = dh0[d].narrow(0, n_prev, n);
           at::mm_out(rows, dg_rec_d.narrow(0, r0, n), w_hh_a);
-          Cell::h0_grad_rows(rows, *this, d, r0, n);
+          Cell::h0_grad_rows(rows, *this, d, r0, n_prev, n);
         }
       }
       if (need_grad_input) {

@@ -24,6 +24,7 @@ struct GruFwdStepParams {
   int64_t end_lo = 0, end_hi = 0;  // rows [end_lo, end_hi) end their sequence at this step: h_t goes to h_n
   T* h_n = nullptr;                // [B, H]
   const A* rec = nullptr;          // [rows, 3H] h_{t-1}·W_hhᵀ from a cuBLAS GEMM (large batches), or nullptr
+  ZoneoutMask<A> zo_h;             // [rows, H] h_t = m ⊙ h_{t-1} + (1 − m) ⊙ h̃_t (data nullptr: no zoneout)
 };
 
 // Backward step t: dh_t = gout + dGh_later·W_hh + z_later ⊙ dh_later (or grad_h_n where t is the row's last
@@ -47,6 +48,10 @@ struct GruBwdStepParams {
   A* dgx = nullptr;              // [rows, 3H] out
   A* dgh = nullptr;              // [rows, 3H] out
   const A* rec = nullptr;        // [rows, H] dGh_later·W_hh from a cuBLAS GEMM (large batches), or nullptr
+  // Zoneout (data nullptr: none): this step's mask and the later step's. dh holds the gradient of the zoned-out h_t;
+  // its candidate gets (1 − m) of it, h_{t-1} the rest directly.
+  ZoneoutMask<A> zo_h;          // [rows, H]
+  ZoneoutMask<A> zo_h_later;    // [n_later, H]
 };
 
 // Stages h_{t-1}[rows, k0:k0+kKT] and W_hh rows r, z, n of this block's units (slot g: row g·H + j).
@@ -77,6 +82,7 @@ LF_HOST_DEVICE void gru_fwd_cell(const GruFwdStepParams<T, A>& p, int64_t b, int
   GruGates<A> act;
   A h;
   gru_cell_forward(x, hh, h_prev, act, h);
+  if (p.zo_h.data) h = zoneout_forward(p.zo_h.at(b, j), h_prev, h);
   A* w = p.ws + b * 4 * H;
   w[j] = act.r;
   w[H + j] = act.z;
@@ -125,16 +131,26 @@ LF_HOST_DEVICE void gru_bwd_load_tiles(const GruBwdStepParams<T, A>& p, int bx, 
 template <typename T, typename A>
 LF_HOST_DEVICE void gru_bwd_cell(const GruBwdStepParams<T, A>& p, int64_t b, int64_t j, A recurrent) {
   const int64_t H = p.H;
-  const A rec = b < p.n_later ? recurrent + p.ws_later[b * 4 * H + H + j] * p.dh_later[b * H + j]
-                              : to_acc<T, A>(p.grad_hn[b * H + j]);
+  A rec;
+  if (b < p.n_later) {
+    // h_t reaches the later step through its recurrent product, through z_later ⊙ h_t and, with zoneout, directly.
+    A dh_later = p.dh_later[b * H + j], to_h = A(0);
+    if (p.zo_h_later.data) dh_later = zoneout_backward(p.zo_h_later.at(b, j), dh_later, to_h);
+    rec = recurrent + p.ws_later[b * 4 * H + H + j] * dh_later;
+    if (p.zo_h_later.data) rec += to_h;
+  } else {
+    rec = to_acc<T, A>(p.grad_hn[b * H + j]);
+  }
   const A dh = rec + to_acc<T, A>(p.gout[b * p.ld_out + j]);
   p.dh[b * H + j] = dh;
   const A* w = p.ws + b * 4 * H;
   const GruGates<A> act{w[j], w[H + j], w[2 * H + j]};
   const A h_prev = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + j] : p.h0[b * H + j]);
+  A dh_candidate = dh, unused = A(0);
+  if (p.zo_h.data) dh_candidate = zoneout_backward(p.zo_h.at(b, j), dh, unused);
   GruGates<A> dx, dhh;
   A direct;
-  gru_cell_backward(act, w[3 * H + j], h_prev, dh, dx, dhh, direct);
+  gru_cell_backward(act, w[3 * H + j], h_prev, dh_candidate, dx, dhh, direct);
   A* gx = p.dgx + b * 3 * H;
   A* gh = p.dgh + b * 3 * H;
   gx[j] = dx.r;

@@ -56,6 +56,11 @@ struct FwdStepParams {
   int64_t end_lo = 0, end_hi = 0;
   T* h_n = nullptr;           // [B, P] or nullptr
   T* c_n = nullptr;           // [B, H]
+  // Zoneout (data nullptr: none). c_t = m ⊙ c_{t-1} + (1 − m) ⊙ c̃_t: ws then holds the candidate c̃_t at column G
+  // (what o and tanh saw, for the backward) and the zoned-out c_t at G + H (the next step's c_prev). h likewise, from
+  // the candidate o ⊙ tanh(c̃_t), where there is no projection (with one, the projection's zoneout launch does it).
+  ZoneoutMask<A> zo_h;        // [rows, H] of this step
+  ZoneoutMask<A> zo_c;        // [rows, H]
 };
 
 // Backward step t. Modes: kFused (no projection): dh_t = gout + dG_later·W_hh for this block's units, then the
@@ -92,6 +97,13 @@ struct BwdStepParams {
   // Large batches: dG_later·W_hh from a cuBLAS GEMM ([rows, P], zero for rows without a later step); the
   // kFused / kReduceOnly launches then skip their reduction. nullptr: they reduce it themselves.
   const A* rec = nullptr;
+  // Zoneout (data nullptr: none), the forward's masks of this step. ws's column G holds the candidate c̃_t, c_prev
+  // points at the zoned-out c_{t-1}. On h: the gradient of the zoned-out h_t splits into the candidate's and the part
+  // m ⊙ dh that reaches h_{t-1} directly, which dh_carry hands to the previous step (kFused, kReduceOnly).
+  ZoneoutMask<A> zo_h;        // [rows, P]
+  ZoneoutMask<A> zo_c;        // [rows, H]
+  A* dh_carry = nullptr;      // [B, P] in: the later step's part for h_t (rows below n_later); out: this step's for
+                              // h_{t-1}. What remains after the last step is each row's part for h0.
 };
 
 // NG accumulators per thread: the 4 gates of one unit (forward) or one output (backward).
@@ -190,6 +202,14 @@ LF_HOST_DEVICE void fwd_cell(const FwdStepParams<T, A>& p, int64_t b, int64_t j,
   w[C::g(H) + j] = act.g;
   w[C::o(H) + j] = act.o;
   w[G + j] = c;
+  if (p.zo_c.data) {
+    c = zoneout_forward(p.zo_c.at(b, j), c_prev, c);
+    w[G + H + j] = c;
+  }
+  if (p.zo_h.data) {  // no projection here, so P == H
+    const A h_prev = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + j] : p.h0[b * p.P + j]);
+    h = zoneout_forward(p.zo_h.at(b, j), h_prev, h);
+  }
   p.h_out[b * p.ld_h + j] = static_cast<T>(h);
   if (b >= p.end_lo && b < p.end_hi) {
     p.c_n[b * H + j] = static_cast<T>(c);
@@ -243,6 +263,20 @@ LF_HOST_DEVICE A bwd_dh(const BwdStepParams<T, A>& p, int64_t b, int64_t n, A re
   return p.gout ? rec + to_acc<T, A>(p.gout[b * p.ld_gout + n]) : rec;
 }
 
+// Zoneout on h: the gradient of the zoned-out h_t, `dh` (bwd_dh's) plus what reaches it straight from the later
+// step (rows below n_later), splits into the candidate's (returned) and the part for h_{t-1}, which replaces the
+// later step's in dh_carry. Element (b, n) is this thread's alone on every path, so the update is in place.
+template <typename T, typename A>
+LF_HOST_DEVICE A bwd_zoneout_h(const BwdStepParams<T, A>& p, int64_t b, int64_t n, A dh) {
+  if (!p.zo_h.data) return dh;
+  A& carry = p.dh_carry[b * p.P + n];
+  if (b < p.n_later) dh += carry;
+  A to_prev = A(0);
+  const A candidate = zoneout_backward(p.zo_h.at(b, n), dh, to_prev);
+  carry = to_prev;
+  return candidate;
+}
+
 template <typename T, typename A, bool kPeephole, bool kCoupled>
 LF_HOST_DEVICE void bwd_cell_variant(const BwdStepParams<T, A>& p, int64_t b, int64_t j, A dh, bool store_r) {
   using C = GateCols<kCoupled>;
@@ -252,16 +286,19 @@ LF_HOST_DEVICE void bwd_cell_variant(const BwdStepParams<T, A>& p, int64_t b, in
   const LstmGates<A> act{ai, kCoupled ? A(1) - ai : w[C::f(H) + j], w[C::g(H) + j], w[C::o(H) + j]};
   const A c = w[G + j];
   const A c_prev = b < p.n_prev ? p.c_prev[b * p.ld_ws + j] : to_acc<T, A>(p.c0[b * H + j]);
+  // The gradient of c_t; with zoneout on c, of the zoned-out c_t: the candidate c̃_t gets (1 − m) of it.
+  A dc = p.dc_state[b * H + j], dc_to_prev = A(0);
+  if (p.zo_c.data) dc = zoneout_backward(p.zo_c.at(b, j), dc, dc_to_prev);
   LstmGates<A> dpre;
   A dc_prev;
-  lstm_cell_backward<A, kPeephole, kCoupled>(act, c, c_prev, dh, p.dc_state[b * H + j], dpre, dc_prev,
+  lstm_cell_backward<A, kPeephole, kCoupled>(act, c, c_prev, dh, dc, dpre, dc_prev,
                                              load_peepholes<T, A, kCoupled>(p.peep, H, j));
   A* dg = p.dg + b * G;
   dg[C::i(H) + j] = dpre.i;
   if (!kCoupled) dg[C::f(H) + j] = dpre.f;
   dg[C::g(H) + j] = dpre.g;
   dg[C::o(H) + j] = dpre.o;
-  p.dc_state[b * H + j] = dc_prev;
+  p.dc_state[b * H + j] = p.zo_c.data ? dc_prev + dc_to_prev : dc_prev;
   if (store_r) p.r_out[b * H + j] = lstm_hidden_from_saved(act, c);
 }
 
@@ -276,21 +313,56 @@ LF_HOST_DEVICE void bwd_cell(const BwdStepParams<T, A>& p, int64_t b, int64_t j,
   }
 }
 
+// Without a projection (the kFused step and the persistent kernel): h_t's gradient from the recurrent product
+// `recurrent`, then the cell backward of unit j.
+template <typename T, typename A>
+LF_HOST_DEVICE void bwd_fused_cell(const BwdStepParams<T, A>& p, int64_t b, int64_t j, A recurrent) {
+  bwd_cell(p, b, j, bwd_zoneout_h(p, b, j, bwd_dh(p, b, j, recurrent)), false);
+}
+
 template <typename T, typename A>
 LF_HOST_DEVICE void bwd_epilogue(const BwdStepParams<T, A>& p, int mode, int bx, int by, int tx, int ty,
                                  const A (&acc)[1]) {
   const int64_t n = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
   if (b >= p.rows) return;
   const A rec = (p.rec && mode != kPointwiseOnly && n < p.P) ? p.rec[b * p.P + n] : acc[0];
-  if (mode == kReduceOnly) {
-    if (n < p.P) p.dh_tot[b * p.P + n] = bwd_dh(p, b, n, rec);
+  if (mode == kReduceOnly) {  // the candidate's part, for W_hr's gradient and the cell
+    if (n < p.P) p.dh_tot[b * p.P + n] = bwd_zoneout_h(p, b, n, bwd_dh(p, b, n, rec));
     return;
   }
   if (n >= p.H) return;
   if (mode == kFused)
-    bwd_cell(p, b, n, bwd_dh(p, b, n, rec), false);
+    bwd_fused_cell(p, b, n, rec);
   else
     bwd_cell(p, b, n, p.dr[b * p.H + n], true);
+}
+
+// ---- zoneout of a projected h -------------------------------------------------------------------------
+// With a projection, h's zoneout follows the projection GEMM, in a launch of its own per step (every direction):
+// the step's output rows, the GEMM's candidates W_hr·(o ⊙ tanh(c̃_t)), become m ⊙ h_{t-1} + (1 − m) ⊙ h̃_t, and rows
+// that end their sequence at t hand them to h_n. A thread per element (b, n) of rows × P, on the step grid.
+template <typename T, typename A>
+struct ProjZoneoutParams {
+  int64_t P = 0, rows = 0;
+  int64_t n_prev = 0;         // rows below continue the previous step; the rest start from h0
+  int64_t ld_out = 0;         // row stride of the layer output (D·P)
+  const T* h_prev = nullptr;  // [n_prev, ld_out] output rows of the previous step (h_{t-1})
+  const T* h0 = nullptr;      // [B, P]
+  ZoneoutMask<A> zo_h;        // [rows, P]
+  T* out = nullptr;           // [rows, ld_out] in: the candidates; out: h_t
+  int64_t end_lo = 0, end_hi = 0;
+  T* h_n = nullptr;           // [B, P]
+};
+
+template <typename T, typename A>
+LF_HOST_DEVICE void proj_zoneout_element(const ProjZoneoutParams<T, A>& p, int bx, int by, int tx, int ty) {
+  const int64_t n = int64_t(bx) * kJT + tx, b = int64_t(by) * kBT + ty;
+  if (b >= p.rows || n >= p.P) return;
+  const A prev = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + n] : p.h0[b * p.P + n]);
+  T& o = p.out[b * p.ld_out + n];
+  const T h = static_cast<T>(zoneout_forward(p.zo_h.at(b, n), prev, to_acc<T, A>(o)));
+  o = h;
+  if (b >= p.end_lo && b < p.end_hi) p.h_n[b * p.P + n] = h;
 }
 
 // One launch runs a step of every direction of a layer (blockIdx.z = direction; the reverse direction is at
@@ -332,6 +404,11 @@ inline void launch_grid(const DirectionParams<BwdStepParams<T, A>>& dp, int mode
   widest_grid(
       dp, [mode](const BwdStepParams<T, A>& p, int64_t& x, int64_t& y) { bwd_grid(p.H, p.P, p.rows, mode, x, y); },
       gx, gy);
+}
+template <typename T, typename A>
+inline void launch_grid(const DirectionParams<ProjZoneoutParams<T, A>>& dp, int64_t& gx, int64_t& gy) {
+  widest_grid(dp, [](const ProjZoneoutParams<T, A>& p, int64_t& x, int64_t& y) { fwd_grid(p.P, p.rows, x, y); }, gx,
+              gy);
 }
 template <typename P>
 LF_HOST_DEVICE bool block_has_rows(const P& p, int64_t by) {

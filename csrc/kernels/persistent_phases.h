@@ -176,8 +176,8 @@ struct FwdRecurrence {
   }
 };
 
-// Backward (no projection, so P == H): dh[b, j] = gout + Σ_k dG_later[b, k] · W_hh[k, j], then the cell
-// backward. Rows without a later step take grad_h_n (bwd_dh), so their dG_later rows stage as zeros. In a layer
+// Backward (no projection, so P == H): dh[b, j] = gout + Σ_k dG_later[b, k] · W_hh[k, j] (with zoneout, split),
+// then the cell backward. Rows without a later step take grad_h_n (bwd_dh), so their dG_later rows stage as zeros. In a layer
 // stack (K_up > 0) the k range goes on with the layer above: + Σ_k dG_up[b, k] · W_ih_up[k, j].
 template <typename T, typename A>
 struct BwdRecurrence {
@@ -203,7 +203,7 @@ struct BwdRecurrence {
   }
   LF_HOST_DEVICE static T left_raw(const Step& p, int64_t b, int64_t k) { return static_cast<T>(left(p, b, k)); }
   LF_HOST_DEVICE static void epilogue(const Step& p, int64_t b, int64_t j, const A (&acc)[NG]) {
-    cuda_step::bwd_cell(p, b, j, cuda_step::bwd_dh(p, b, j, acc[0]), false);
+    cuda_step::bwd_fused_cell(p, b, j, acc[0]);
   }
 };
 

@@ -57,6 +57,15 @@ LF_HOST_DEVICE void lstm_bwd_step_block(const DirectionParams<BwdStepParams<T, A
       [&](int tx, int ty, const A(&acc)[1]) { bwd_epilogue(p, kMode, bx, by, tx, ty, acc); });
 }
 
+// Zoneout of a projected h: pointwise, no shared memory.
+template <typename T, typename A, typename Exec>
+LF_HOST_DEVICE void proj_zoneout_block(const DirectionParams<ProjZoneoutParams<T, A>>& dp, int bx, int by, int bz,
+                                       Exec& ex) {
+  const ProjZoneoutParams<T, A>& p = dp.dir[bz];
+  if (!block_has_rows(p, by)) return;
+  ex.threads([&](int tid) { proj_zoneout_element(p, bx, by, tid % kJT, tid / kJT); });
+}
+
 template <typename T, typename A, typename Exec>
 LF_HOST_DEVICE void gru_fwd_step_block(const DirectionParams<GruFwdStepParams<T, A>>& dp, int bx, int by, int bz,
                                        TileSmem<A, 3>& smem, Exec& ex) {

@@ -129,6 +129,15 @@ struct EmulationRunner {
   }
 
   template <typename T, typename A>
+  void step(const DirectionParams<ProjZoneoutParams<T, A>>& dp) {
+    int64_t gx, gy;
+    launch_grid(dp, gx, gy);
+    emulate_step_launch<A, 1>(gx, gy, dp.count, "projection zoneout kernel", [&](int bx, int by, int bz, auto&, auto& ex) {
+      proj_zoneout_block(dp, bx, by, bz, ex);
+    });
+  }
+
+  template <typename T, typename A>
   void step(const DirectionParams<GruFwdStepParams<T, A>>& dp) {
     int64_t gx, gy;
     launch_grid(dp, gx, gy);
