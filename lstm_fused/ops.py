@@ -54,6 +54,7 @@ def lstm_layer(
     coupled: bool = False,
     zoneout_h: Optional[Tensor] = None,
     zoneout_c: Optional[Tensor] = None,
+    layer_norm: Optional[list[Tensor]] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over a whole sequence in D = len(w_ih) directions (the second one reversed).
 
@@ -64,11 +65,13 @@ def lstm_layer(
     zoneout_h / zoneout_c: [D, rows, P] / [D, rows, H] (rows: T·B, or N packed), how much of its previous value each
     unit of h / c keeps per row (0/1 masks in training, the probability, expanded, in eval); float64 for float64
     input, else float32.
+    layer_norm: per direction γ_ih [G], γ_hh [G], γ_c [H], β_c [H] (gates = LN(x·W_ihᵀ; γ_ih) + LN(h·W_hhᵀ; γ_hh) +
+    biases, h = o ⊙ tanh(LN(c; γ_c, β_c))), or None.
     Returns output ([T, B, D·P] or [N, D·P], directions side by side), h_n [D, B, P], c_n [D, B, H].
     """
-    need_workspace = _needs_workspace(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph)
+    need_workspace = _needs_workspace(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, layer_norm)
     args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace)
-    out, h_n, c_n, _ = _call("lstm_layer_fwd", _with_optional(args, zoneout_h, zoneout_c))
+    out, h_n, c_n, _ = _call("lstm_layer_fwd", _with_optional(args, zoneout_h, zoneout_c, layer_norm))
     return out, h_n, c_n
 
 
@@ -83,16 +86,19 @@ def _check_same_device(input, *groups):
 
 @torch.library.register_fake("lstm_fused::lstm_layer_fwd")
 def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, need_workspace,
-                         zoneout_h=None, zoneout_c=None):
+                         zoneout_h=None, zoneout_c=None, layer_norm=None):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
-    _check_same_device(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, zoneout_h, zoneout_c)
+    _check_same_device(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, zoneout_h, zoneout_c, layer_norm)
     directions = len(w_ih)
     gates = 3 if coupled else 4
     hidden = w_ih[0].shape[0] // gates
     p = w_hr[0].shape[0] if w_hr is not None else hidden
     lead = tuple(input.shape[:-1])
-    # Per row the gates and c_t; with zoneout on c the candidate c̃_t and the zoned-out c_t.
+    # Per row the gates and c_t; with zoneout on c the candidate c̃_t and the zoned-out c_t; with layer norm the two
+    # normalised products, the normalised c and three reciprocal deviations.
     cols = (gates + 1 + (zoneout_c is not None)) * hidden
+    if layer_norm is not None:
+        cols += (2 * gates + 1) * hidden + 3
     ws_shape = (directions, *lead, cols) if need_workspace else (0,)
     ws = input.new_empty(ws_shape, dtype=_workspace_dtype(input.dtype))
     return input.new_empty((*lead, directions * p)), h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws
@@ -101,7 +107,7 @@ def _lstm_layer_fwd_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_h
 @torch.library.register_fake("lstm_fused::lstm_layer_bwd")
 def _lstm_layer_bwd_fake(
     grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, coupled, output,
-    workspace, has_bias, need_grad_input, zoneout_h=None, zoneout_c=None,
+    workspace, has_bias, need_grad_input, zoneout_h=None, zoneout_c=None, layer_norm=None,
 ):
     return (
         input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
@@ -112,12 +118,13 @@ def _lstm_layer_bwd_fake(
         [w.new_empty((w.shape[0],)) for w in w_ih] if has_bias else [],
         [w.new_empty(w.shape) for w in w_hr] if w_hr is not None else [],
         [w.new_empty(w.shape) for w in w_ph] if w_ph is not None else [],
+        [w.new_empty(w.shape) for w in layer_norm] if layer_norm is not None else [],
     )
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, _, *zoneout = inputs
-    zoneout_h, zoneout_c = (*zoneout, None, None)[:2]
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, _, *optional = inputs
+    zoneout_h, zoneout_c, layer_norm = (*optional, None, None, None)[:3]
     out, _, _, ws = output
     # Unused outputs (the workspace, h_n, c_n, a stack's lower outputs) reach the backward as None, not as
     # zero tensors of their full size (the workspace's alone is as large as all the gates).
@@ -127,15 +134,18 @@ def _setup_context(ctx, inputs, output):
     ctx.has_proj = w_hr is not None
     ctx.has_peephole = w_ph is not None
     ctx.coupled = coupled
-    ctx.n_masks = len(_with_optional((), zoneout_h, zoneout_c))  # the mask arguments the call kept
+    ctx.n_optional = len(_with_optional((), zoneout_h, zoneout_c, layer_norm))  # the optional arguments kept
+    ctx.n_ln = len(layer_norm or ())
     ctx.save_for_backward(input, batch_sizes, h0, c0, out, ws, zoneout_h, zoneout_c, *w_ih, *w_hh, *(w_hr or ()),
-                          *(w_ph or ()))
+                          *(w_ph or ()), *(layer_norm or ()))
     ctx.mark_non_differentiable(ws)
 
 
 def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
     input, batch_sizes, h0, c0, out, ws, zoneout_h, zoneout_c, *weights = ctx.saved_tensors
     d = ctx.directions
+    layer_norm = list(weights[len(weights) - ctx.n_ln:]) if ctx.n_ln else None
+    weights = weights[:len(weights) - ctx.n_ln]
     w_ih, w_hh, rest = weights[:d], weights[d : 2 * d], weights[2 * d :]
     w_hr = rest[:d] if ctx.has_proj else None
     w_ph = rest[-d:] if ctx.has_peephole else None
@@ -146,7 +156,8 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
     need_grad_input = ctx.needs_input_grad[0]
     args = (grad_out, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, w_ph, ctx.coupled, out, ws,
             ctx.has_bias, need_grad_input)
-    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph = _call("lstm_layer_bwd", _with_optional(args, zoneout_h, zoneout_c))
+    gi, gh0, gc0, gw_ih, gw_hh, gb, gw_hr, gw_ph, g_ln = _call(
+        "lstm_layer_bwd", _with_optional(args, zoneout_h, zoneout_c, layer_norm))
     return (
         gi if need_grad_input else None,
         None,
@@ -160,7 +171,7 @@ def _backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_ws):
         gw_ph if ctx.has_peephole else None,
         None,
         None,
-        *[None] * ctx.n_masks,  # the zoneout masks: drawn, not learned
+        *[None, None, g_ln][:ctx.n_optional],  # the zoneout masks: drawn, not learned
     )
 
 
@@ -312,32 +323,36 @@ def gru_layer(
     b_ih: Optional[list[Tensor]],
     b_hh: Optional[list[Tensor]],
     zoneout_h: Optional[Tensor] = None,
+    layer_norm: Optional[list[Tensor]] = None,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer over a whole sequence in D = len(w_ih) directions (the second one reversed).
 
     input: [T, B, I] or packed data [N, I] with batch_sizes; h0: [D, B, H]; zoneout_h: [D, rows, H], as
-    lstm_layer's. Returns output ([..., D·H]) and h_n [D, B, H].
+    lstm_layer's; layer_norm: per direction γ_ih, γ_hh [3H] (each product normalised before the biases), or None.
+    Returns output ([..., D·H]) and h_n [D, B, H].
     """
-    need_workspace = _needs_workspace(input, h0, w_ih, w_hh, b_ih, b_hh)
+    need_workspace = _needs_workspace(input, h0, w_ih, w_hh, b_ih, b_hh, layer_norm)
     args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace)
-    out, h_n, _ = _call("gru_layer_fwd", _with_optional(args, zoneout_h))
+    out, h_n, _ = _call("gru_layer_fwd", _with_optional(args, zoneout_h, layer_norm))
     return out, h_n
 
 
 @torch.library.register_fake("lstm_fused::gru_layer_fwd")
-def _gru_layer_fwd_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace, zoneout_h=None):
+def _gru_layer_fwd_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, need_workspace, zoneout_h=None,
+                        layer_norm=None):
     torch._check(input.dim() == (2 if batch_sizes is not None else 3), lambda: "lstm_fused: bad input rank")
-    _check_same_device(input, h0, w_ih, w_hh, b_ih, b_hh, zoneout_h)
+    _check_same_device(input, h0, w_ih, w_hh, b_ih, b_hh, zoneout_h, layer_norm)
     directions, hidden = len(w_ih), w_ih[0].shape[0] // 3
     lead = tuple(input.shape[:-1])
-    ws_shape = (directions, *lead, 4 * hidden) if need_workspace else (0,)
+    cols = 4 * hidden + (6 * hidden + 2 if layer_norm is not None else 0)  # (layer norm: x̂_ih, x̂_hh, two rstds)
+    ws_shape = (directions, *lead, cols) if need_workspace else (0,)
     ws = input.new_empty(ws_shape, dtype=_workspace_dtype(input.dtype))
     return input.new_empty((*lead, directions * hidden)), h0.new_empty(h0.shape), ws
 
 
 @torch.library.register_fake("lstm_fused::gru_layer_bwd")
 def _gru_layer_bwd_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output, workspace, has_bias,
-                        need_grad_input, zoneout_h=None):
+                        need_grad_input, zoneout_h=None, layer_norm=None):
     return (
         input.new_empty(input.shape) if need_grad_input else input.new_empty((0,)),
         h0.new_empty(h0.shape),
@@ -345,30 +360,32 @@ def _gru_layer_bwd_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_h
         [w.new_empty(w.shape) for w in w_hh],
         [w.new_empty((w.shape[0],)) for w in w_ih] if has_bias else [],
         [w.new_empty((w.shape[0],)) for w in w_hh] if has_bias else [],
+        [w.new_empty(w.shape) for w in layer_norm] if layer_norm is not None else [],
     )
 
 
 def _gru_setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, w_ih, w_hh, b_ih, _, _, *zoneout = inputs
-    zoneout_h = zoneout[0] if zoneout else None
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, _, _, *optional = inputs
+    zoneout_h, layer_norm = (*optional, None, None)[:2]
     out, _, ws = output
     ctx.set_materialize_grads(False)  # as in _setup_context
     ctx.directions = len(w_ih)
     ctx.has_bias = b_ih is not None
-    ctx.n_masks = len(_with_optional((), zoneout_h))
-    ctx.save_for_backward(input, batch_sizes, h0, out, ws, zoneout_h, *w_ih, *w_hh)
+    ctx.n_optional = len(_with_optional((), zoneout_h, layer_norm))
+    ctx.save_for_backward(input, batch_sizes, h0, out, ws, zoneout_h, *w_ih, *w_hh, *(layer_norm or ()))
     ctx.mark_non_differentiable(ws)
 
 
 def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
     input, batch_sizes, h0, out, ws, zoneout_h, *weights = ctx.saved_tensors
     d = ctx.directions
+    layer_norm = list(weights[2 * d:]) or None
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
     need_grad_input = ctx.needs_input_grad[0]
-    args = (grad_out, grad_h_n, input, batch_sizes, h0, list(weights[:d]), list(weights[d:]), out, ws, ctx.has_bias,
-            need_grad_input)
-    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh = _call("gru_layer_bwd", _with_optional(args, zoneout_h))
+    args = (grad_out, grad_h_n, input, batch_sizes, h0, list(weights[:d]), list(weights[d:2 * d]), out, ws,
+            ctx.has_bias, need_grad_input)
+    gi, gh0, gw_ih, gw_hh, gb_ih, gb_hh, g_ln = _call("gru_layer_bwd", _with_optional(args, zoneout_h, layer_norm))
     return (
         gi if need_grad_input else None,
         None,
@@ -378,7 +395,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_ws):
         gb_ih if ctx.has_bias else None,
         gb_hh if ctx.has_bias else None,
         None,
-        *[None] * ctx.n_masks,  # the mask: drawn, not learned
+        *[None, g_ln][:ctx.n_optional],  # the mask: drawn, not learned
     )
 
 

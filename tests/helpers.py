@@ -444,3 +444,102 @@ def compare_grus(ref, ours, x, h0, leaves, dtype, tol=None):
     close(h2, h1, "h_n")
     for i, (a, b) in enumerate(zip(g2, g1)):
         close(a, b, f"grad {i}", grad=True)
+
+
+# ---- the layer ops' contract, one step at a time (zoneout and layer norm included) --------------------------------
+def _op_steps(x, batch_sizes):
+    """The op's row layout: the input as rows, and per step t its row count n_t and first row off_t (the rows of step
+    t are [off_t, off_t + n_t) of the data, padded or packed)."""
+    if batch_sizes is None:
+        T, B = x.shape[:2]
+        sizes, rows = [B] * T, x.reshape(T * B, -1)
+    else:
+        sizes, rows = batch_sizes.tolist(), x
+    return rows, sizes, [sum(sizes[:t]) for t in range(len(sizes))]
+
+
+def _op_output(outs, x, batch_sizes):
+    out = torch.cat(outs, -1)
+    return out if batch_sizes is not None else out.reshape(x.shape[0], x.shape[1], -1)
+
+
+def reference_lstm_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, zo_h=None, zo_c=None,
+                         ln=None):
+    """lstm_layer_fwd's results from lstm_fused.reference's cell and zoneout, step by step: zo_h / zo_c the op's masks
+    [D, rows, ·], ln its layer_norm list (per direction γ_ih, γ_hh, γ_c, β_c)."""
+    from lstm_fused import reference
+
+    rows, sizes, offsets = _op_steps(x, batch_sizes)
+    outs, h_n, c_n = [], [], []
+    for d in range(len(w_ih)):
+        h, c = h0[d], c0[d]
+        out = [None] * len(sizes)
+        for t in (range(len(sizes)) if d == 0 else reversed(range(len(sizes)))):
+            n, r0 = sizes[t], offsets[t]
+            h_new, c_new = reference.lstm_cell(rows[r0:r0 + n], h[:n], c[:n], w_ih[d], w_hh[d],
+                                               b_ih[d] if b_ih else None, b_hh[d] if b_hh else None,
+                                               w_hr[d] if w_hr else None, w_ph[d] if w_ph else None, coupled,
+                                               tuple(ln[4 * d:4 * d + 4]) if ln else None)
+            if zo_h is not None:
+                h_new = reference.zoneout(h[:n], h_new, zo_h[d, r0:r0 + n])
+            if zo_c is not None:
+                c_new = reference.zoneout(c[:n], c_new, zo_c[d, r0:r0 + n])
+            h, c = torch.cat([h_new, h[n:]]), torch.cat([c_new, c[n:]])
+            out[t] = h_new
+        outs.append(torch.cat(out))
+        h_n.append(h)
+        c_n.append(c)
+    return _op_output(outs, x, batch_sizes), torch.stack(h_n), torch.stack(c_n)
+
+
+def reference_gru_layer(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, zo_h=None, ln=None):
+    """gru_layer_fwd's results, as reference_lstm_layer (ln: per direction γ_ih, γ_hh)."""
+    from lstm_fused import reference
+
+    rows, sizes, offsets = _op_steps(x, batch_sizes)
+    outs, h_n = [], []
+    for d in range(len(w_ih)):
+        h = h0[d]
+        out = [None] * len(sizes)
+        for t in (range(len(sizes)) if d == 0 else reversed(range(len(sizes)))):
+            n, r0 = sizes[t], offsets[t]
+            h_new = reference.gru_cell(rows[r0:r0 + n], h[:n], w_ih[d], w_hh[d], b_ih[d] if b_ih else None,
+                                       b_hh[d] if b_hh else None, tuple(ln[2 * d:2 * d + 2]) if ln else None)
+            if zo_h is not None:
+                h_new = reference.zoneout(h[:n], h_new, zo_h[d, r0:r0 + n])
+            h = torch.cat([h_new, h[n:]])
+            out[t] = h_new
+        outs.append(torch.cat(out))
+        h_n.append(h)
+    return _op_output(outs, x, batch_sizes), torch.stack(h_n)
+
+
+def requiring_grad(args):
+    """Op arguments with every floating tensor (in lists too) made a leaf requiring grad."""
+    return [[t.requires_grad_() for t in a] if isinstance(a, list) else
+            (a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a) for a in args]
+
+
+def grad_leaves(args):
+    """The tensors of op arguments that require grad, in argument order."""
+    return [a for group in args if group is not None and not isinstance(group, bool)
+            for a in (group if isinstance(group, list) else [group]) if isinstance(a, torch.Tensor) and a.requires_grad]
+
+
+def op_args_on(args, device):
+    """The op arguments on `device`, new leaves where the originals require grad (batch_sizes stays on the CPU)."""
+    def one(a):
+        if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+            return a
+        c = a.detach().to(device)
+        return c.requires_grad_() if a.requires_grad else c
+
+    return [[one(t) for t in a] if isinstance(a, list) else one(a) for a in args]
+
+
+def op_results(outputs, leaves):
+    """Outputs and the gradients of a fixed random weighting of them (float64), on the CPU."""
+    w = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=w, dtype=torch.float64).to(t.device)).sum() for t in outputs)
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [t.detach().cpu() if t is not None else None for t in (*outputs, *grads)]

@@ -145,3 +145,37 @@ def test_opcheck_zoneout(which, packed):
                                                                       for _ in range(2)], None, None, True]
     mask = (torch.rand(2, rows, 6, generator=g) < 0.4).float()
     torch.library.opcheck(torch.ops.lstm_fused.gru_layer_fwd.default, gru + [mask])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("zoneout", [False, True])
+def test_opcheck_layer_norm(packed, zoneout):
+    # The layer-norm parameters (a trailing list with a default): schema, fake kernels (the workspace's extra
+    # columns), autograd (their gradients from the backward's last output).
+    fwd_args = _layer_args(packed, True, True, requires_grad=True, directions=2, peephole=True)
+    rows = fwd_args[0].shape[0] if packed else fwd_args[0].shape[0] * fwd_args[0].shape[1]
+    g = torch.Generator().manual_seed(2)
+    H, G = 6, 24
+    ln = [torch.randn(w, generator=g).requires_grad_() for _ in range(2) for w in (G, G, H, H)]
+    zo_h = (torch.rand(2, rows, 3, generator=g) < 0.4).float() if zoneout else None
+    torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_fwd.default, fwd_args + [True, zo_h, None, ln])
+    plain = [[t.detach() for t in a] if isinstance(a, list) else (a.detach() if isinstance(a, torch.Tensor) else a)
+             for a in fwd_args]
+    x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, cpl = plain
+    ln_d = [t.detach() for t in ln]
+    out, h_n, c_n, ws = torch.ops.lstm_fused.lstm_layer_fwd.default(*plain, True, zo_h, None, ln_d)
+    torch.library.opcheck(torch.ops.lstm_fused.lstm_layer_bwd.default,
+                          [torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0, w_ih,
+                           w_hh, w_hr, w_ph, cpl, out, ws, True, True, zo_h, None, ln_d])
+    gru = [x, bs, h0[:, :, :1].expand(2, h0.shape[1], 6).contiguous().requires_grad_(),
+           [torch.randn(18, 5, requires_grad=True) for _ in range(2)],
+           [torch.randn(18, 6, requires_grad=True) for _ in range(2)], None, None, True]
+    gln = [torch.randn(18, generator=g).requires_grad_() for _ in range(4)]
+    mask = (torch.rand(2, rows, 6, generator=g) < 0.4).float() if zoneout else None
+    torch.library.opcheck(torch.ops.lstm_fused.gru_layer_fwd.default, gru + [mask, gln])
+    gplain = [[t.detach() for t in a] if isinstance(a, list) else (a.detach() if isinstance(a, torch.Tensor) else a)
+              for a in gru]
+    gout, gh_n, gws = torch.ops.lstm_fused.gru_layer_fwd.default(*gplain[:-1], True, mask, [t.detach() for t in gln])
+    torch.library.opcheck(torch.ops.lstm_fused.gru_layer_bwd.default,
+                          [torch.randn_like(gout), torch.randn_like(gh_n), gplain[0], gplain[1], gplain[2], gplain[3],
+                           gplain[4], gout, gws, False, True, mask, [t.detach() for t in gln]])

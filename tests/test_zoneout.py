@@ -8,60 +8,16 @@ import itertools
 import pytest
 import torch
 
-from helpers import gru_layer_args, layer_args, on_backend, paths_taken
-from lstm_fused import ops, reference
+from helpers import (grad_leaves, gru_layer_args, layer_args, on_backend, op_args_on, op_results, paths_taken,
+                     reference_gru_layer, reference_lstm_layer, requiring_grad)
+from lstm_fused import ops
 
 F64 = torch.float64
 
 
-def _steps(x, batch_sizes):
-    """The op's row layout: the input as rows, and per step t its row count n_t and first row off_t (the rows of step
-    t are [off_t, off_t + n_t) of the data, padded or packed)."""
-    if batch_sizes is None:
-        T, B = x.shape[:2]
-        sizes, rows = [B] * T, x.reshape(T * B, -1)
-    else:
-        sizes, rows = batch_sizes.tolist(), x
-    return rows, sizes, [sum(sizes[:t]) for t in range(len(sizes))]
-
-
-def _as_output(outs, x, batch_sizes):
-    out = torch.cat(outs, -1)
-    return out if batch_sizes is not None else out.reshape(x.shape[0], x.shape[1], -1)
-
-
-def _reference_layer(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, coupled, zo_h, zo_c):
-    """The op's contract, one step at a time."""
-    rows, sizes, offsets = _steps(x, batch_sizes)
-    outs, h_n, c_n = [], [], []
-    for d in range(len(w_ih)):
-        h, c = h0[d], c0[d]
-        out = [None] * len(sizes)
-        for t in (range(len(sizes)) if d == 0 else reversed(range(len(sizes)))):
-            n, r0 = sizes[t], offsets[t]
-            h_new, c_new = reference.lstm_cell(rows[r0:r0 + n], h[:n], c[:n], w_ih[d], w_hh[d],
-                                               b_ih[d] if b_ih else None, b_hh[d] if b_hh else None,
-                                               w_hr[d] if w_hr else None, w_ph[d] if w_ph else None, coupled)
-            if zo_h is not None:
-                h_new = reference.zoneout(h[:n], h_new, zo_h[d, r0:r0 + n])
-            if zo_c is not None:
-                c_new = reference.zoneout(c[:n], c_new, zo_c[d, r0:r0 + n])
-            h, c = torch.cat([h_new, h[n:]]), torch.cat([c_new, c[n:]])
-            out[t] = h_new
-        outs.append(torch.cat(out))
-        h_n.append(h)
-        c_n.append(c)
-    return _as_output(outs, x, batch_sizes), torch.stack(h_n), torch.stack(c_n)
-
-
-def _with_grad(args):
-    return [[t.requires_grad_() for t in a] if isinstance(a, list) else
-            (a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a) for a in args]
-
-
 def _layer(T, B, I, H, proj, packed, directions, peephole, coupled, seed):
     """helpers.layer_args (float64, leaves requiring grad), its row count, P, and a generator for the masks."""
-    args = _with_grad(layer_args(T, B, I, H, proj, packed, F64, seed, directions, peephole, coupled))
+    args = requiring_grad(layer_args(T, B, I, H, proj, packed, F64, seed, directions, peephole, coupled))
     return args, args[0].shape[0] if packed else T * B, proj or H, torch.Generator().manual_seed(seed + 100)
 
 
@@ -72,11 +28,6 @@ def _masks(kind, which, D, rows, P, H, g):
         return torch.tensor(p, dtype=F64).expand(D, rows, width)  # eval: the probability, no memory per row
 
     return (one(P, 0.3) if which in ("h", "both") else None, one(H, 0.6) if which in ("c", "both") else None)
-
-
-def _leaves(args):
-    return [a for group in args if group is not None and not isinstance(group, bool)
-            for a in (group if isinstance(group, list) else [group]) if isinstance(a, torch.Tensor) and a.requires_grad]
 
 
 CASES = [  # T, B, I, H, proj
@@ -91,7 +42,7 @@ ALGOS = {"step": "step", "gemm": "gemm_step", "persistent": "persistent"}
 
 
 @contextlib.contextmanager
-def _running_on(backend, algo, proj, monkeypatch):
+def _runningop_args_on(backend, algo, proj, monkeypatch):
     """The block's ops on `backend` (helpers.on_backend) with the CUDA path's kernel `algo` forced (None: the automatic
     choice), checking that kernel ran; yields the device."""
     if algo == "persistent" and proj:
@@ -107,34 +58,15 @@ def _running_on(backend, algo, proj, monkeypatch):
         assert taken[ALGOS[algo]] > 0, taken
 
 
-def _on(args, device):
-    """The op arguments on `device`, new leaves where the originals require grad (batch_sizes stays on the CPU)."""
-    def one(a):
-        if not isinstance(a, torch.Tensor) or not a.is_floating_point():
-            return a
-        c = a.detach().to(device)
-        return c.requires_grad_() if a.requires_grad else c
-
-    return [[one(t) for t in a] if isinstance(a, list) else one(a) for a in args]
-
-
-def _results(outputs, leaves):
-    """Outputs and the gradients of a fixed random weighting of them, on the CPU."""
-    w = torch.Generator().manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=w, dtype=F64).to(t.device)).sum() for t in outputs)
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    return [t.detach().cpu() if t is not None else None for t in (*outputs, *grads)]
-
-
 def _check_lstm(case, packed, directions, variant, which, kind, backend, algo, monkeypatch):
     T, B, I, H, proj = case
     args, rows, P, g = _layer(T, B, I, H, proj, packed, directions, *variant, seed=sum(case) + directions)
     zo_h, zo_c = _masks(kind, which, directions, rows, P, H, g)
-    expected = _results(_reference_layer(*args, zo_h, zo_c), _leaves(args))
-    with _running_on(backend, algo, proj, monkeypatch) as device:
-        ours = _on(args, device)
+    expected = op_results(reference_lstm_layer(*args, zo_h, zo_c), grad_leaves(args))
+    with _runningop_args_on(backend, algo, proj, monkeypatch) as device:
+        ours = op_args_on(args, device)
         masks = [m.to(device) if m is not None else None for m in (zo_h, zo_c)]
-        actual = _results(ops.lstm_layer(*ours, zoneout_h=masks[0], zoneout_c=masks[1]), _leaves(ours))
+        actual = op_results(ops.lstm_layer(*ours, zoneout_h=masks[0], zoneout_c=masks[1]), grad_leaves(ours))
     for i, (a, b) in enumerate(zip(actual, expected, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"result {i}")
 
@@ -171,7 +103,7 @@ def test_lstm_layer_zoneout_cuda_kernels(case, structure, which, algo, backend, 
 def test_lstm_layer_zoneout_gradcheck(packed):
     args, rows, P, g = _layer(4, 3, 3, 4, 2, packed, 2, True, False, seed=3)
     zo_h, zo_c = _masks("train", "both", 2, rows, P, 4, g)
-    leaves = _leaves(args)
+    leaves = grad_leaves(args)
 
     def f(*flat):
         it = iter(flat)
@@ -186,7 +118,7 @@ def test_zero_masks_equal_no_zoneout_bit_for_bit():
     for proj, packed in itertools.product([0, 3], [False, True]):
         args, rows, P, g = _layer(7, 4, 5, 6, proj, packed, 2, False, False, seed=5)
         zeros = (torch.zeros(2, rows, P, dtype=F64), torch.zeros(2, rows, 6, dtype=F64))
-        leaves = _leaves(args)
+        leaves = grad_leaves(args)
         plain = ops.lstm_layer(*args)
         zoned = ops.lstm_layer(*args, zoneout_h=zeros[0], zoneout_c=zeros[1])
         assert all(torch.equal(a, b) for a, b in zip(plain, zoned))
@@ -204,27 +136,8 @@ def test_bad_masks_are_clear_errors(bad):
         ops.lstm_layer(*args, zoneout_h=mask)
 
 
-def _reference_gru_layer(x, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, zo_h):
-    rows, sizes, offsets = _steps(x, batch_sizes)
-    outs, h_n = [], []
-    for d in range(len(w_ih)):
-        h = h0[d]
-        out = [None] * len(sizes)
-        for t in (range(len(sizes)) if d == 0 else reversed(range(len(sizes)))):
-            n, r0 = sizes[t], offsets[t]
-            h_new = reference.gru_cell(rows[r0:r0 + n], h[:n], w_ih[d], w_hh[d], b_ih[d] if b_ih else None,
-                                       b_hh[d] if b_hh else None)
-            if zo_h is not None:
-                h_new = reference.zoneout(h[:n], h_new, zo_h[d, r0:r0 + n])
-            h = torch.cat([h_new, h[n:]])
-            out[t] = h_new
-        outs.append(torch.cat(out))
-        h_n.append(h)
-    return _as_output(outs, x, batch_sizes), torch.stack(h_n)
-
-
 def _gru_args(T, B, I, H, packed, directions, bias, seed):
-    args = _with_grad(gru_layer_args(T, B, I, H, packed, F64, seed, directions, bias))
+    args = requiring_grad(gru_layer_args(T, B, I, H, packed, F64, seed, directions, bias))
     return args, args[0].shape[0] if packed else T * B, torch.Generator().manual_seed(seed + 100)
 
 
@@ -232,10 +145,10 @@ def _check_gru(case, packed, directions, bias, kind, backend, algo, monkeypatch)
     T, B, I, H, _ = case
     args, rows, g = _gru_args(T, B, I, H, packed, directions, bias, seed=sum(case) + directions)
     zo_h, _ = _masks(kind, "h", directions, rows, H, H, g)
-    expected = _results(_reference_gru_layer(*args, zo_h), _leaves(args))
-    with _running_on(backend, algo, 0, monkeypatch) as device:
-        ours = _on(args, device)
-        actual = _results(ops.gru_layer(*ours, zoneout_h=zo_h.to(device)), _leaves(ours))
+    expected = op_results(reference_gru_layer(*args, zo_h), grad_leaves(args))
+    with _runningop_args_on(backend, algo, 0, monkeypatch) as device:
+        ours = op_args_on(args, device)
+        actual = op_results(ops.gru_layer(*ours, zoneout_h=zo_h.to(device)), grad_leaves(ours))
     for i, (a, b) in enumerate(zip(actual, expected, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=f"result {i}")
 
@@ -265,7 +178,7 @@ def test_gru_layer_zoneout_cuda_kernels(case, structure, algo, backend, monkeypa
 
 def test_gru_zero_mask_equals_no_zoneout_bit_for_bit():
     args, rows, g = _gru_args(7, 4, 5, 6, True, 2, True, seed=5)
-    leaves = _leaves(args)
+    leaves = grad_leaves(args)
     plain = ops.gru_layer(*args)
     zoned = ops.gru_layer(*args, zoneout_h=torch.zeros(2, rows, 6, dtype=F64))
     assert all(torch.equal(a, b) for a, b in zip(plain, zoned))

@@ -76,6 +76,18 @@ void column_sums(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
   });
 }
 
+// Deterministic column sums of a ⊙ b over `rows` rows (row strides lda, ldb), in row order, in double.
+template <typename scalar_t>
+void column_dot_sums(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, int64_t rows, int64_t cols,
+                     scalar_t* out) {
+  at::parallel_for(0, cols, 256, [&](int64_t c0, int64_t c1) {
+    std::vector<double> acc(c1 - c0, 0.0);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = c0; c < c1; ++c) acc[c - c0] += double(a[r * lda + c]) * double(b[r * ldb + c]);
+    for (int64_t c = c0; c < c1; ++c) out[c] = static_cast<scalar_t>(acc[c - c0]);
+  });
+}
+
 // The rows of h_{t-1} each step consumed, as one [N, P] matrix, so dW_hh is a single GEMM.
 template <typename scalar_t>
 void gather_prev_hidden(const SeqLayout& seq, int64_t P, const scalar_t* out, int64_t ld_out, const scalar_t* h0,

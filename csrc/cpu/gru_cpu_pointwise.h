@@ -17,7 +17,7 @@ LF_ALWAYS_INLINE void gru_fwd_pointwise(const GruFwdStep<scalar_t>& p, int64_t b
     row_run(b, begin, end, H, j0, j1);
     const scalar_t* __restrict xw = p.xw + b * 3 * H;
     const scalar_t* __restrict hh = p.hh + b * 3 * H;
-    scalar_t* __restrict w = p.ws + b * 4 * H;
+    scalar_t* __restrict w = p.ws + b * p.ld_ws;
     scalar_t* __restrict hs = p.h_state + b * H;
     scalar_t* __restrict out = p.h_out + b * p.ld_h;
 #pragma GCC ivdep
@@ -44,7 +44,7 @@ LF_ALWAYS_INLINE void gru_bwd_pointwise(const GruBwdStep<scalar_t>& p, int64_t b
   for (int64_t b = begin / H; b * H < end; ++b) {
     int64_t j0, j1;
     row_run(b, begin, end, H, j0, j1);
-    const scalar_t* __restrict w = p.ws + b * 4 * H;
+    const scalar_t* __restrict w = p.ws + b * p.ld_ws;
     const scalar_t* __restrict hp = b < p.n_prev ? p.h_prev + b * p.ld_hp : p.h0 + b * H;
     const scalar_t* __restrict go = p.gout + b * p.ld_gout;
     scalar_t* __restrict dhs = p.dh_state + b * H;

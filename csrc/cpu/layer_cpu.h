@@ -38,6 +38,8 @@ struct CpuFwdParams {
   scalar_t* ws = nullptr;            // [N, Cell::ws_cols] the workspace rows the backward reads; nullptr: inference
   scalar_t* r_buf = nullptr;         // [B, H] o·tanh(c) before the projection, if any
   ZoneoutMask<scalar_t> zo_h, zo_c;  // [N, P] / [N, H] this direction's zoneout masks (a zero where absent)
+  // Layer norm: γ_ih [G], γ_hh [G] and (LSTM) γ_c [H], β_c [H]; nullptr without.
+  const scalar_t *ln_ih = nullptr, *ln_hh = nullptr, *ln_c_w = nullptr, *ln_c_b = nullptr;
 };
 
 // One direction of a layer's backward (its recurrent part: the cell's loop).
@@ -63,7 +65,21 @@ struct CpuBwdParams {
   scalar_t* dr_buf = nullptr;        // [B, H] with a projection: gradient of o·tanh(c_t) at one step
   ZoneoutMask<scalar_t> zo_h, zo_c;  // as in CpuFwdParams
   scalar_t* dh_carry = nullptr;      // [B, P] with zoneout: the part of a step's h gradient for h_{t-1}
+  // Layer norm: the parameters as in CpuFwdParams; the pre-activation gradients before the layer norms (dg and dg_rec
+  // then hold the products' own) of the input side and of the recurrent side (the same array for an LSTM), and
+  // (LSTM) the gradient of γ_c ⊙ ĉ + β_c.
+  const scalar_t *ln_ih = nullptr, *ln_hh = nullptr, *ln_c_w = nullptr, *ln_c_b = nullptr;
+  scalar_t* dpre = nullptr;          // [N, G]
+  scalar_t* dpre_rec = nullptr;      // [N, G]
+  scalar_t* dy_c = nullptr;          // [N, H]
 };
+
+// Direction weights' layer-norm parameters as pointers (nullptr where absent).
+template <typename scalar_t, typename Params>
+void set_layer_norm(Params& p, const DirectionWeights& w) {
+  const scalar_t** dst[] = {&p.ln_ih, &p.ln_hh, &p.ln_c_w, &p.ln_c_b};
+  for (size_t k = 0; k < w.ln.size(); ++k) *dst[k] = w.ln[k].const_data_ptr<scalar_t>();
+}
 
 // Direction d's zoneout mask from the op's [D, rows, width] tensor, or a zero (keeps nothing) where there is none.
 template <typename scalar_t>
@@ -117,6 +133,7 @@ LayerOutputs layer_fwd(const LayerArgs& a) {
       p.r_buf = s.proj ? r_buf.data_ptr<scalar_t>() : nullptr;
       p.zo_h = zoneout_mask<scalar_t>(a.zoneout_h, d);
       p.zo_c = zoneout_mask<scalar_t>(a.zoneout_c, d);
+      set_layer_norm<scalar_t>(p, w);
       Cell::fwd_loop(p);
     });
   }
@@ -150,7 +167,12 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
   if (Cell::kHasCellState) g.c0 = a.grad_c_n.contiguous().clone();
   g.input = a.need_grad_input ? at::empty(input.sizes(), opts) : at::empty({0}, opts);
   at::Tensor dg = at::empty({N, G}, opts);
-  at::Tensor dg_rec = Cell::kSplitGates ? at::empty({N, G}, opts) : dg;
+  // With layer norm the two products' gradients differ for an LSTM too (each went through its own norm).
+  at::Tensor dg_rec = Cell::kSplitGates || s.layer_norm ? at::empty({N, G}, opts) : dg;
+  at::Tensor dpre = s.layer_norm ? at::empty({N, G}, opts) : at::Tensor();
+  at::Tensor dpre_rec = s.layer_norm && Cell::kSplitGates ? at::empty({N, G}, opts) : dpre;
+  at::Tensor dy_c = s.layer_norm && Cell::kHasCellState ? at::empty({N, H}, opts) : at::Tensor();
+  const int64_t ln_col = Cell::ln_col(s), ld_ws = Cell::ws_cols(s);
   at::Tensor hprev = at::empty({N, P}, opts);
   at::Tensor dh_total = s.proj ? at::empty({N, P}, opts) : at::Tensor();
   at::Tensor r_all = s.proj ? at::empty({N, H}, opts) : at::Tensor();
@@ -172,6 +194,7 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
     if (a.has_bias && Cell::kSplitGates) g.b_hh.push_back(at::empty({G}, opts));
     if (s.proj) g.w_hr.push_back(at::empty({P, H}, opts));
     if (s.peephole) g.w_ph.push_back(at::empty(cell_w.sizes(), opts));
+    for (const at::Tensor& t : w.ln) g.ln.push_back(at::empty(t.sizes(), opts));
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_fused_cpu_bwd", [&] {
       CpuBwdParams<scalar_t> p;
       p.seq = seq;
@@ -195,6 +218,12 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
       p.zo_h = zoneout_mask<scalar_t>(a.fwd.zoneout_h, d);
       p.zo_c = zoneout_mask<scalar_t>(a.fwd.zoneout_c, d);
       p.dh_carry = carry ? dh_carry.data_ptr<scalar_t>() : nullptr;
+      set_layer_norm<scalar_t>(p, w);
+      if (s.layer_norm) {
+        p.dpre = dpre.data_ptr<scalar_t>();
+        p.dpre_rec = dpre_rec.data_ptr<scalar_t>();
+        p.dy_c = dy_c.defined() ? dy_c.data_ptr<scalar_t>() : nullptr;
+      }
       Cell::bwd_loop(p);
       // Everything below is one GEMM or reduction over all steps. Both directions read the same input, so its
       // gradient is their sum (accumulated in direction order).
@@ -209,9 +238,23 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
       gather_prev_hidden<scalar_t>(seq, P, p.out, p.ld, p.h0, hprev.data_ptr<scalar_t>());
       gemm<scalar_t>(true, G, dgr, G, GemmOperand<scalar_t>(false, seq.N, P, hprev.const_data_ptr<scalar_t>(), P),
                      false, g.w_hh[d].data_ptr<scalar_t>(), P);
+      // The biases (and the gains) sit after the layer norms: their gradients are the pre-norm ones.
+      const scalar_t* dbias = s.layer_norm ? p.dpre : dgp;
+      const scalar_t* dbias_rec = s.layer_norm ? p.dpre_rec : dgr;
       if (a.has_bias) {
-        column_sums<scalar_t>(dgp, seq.N, G, g.b_ih[d].data_ptr<scalar_t>());
-        if (Cell::kSplitGates) column_sums<scalar_t>(dgr, seq.N, G, g.b_hh[d].data_ptr<scalar_t>());
+        column_sums<scalar_t>(dbias, seq.N, G, g.b_ih[d].data_ptr<scalar_t>());
+        if (Cell::kSplitGates) column_sums<scalar_t>(dbias_rec, seq.N, G, g.b_hh[d].data_ptr<scalar_t>());
+      }
+      if (s.layer_norm) {  // γ_ih, γ_hh: the pre-norm gradients times x̂; γ_c, β_c: dy_c times ĉ, and dy_c
+        const scalar_t* xhat = p.ws + ln_col;
+        column_dot_sums<scalar_t>(p.dpre, G, xhat, ld_ws, seq.N, G, g.ln[d * w.ln.size()].data_ptr<scalar_t>());
+        column_dot_sums<scalar_t>(p.dpre_rec, G, xhat + G, ld_ws, seq.N, G,
+                                  g.ln[d * w.ln.size() + 1].data_ptr<scalar_t>());
+        if (Cell::kHasCellState) {
+          column_dot_sums<scalar_t>(p.dy_c, H, xhat + 2 * G, ld_ws, seq.N, H,
+                                    g.ln[d * w.ln.size() + 2].data_ptr<scalar_t>());
+          column_sums<scalar_t>(p.dy_c, seq.N, H, g.ln[d * w.ln.size() + 3].data_ptr<scalar_t>());
+        }
       }
       if (s.peephole) Cell::cell_weight_grad(p, g.w_ph[d].data_ptr<scalar_t>());
       if (s.proj)

@@ -13,6 +13,7 @@
 #include "cpu/layer_cpu.h"
 #include "cpu/cpu_common.h"
 #include "cpu/cpu_gemm.h"
+#include "cpu/layer_norm_cpu.h"
 #include "cpu/lstm_cpu_pointwise.h"
 
 namespace lstm_fused {
@@ -31,6 +32,9 @@ void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
   scalar_t *out = prm.out, *h_state = prm.h_state, *c_state = prm.c_state, *ws = prm.ws, *r_buf = prm.r_buf;
   const int64_t ld_out = prm.ld_out;
   const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = s.lstm_ws_cols();
+  const bool ln = s.layer_norm;
+  // Layer norm: the products go to their own columns (x̂_ih, x̂_hh) and are normalised there, rows at a time.
+  const int64_t ln_col = s.ln_col(), ln_grain = std::max<int64_t>(1, kPointwiseGrain / (4 * H));
   const GemmOperand<scalar_t> w_ih_t(true, s.I, G, w_ih, s.I);         // W_ihᵀ [I, 4H]
   const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);              // W_hhᵀ [P, 4H], reused every step
   const GemmOperand<scalar_t> w_hr_t(true, H, w_hr ? P : 0, w_hr, H);  // W_hrᵀ [H, P]
@@ -47,7 +51,12 @@ void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
     const int64_t row_hi = std::max(seq.offsets[ta] + seq.batch_sizes[ta], seq.offsets[tb] + seq.batch_sizes[tb]);
     scalar_t* base = ws ? ws + row_lo * ld_ws : scratch.data();  // gates of row row_lo
     // Input projection of the chunk's steps in one GEMM; biases are added in the pointwise pass.
-    gemm<scalar_t>(false, row_hi - row_lo, x + row_lo * s.I, s.I, w_ih_t, false, base, ld_ws);
+    if (ln) {
+      gemm<scalar_t>(false, row_hi - row_lo, x + row_lo * s.I, s.I, w_ih_t, false, base + ln_col, ld_ws);
+      ln_normalize_rows(base + ln_col, ld_ws, row_hi - row_lo, G, 2 * G + H);
+    } else {
+      gemm<scalar_t>(false, row_hi - row_lo, x + row_lo * s.I, s.I, w_ih_t, false, base, ld_ws);
+    }
     // Rows [r0, r1) of one step (clipped to the rows active at it): every product and the cell update of a
     // row read only that row's state, so a thread that owns rows needs nobody else's.
     auto step_rows = [&](int64_t step, int64_t r0, int64_t r1) {
@@ -56,7 +65,10 @@ void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
       if (r0 >= r1) return;
       scalar_t* g = base + (seq.offsets[t] - row_lo) * ld_ws;
       scalar_t* o = out + seq.offsets[t] * ld_out;
-      gemm<scalar_t>(false, r1 - r0, h_state + r0 * P, P, w_hh_t, true, g + r0 * ld_ws, ld_ws);
+      if (ln)
+        gemm<scalar_t>(false, r1 - r0, h_state + r0 * P, P, w_hh_t, false, g + r0 * ld_ws + ln_col + G, ld_ws);
+      else
+        gemm<scalar_t>(false, r1 - r0, h_state + r0 * P, P, w_hh_t, true, g + r0 * ld_ws, ld_ws);
       LstmFwdStep<scalar_t> p;
       p.H = H;
       p.coupled = s.coupled;
@@ -74,8 +86,13 @@ void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
       p.zo_h = zo_h;
       p.zo_c = prm.zo_c.advanced(seq.offsets[t]);
       p.cells_zoned = s.zoneout_c ? g + G + H : g + G;
-      at::parallel_for(r0 * H, r1 * H, kPointwiseGrain,
-                       [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
+      if (ln) {
+        p.ln_ih = prm.ln_ih, p.ln_hh = prm.ln_hh, p.ln_c_w = prm.ln_c_w, p.ln_c_b = prm.ln_c_b, p.ln_col = ln_col;
+        at::parallel_for(r0, r1, ln_grain, [&](int64_t b, int64_t e) { lstm_ln_fwd_rows(p, b, e); });
+      } else {
+        at::parallel_for(r0 * H, r1 * H, kPointwiseGrain,
+                         [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
+      }
       if (w_hr) {
         gemm<scalar_t>(false, r1 - r0, r_buf + r0 * H, H, w_hr_t, false, o + r0 * ld_out, ld_out);
         if (s.zoneout_h)  // zoneout of the projected h: the candidate is the GEMM's row, the previous value the state
@@ -152,10 +169,21 @@ void lstm_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
       p.dh_extra = gout + row0 * ld_gout;
       p.ld_dh_extra = ld_gout;
     }
-    at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
+    if (s.layer_norm) {
+      p.ln_ih = prm.ln_ih, p.ln_hh = prm.ln_hh, p.ln_c_w = prm.ln_c_w, p.ln_c_b = prm.ln_c_b, p.ln_col = s.ln_col();
+      p.dpre = prm.dpre + row0 * G;
+      p.dgates_rec = prm.dg_rec + row0 * G;
+      p.dy_c = prm.dy_c + row0 * H;
+      at::parallel_for(r0, r1, std::max<int64_t>(1, kPointwiseGrain / (4 * H)),
+                       [&](int64_t b, int64_t e) { lstm_ln_bwd_rows(p, b, e); });
+    } else {
+      at::parallel_for(r0 * H, r1 * H, kPointwiseGrain,
+                       [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
+    }
     // Gradient for h_{t-1} (plus, with zoneout on h, the part that reaches it directly). Rows that started from h0
     // at this step keep it: it is their grad of h0.
-    gemm<scalar_t>(false, r1 - r0, p.dgates + r0 * G, G, w_hh_op, false, dh_state + r0 * P, P);
+    const scalar_t* dg_rec = s.layer_norm ? p.dgates_rec : p.dgates;  // (the same gradients without layer norm)
+    gemm<scalar_t>(false, r1 - r0, dg_rec + r0 * G, G, w_hh_op, false, dh_state + r0 * P, P);
     if (s.zoneout_h)
       for (int64_t b = r0; b < r1; ++b)
         for (int64_t j = 0; j < P; ++j) dh_state[b * P + j] += dh_carry[b * P + j];
@@ -211,7 +239,8 @@ struct CpuLstm : LstmCell {
   }
   template <typename scalar_t>
   static void cell_weight_grad(const CpuBwdParams<scalar_t>& p, scalar_t* out) {
-    peephole_grads<scalar_t>(p.seq, p.s, p.dg, p.ws, p.c0, out);
+    // (Peepholes act after the layer norms: their gradients take the pre-norm ones.)
+    peephole_grads<scalar_t>(p.seq, p.s, p.s.layer_norm ? p.dpre : p.dg, p.ws, p.c0, out);
   }
 };
 

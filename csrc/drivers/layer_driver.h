@@ -35,6 +35,7 @@ struct FwdPass {
 
   explicit FwdPass(const LayerArgs& args) : a(args) {
     s = Cell::check(a, dirs);
+    TORCH_CHECK(!s.layer_norm, "lstm_fused: layer_norm is not yet implemented on the CUDA path (it runs on the CPU)");
     check_dtype(a.input);
     D = static_cast<int64_t>(dirs.size());
     lh = direction_layouts(a.input, a.batch_sizes, a.h0.size(1), D);
@@ -194,6 +195,7 @@ struct BwdPass {
         need_grad_input(a.need_grad_input), zoneout_h(a.fwd.zoneout_h), zoneout_c(a.fwd.zoneout_c) {
     const Tensor &grad_output = a.grad_output, &output = a.output, &workspace = a.workspace;
     s = Cell::check(a.fwd, dirs);
+    TORCH_CHECK(!s.layer_norm, "lstm_fused: layer_norm is not yet implemented on the CUDA path (it runs on the CPU)");
     check_dtype(input);
     D = static_cast<int64_t>(dirs.size());
     lh = direction_layouts(input, batch_sizes, h0.size(1), D);

@@ -26,12 +26,19 @@ struct LayerSizes {
   int64_t n_gates = 4;    // gate blocks of W_ih / W_hh (LSTM 4, coupled LSTM 3, GRU 3)
   bool zoneout_h = false;  // zoneout masks given for h / c
   bool zoneout_c = false;
+  bool layer_norm = false;  // layer-norm parameters given
   int64_t gates() const { return n_gates; }
   int64_t G() const { return gates() * H; }  // gate rows of W_ih / W_hh
   bool zoneout() const { return zoneout_h || zoneout_c; }
   // Workspace columns of an LSTM row: the activated gates, c_t (with zoneout_c the candidate c̃_t, then the zoned-out
-  // c_t).
-  int64_t lstm_ws_cols() const { return G() + H + (zoneout_c ? H : 0); }
+  // c_t), then with layer norm the block at ln_col().
+  int64_t lstm_ws_cols() const { return ln_col() + (layer_norm ? 2 * G() + H + 3 : 0); }
+  // LSTM with layer norm: the column of x̂_ih (the normalised input product, G), followed by x̂_hh (G), ĉ (H) and the
+  // reciprocal standard deviations of the three rows (3).
+  int64_t ln_col() const { return G() + H + (zoneout_c ? H : 0); }
+  // GRU: r, z, n and the recurrent n product, then with layer norm x̂_ih, x̂_hh (G each) and their two reciprocal
+  // standard deviations.
+  int64_t gru_ws_cols() const { return G() + H + (layer_norm ? 2 * G() + 2 : 0); }
 };
 
 // Owns the batch_sizes/offsets arrays a SeqLayout points into.
@@ -134,10 +141,12 @@ inline std::vector<int64_t> with_last(const at::Tensor& input, int64_t cols) {
   return shape;
 }
 
-// One direction's weights, taken from the per-direction lists of the op.
+// One direction's weights, taken from the per-direction lists of the op (ln: its layer-norm parameters, contiguous,
+// in LayerArgs::layer_norm's order; empty without).
 struct DirectionWeights {
   at::Tensor w_ih, w_hh;
   std::optional<at::Tensor> b_ih, b_hh, w_hr, w_ph;
+  std::vector<at::Tensor> ln;
 };
 
 // Validates a layer of D directions (h0 [D, B, P], c0 [D, B, H] where the cell has one, lists of D weights) and
@@ -162,7 +171,7 @@ inline LayerSizes check_directions(const CellKind& cell, const LayerArgs& a, std
   dirs.clear();
   LayerSizes s;
   for (int64_t d = 0; d < D; ++d) {
-    DirectionWeights dw{w.w_ih[d], w.w_hh[d], std::nullopt, std::nullopt, std::nullopt, std::nullopt};
+    DirectionWeights dw{w.w_ih[d], w.w_hh[d], std::nullopt, std::nullopt, std::nullopt, std::nullopt, {}};
     if (w.b_ih) dw.b_ih = (*w.b_ih)[d];
     if (w.b_hh) dw.b_hh = (*w.b_hh)[d];
     if (w.w_hr) dw.w_hr = (*w.w_hr)[d];
@@ -193,19 +202,42 @@ inline bool check_zoneout_mask(const std::optional<at::Tensor>& mask, const at::
   return true;
 }
 
-// An LSTM layer (coupled: gate blocks i, g, o), with its zoneout masks.
+// Layer-norm parameters: per direction `widths.size()` vectors of those lengths (LSTM G, G, H, H; GRU G, G), in the
+// input's dtype and device, handed to each direction's weights.
+inline bool check_layer_norm(const std::optional<TensorVec>& ln, const at::Tensor& input,
+                             std::vector<DirectionWeights>& dirs, const std::vector<int64_t>& widths) {
+  if (!ln) return false;
+  const int64_t D = static_cast<int64_t>(dirs.size()), per = static_cast<int64_t>(widths.size());
+  TORCH_CHECK(static_cast<int64_t>(ln->size()) == D * per, "lstm_fused: expected ", D * per, " layer_norm tensors (",
+              per, " per direction), got ", ln->size());
+  for (int64_t d = 0; d < D; ++d) {
+    dirs[d].ln.clear();
+    for (int64_t k = 0; k < per; ++k) {
+      const at::Tensor& t = (*ln)[d * per + k];
+      check_shape(t, {widths[k]}, "layer_norm parameter");
+      check_same_dtype_device(input, t, "layer_norm parameter");
+      dirs[d].ln.push_back(t.contiguous());
+    }
+  }
+  return true;
+}
+
+// An LSTM layer (coupled: gate blocks i, g, o), with its zoneout masks and layer norm.
 inline LayerSizes check_lstm_directions(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
   LayerSizes s = check_directions(lstm_cell(a.coupled), a, dirs);
   const int64_t D = static_cast<int64_t>(dirs.size());
   s.zoneout_h = check_zoneout_mask(a.zoneout_h, a.input, D, s.I, s.P, "zoneout_h");
   s.zoneout_c = check_zoneout_mask(a.zoneout_c, a.input, D, s.I, s.H, "zoneout_c");
+  s.layer_norm = check_layer_norm(a.layer_norm, a.input, dirs, {s.G(), s.G(), s.H, s.H});
   return s;
 }
 
-// A GRU layer: h0 [D, B, H], weights with gate blocks r, z, n, no projection or peepholes; its zoneout mask.
+// A GRU layer: h0 [D, B, H], weights with gate blocks r, z, n, no projection or peepholes; its zoneout mask and layer
+// norm.
 inline LayerSizes check_gru_directions(const LayerArgs& a, std::vector<DirectionWeights>& dirs) {
   LayerSizes s = check_directions(gru_cell(), a, dirs);
   s.zoneout_h = check_zoneout_mask(a.zoneout_h, a.input, static_cast<int64_t>(dirs.size()), s.I, s.H, "zoneout_h");
+  s.layer_norm = check_layer_norm(a.layer_norm, a.input, dirs, {s.G(), s.G()});
   return s;
 }
 

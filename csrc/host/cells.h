@@ -31,8 +31,10 @@ struct LstmCell {
   }
   // The weight only the cell itself reads: the peepholes ([3 or 2, H]); undefined without.
   static at::Tensor cell_weight(const DirectionWeights& w) { return w.w_ph ? w.w_ph->contiguous() : at::Tensor(); }
-  // Workspace columns per row: gates and c_t (with zoneout on c, c̃_t and c_t).
+  // Workspace columns per row: gates and c_t (with zoneout on c, c̃_t and c_t), and the layer norm's from ln_col.
   static int64_t ws_cols(const LayerSizes& s) { return s.lstm_ws_cols(); }
+  // With layer norm, the workspace column of x̂_ih (x̂_hh follows, then ĉ and the reciprocal deviations).
+  static int64_t ln_col(const LayerSizes& s) { return s.ln_col(); }
 };
 
 // GRU (nn.GRU's gates r, z, n): b_hh stays with the recurrent product (r scales W_hn·h + b_hn), so W_ih's and
@@ -49,8 +51,10 @@ struct GruCell {
   static std::optional<at::Tensor> input_bias(const DirectionWeights& w) { return w.b_ih; }
   // The weight only the cell itself reads: b_hh ([3H]); undefined without.
   static at::Tensor cell_weight(const DirectionWeights& w) { return w.b_hh ? w.b_hh->contiguous() : at::Tensor(); }
-  // Workspace columns per row: r, z, n and the recurrent n product.
-  static int64_t ws_cols(const LayerSizes& s) { return s.G() + s.H; }
+  // Workspace columns per row: r, z, n and the recurrent n product (and the layer norm's, LayerSizes::gru_ws_cols).
+  static int64_t ws_cols(const LayerSizes& s) { return s.gru_ws_cols(); }
+  // With layer norm, the workspace column of x̂_ih (x̂_hh follows, then the two reciprocal deviations).
+  static int64_t ln_col(const LayerSizes& s) { return s.G() + s.H; }
 };
 
 }  // namespace lstm_fused

@@ -44,11 +44,14 @@ struct LayerArgs {
   // Zoneout masks [D, rows, P] / [D, rows, H] (a layer op's; a stack has none): how much of the previous h / c each
   // row and unit keeps.
   std::optional<Tensor> zoneout_h, zoneout_c;
+  // Layer norm (a layer op's; a stack has none): per direction LSTM γ_ih [G], γ_hh [G], γ_c [H], β_c [H]; GRU γ_ih,
+  // γ_hh [G].
+  std::optional<TensorVec> layer_norm;
 
   // A stack's layer l, fed `x` (the input, or the output of the layer below).
   LayerArgs layer(int64_t l, const Tensor& x) const {
     return {x, batch_sizes, h0.narrow(0, l, 1), c0.narrow(0, l, 1), w.slice(l, 1), coupled, need_workspace,
-            std::nullopt, std::nullopt};
+            std::nullopt, std::nullopt, std::nullopt};
   }
 };
 
@@ -70,11 +73,12 @@ struct LayerBwdArgs {
 };
 
 // A backward's results. Per direction (per layer in a stack): w_ih, w_hh, b_ih and b_hh (empty lists without
-// biases; an LSTM's one bias gradient serves both and is in b_ih), w_hr, w_ph (empty without). input is empty unless
-// need_grad_input; c0 undefined for a GRU.
+// biases; an LSTM's one bias gradient serves both and is in b_ih), w_hr, w_ph (empty without); ln: the layer-norm
+// parameters' gradients in LayerArgs::layer_norm's order (empty without). input is empty unless need_grad_input; c0
+// undefined for a GRU.
 struct LayerGrads {
   Tensor input, h0, c0;
-  TensorVec w_ih, w_hh, b_ih, b_hh, w_hr, w_ph;
+  TensorVec w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, ln;
 };
 
 // lstm_stack_fwd's results: every layer's output and workspace (what each layer's backward reads), h_n and c_n
@@ -141,19 +145,20 @@ inline void read_layer(ArgReader& r, LayerArgs& f, Op op, bool biases) {
 
 // lstm_layer_fwd, lstm_stack_fwd, gru_layer_fwd: the layer, then need_workspace.
 inline LayerArgs read_fwd(Stack& s, Op op) {
-  ArgReader r(s, op == Op::kLstmLayer ? 14 : op == Op::kLstmStack ? 11 : 9);
+  ArgReader r(s, op == Op::kLstmLayer ? 15 : op == Op::kLstmStack ? 11 : 10);
   LayerArgs a;
   read_layer(r, a, op, /*biases=*/true);
   a.need_workspace = r.flag();
   if (op != Op::kLstmStack) a.zoneout_h = r.opt_tensor();
   if (op == Op::kLstmLayer) a.zoneout_c = r.opt_tensor();
+  if (op != Op::kLstmStack) a.layer_norm = r.opt_list();
   return a;
 }
 
 // lstm_layer_bwd, gru_layer_bwd: grad_output, grad_h_n, [grad_c_n], the layer, output, workspace, has_bias,
 // need_grad_input.
 inline LayerBwdArgs read_layer_bwd(Stack& s, Op op) {
-  ArgReader r(s, op == Op::kLstmLayer ? 18 : 12);
+  ArgReader r(s, op == Op::kLstmLayer ? 19 : 13);
   LayerBwdArgs a;
   a.grad_output = r.tensor(), a.grad_h_n = r.tensor();
   if (op != Op::kGruLayer) a.grad_c_n = r.tensor();
@@ -161,6 +166,7 @@ inline LayerBwdArgs read_layer_bwd(Stack& s, Op op) {
   a.output = r.tensor(), a.workspace = r.tensor(), a.has_bias = r.flag(), a.need_grad_input = r.flag();
   a.fwd.zoneout_h = r.opt_tensor();
   if (op == Op::kLstmLayer) a.fwd.zoneout_c = r.opt_tensor();
+  a.fwd.layer_norm = r.opt_list();
   return a;
 }
 
@@ -179,13 +185,13 @@ inline void push_lstm(Stack& s, LayerOutputs&& o) { torch::jit::push(s, o.output
 inline void push_gru(Stack& s, LayerOutputs&& o) { torch::jit::push(s, o.output, o.h_n, o.workspace); }
 inline void push_stack(Stack& s, StackOutputs&& o) { torch::jit::push(s, o.outputs, o.h_n, o.c_n, o.workspaces); }
 inline void push_lstm_grads(Stack& s, LayerGrads&& g) {
-  torch::jit::push(s, g.input, g.h0, g.c0, g.w_ih, g.w_hh, g.b_ih, g.w_hr, g.w_ph);
+  torch::jit::push(s, g.input, g.h0, g.c0, g.w_ih, g.w_hh, g.b_ih, g.w_hr, g.w_ph, g.ln);
 }
 inline void push_stack_grads(Stack& s, LayerGrads&& g) {
   torch::jit::push(s, g.input, g.h0, g.c0, g.w_ih, g.w_hh, g.b_ih, g.w_ph);
 }
 inline void push_gru_grads(Stack& s, LayerGrads&& g) {
-  torch::jit::push(s, g.input, g.h0, g.w_ih, g.w_hh, g.b_ih, g.b_hh);
+  torch::jit::push(s, g.input, g.h0, g.w_ih, g.w_hh, g.b_ih, g.b_hh, g.ln);
 }
 
 }  // namespace op_io

@@ -96,9 +96,10 @@ struct Peepholes {
 // Forward of one LSTM unit. `pre` are the pre-activations (x·W_ihᵀ + h·W_hhᵀ + biases) of that unit's
 // gates (pre.f unused when coupled). Returns the activated gates (saved for the backward), the new cell c and
 // the new hidden value h = o·tanh(c) (before any projection).
+// The gates and the new cell alone (lstm_cell_forward's first part; a layer-normalised cell takes h from LN(c)).
 template <typename acc_t, bool kPeephole = false, bool kCoupled = false>
-LF_HOST_DEVICE void lstm_cell_forward(const LstmGates<acc_t>& pre, acc_t c_prev, LstmGates<acc_t>& act, acc_t& c,
-                                      acc_t& h, const Peepholes<acc_t>& peep = {}) {
+LF_HOST_DEVICE void lstm_cell_gates(const LstmGates<acc_t>& pre, acc_t c_prev, LstmGates<acc_t>& act, acc_t& c,
+                                    const Peepholes<acc_t>& peep = {}) {
   if constexpr (kPeephole) {
     act.i = lf_sigmoid(pre.i + peep.i * c_prev);
     act.f = kCoupled ? acc_t(1) - act.i : lf_sigmoid(pre.f + peep.f * c_prev);
@@ -112,7 +113,32 @@ LF_HOST_DEVICE void lstm_cell_forward(const LstmGates<acc_t>& pre, acc_t c_prev,
     act.o = lf_sigmoid(pre.o);
     c = act.f * c_prev + act.i * act.g;
   }
+}
+
+template <typename acc_t, bool kPeephole = false, bool kCoupled = false>
+LF_HOST_DEVICE void lstm_cell_forward(const LstmGates<acc_t>& pre, acc_t c_prev, LstmGates<acc_t>& act, acc_t& c,
+                                      acc_t& h, const Peepholes<acc_t>& peep = {}) {
+  lstm_cell_gates<acc_t, kPeephole, kCoupled>(pre, c_prev, act, c, peep);
   h = act.o * lf_tanh(c);
+}
+
+// The backward through the gates and the cell update, from dc, the whole gradient reaching the new cell (the output
+// path's and the peephole's included): writes dpre.i, dpre.f, dpre.g and the gradient for c_prev.
+template <typename acc_t, bool kPeephole = false, bool kCoupled = false>
+LF_HOST_DEVICE void lstm_cell_backward_gates(const LstmGates<acc_t>& act, acc_t c_prev, acc_t dc, LstmGates<acc_t>& dpre,
+                                             acc_t& dc_prev, const Peepholes<acc_t>& peep = {}) {
+  const acc_t one = acc_t(1);
+  if constexpr (kCoupled) {
+    // c = (1 − i)·c_prev + i·g
+    dpre.i = dc * (act.g - c_prev) * act.i * (one - act.i);
+    dpre.f = acc_t(0);
+  } else {
+    dpre.i = dc * act.g * act.i * (one - act.i);
+    dpre.f = dc * c_prev * act.f * (one - act.f);
+  }
+  dpre.g = dc * act.i * (one - act.g * act.g);
+  dc_prev = dc * act.f;
+  if constexpr (kPeephole) dc_prev += dpre.i * peep.i + (kCoupled ? acc_t(0) : dpre.f * peep.f);
 }
 
 // Backward of one LSTM unit from what the forward saved (activated gates and c) plus c_prev.
@@ -129,23 +155,21 @@ LF_HOST_DEVICE void lstm_cell_backward(const LstmGates<acc_t>& act, acc_t c, acc
   dpre.o = dh * tc * act.o * (one - act.o);
   acc_t dc = dc_next + dh * act.o * (one - tc * tc);
   if constexpr (kPeephole) dc += dpre.o * peep.o;
-  if constexpr (kCoupled) {
-    // c = (1 − i)·c_prev + i·g
-    dpre.i = dc * (act.g - c_prev) * act.i * (one - act.i);
-    dpre.f = acc_t(0);
-  } else {
-    dpre.i = dc * act.g * act.i * (one - act.i);
-    dpre.f = dc * c_prev * act.f * (one - act.f);
-  }
-  dpre.g = dc * act.i * (one - act.g * act.g);
-  dc_prev = dc * act.f;
-  if constexpr (kPeephole) dc_prev += dpre.i * peep.i + (kCoupled ? acc_t(0) : dpre.f * peep.f);
+  lstm_cell_backward_gates<acc_t, kPeephole, kCoupled>(act, c_prev, dc, dpre, dc_prev, peep);
 }
 
 // The projection input o·tanh(c), recomputed in the backward rather than saved.
 template <typename acc_t>
 LF_HOST_DEVICE acc_t lstm_hidden_from_saved(const LstmGates<acc_t>& act, acc_t c) {
   return act.o * lf_tanh(c);
+}
+
+// ---- layer norm (Ba et al. 2016), without its row reductions --------------------------------------------
+// Over a row of n values x̂ = (x − mean)·rstd, rstd = 1/√(var + ε) (var biased). With y = γ ⊙ x̂ (+ β), dx̂ = dy ⊙ γ
+// and the row means m1 = mean(dx̂), m2 = mean(dx̂ ⊙ x̂): dx = rstd·(dx̂ − m1 − x̂·m2).
+template <typename acc_t>
+LF_HOST_DEVICE acc_t layer_norm_backward(acc_t dxhat, acc_t xhat, acc_t rstd, acc_t m1, acc_t m2) {
+  return rstd * (dxhat - m1 - xhat * m2);
 }
 
 // ---- zoneout (Krueger et al. 2016) --------------------------------------------------------------------

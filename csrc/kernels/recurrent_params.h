@@ -81,6 +81,13 @@ struct LstmFwdStep {
   bool zoneout = false;
   ZoneoutMask<scalar_t> zo_h, zo_c;
   scalar_t* cells_zoned = nullptr;  // [rows, ld_ws] c_t = m ⊙ c_{t-1} + (1 − m) ⊙ c̃_t (cells + H)
+  // Layer norm (ln_ih set): each workspace row holds at gates + ln_col x̂_ih [G] (normalised already), x̂_hh [G] (the raw
+  // recurrent product on entry, normalised in place), then ĉ [H] and the three rows' reciprocal deviations [3].
+  const scalar_t* ln_ih = nullptr;   // [G] γ_ih
+  const scalar_t* ln_hh = nullptr;   // [G] γ_hh
+  const scalar_t* ln_c_w = nullptr;  // [H] γ_c
+  const scalar_t* ln_c_b = nullptr;  // [H] β_c
+  int64_t ln_col = 0;
 };
 
 // One backward step's pointwise pass over rows [0, rows) of step t.
@@ -107,6 +114,16 @@ struct LstmBwdStep {
   bool zoneout = false;
   ZoneoutMask<scalar_t> zo_h, zo_c;
   scalar_t* dh_carry = nullptr;      // [rows, H] out (no projection): m ⊙ (dh + dh_extra)
+  // Layer norm (ln_ih set; the workspace rows as in LstmFwdStep): the pre-activation gradients before the layer norms
+  // go to dpre, dgates gets the input product's and dgates_rec the recurrent product's.
+  const scalar_t* ln_ih = nullptr;
+  const scalar_t* ln_hh = nullptr;
+  const scalar_t* ln_c_w = nullptr;
+  const scalar_t* ln_c_b = nullptr;
+  int64_t ln_col = 0;
+  scalar_t* dpre = nullptr;          // [rows, G] out
+  scalar_t* dgates_rec = nullptr;    // [rows, G] out
+  scalar_t* dy_c = nullptr;          // [rows, H] out: gradient of γ_c ⊙ ĉ + β_c (γ_c's and β_c's sum it)
 };
 
 // One GRU forward step's pointwise pass over rows [0, rows) of step t.
@@ -116,7 +133,8 @@ struct GruFwdStep {
   const scalar_t* xw = nullptr;    // [rows, 3H] x·W_ihᵀ + b_ih (r, z, n)
   const scalar_t* hh = nullptr;    // [rows, 3H] h_{t-1}·W_hhᵀ, without b_hh
   const scalar_t* b_hh = nullptr;  // [3H] (zeros without bias)
-  scalar_t* ws = nullptr;          // [rows, 4H] out: r, z, n and h_n = (h·W_hhᵀ + b_hh)_n, for the backward
+  scalar_t* ws = nullptr;          // [rows, ld_ws] out: r, z, n and h_n = (h·W_hhᵀ + b_hh)_n, for the backward
+  int64_t ld_ws = 0;               // 4H, or more with layer norm
   scalar_t* h_state = nullptr;     // [rows, H] h_{t-1} in, h_t out
   scalar_t* h_out = nullptr;       // [rows, ld_h] h_t (the layer output rows)
   int64_t ld_h = 0;
@@ -128,7 +146,8 @@ struct GruFwdStep {
 template <typename scalar_t>
 struct GruBwdStep {
   int64_t H = 0;
-  const scalar_t* ws = nullptr;      // [rows, 4H] this step's r, z, n, h_n
+  const scalar_t* ws = nullptr;      // [rows, ld_ws] this step's r, z, n, h_n
+  int64_t ld_ws = 0;
   const scalar_t* h_prev = nullptr;  // [n_prev, ld_hp] output rows of the previous step (h_{t-1})
   int64_t ld_hp = 0;
   int64_t n_prev = 0;                // rows below continue the previous step; the rest started from h0
