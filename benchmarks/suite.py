@@ -3,8 +3,8 @@
 Baselines, all measured in the same process on the same inputs (interleaved, rotated, medians):
   nn        nn.LSTM / nn.GRU (oneDNN or PyTorch's CPU kernels on the CPU, cuDNN on CUDA); for the weight-drop
             rows nn's module called with its weight_hh dropped for the call (AWD-LSTM's WeightDrop, functionally)
-  loop      the plain-PyTorch loop of lstm_fused.reference (the only option for peephole/coupled LSTMs and
-            zoneout, which nn does not have)
+  loop      the plain-PyTorch loop of lstm_fused.reference (the only option for peephole/coupled LSTMs, zoneout
+            and layer norm, which nn does not have)
   loop+c    that loop under torch.compile (full grid only: it unrolls T steps and compiles slowly)
   step      (CUDA) lstm_fused itself with its per-step kernels (LSTM_FUSED_CUDA_ALGO=step): what the persistent
             kernel, which auto picks where it can run, gains over them
@@ -54,6 +54,8 @@ def cpu_grid(quick):
     grid += [case("gru-weightdrop", 100, 16, 256)]
     grid += [case("lstm-zoneout", 100, B, H) for B, H in ((16, 256), (64, 512))]
     grid += [case("gru-zoneout", 100, 16, 256)]
+    grid += [case("lstm-layernorm", 100, B, H) for B, H in ((16, 128), (16, 512), (64, 256))]
+    grid += [case("gru-layernorm", 100, 16, 256)]
     return grid
 
 
@@ -124,12 +126,13 @@ def make_models(c, device, dtype):
         kw["weight_drop"] = WEIGHT_DROP
     torch.manual_seed(0)
     zoneout = dict(zoneout=ZONEOUT, **(dict(zoneout_cell=ZONEOUT) if kind == "lstm" else {}))
-    variant = {"peephole": dict(peephole=True), "coupled": dict(coupled=True), "zoneout": zoneout}.get(option, {})
+    variant = {"peephole": dict(peephole=True), "coupled": dict(coupled=True), "zoneout": zoneout,
+               "layernorm": dict(layer_norm=True)}.get(option, {})
     ours = (lstm_fused.GRU if kind == "gru" else lstm_fused.LSTM)(c["I"], c["H"], **kw, **variant)
     run_ref = reference.run_gru if kind == "gru" else reference.run_lstm
     loop = lambda x: run_ref(ours, x)  # noqa: E731
     baselines = {"loop": loop}
-    if not variant:  # nn has no peephole or coupled LSTM, and no zoneout
+    if not variant:  # nn has no peephole or coupled LSTM, no zoneout and no layer norm
         kw.pop("weight_drop", None)
         ref = (nn.GRU if kind == "gru" else nn.LSTM)(c["I"], c["H"], **kw)
         ref.load_state_dict(ours.state_dict())
@@ -346,7 +349,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default=None, help="float32 (default), float64, bfloat16, float16; comma-separated")
     ap.add_argument("--modes", default="inference,training")
     ap.add_argument("--kinds", default=None, help="subset of lstm,gru,lstm-peephole,lstm-coupled,lstm-weightdrop,"
-                    "gru-weightdrop,lstm-zoneout,gru-zoneout")
+                    "gru-weightdrop,lstm-zoneout,gru-zoneout,lstm-layernorm,gru-layernorm")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per case and model")
     ap.add_argument("--baselines", default="nn,loop,step", help="which baselines to run: nn, loop (loop+c follows loop), step (CUDA)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))

@@ -110,14 +110,39 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
 _WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_ph")
 
 
-# `zoneout`: the layer's zoneout masks for the op (h's, then LSTM's c's; None where off), or None.
-def _lstm_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, coupled: bool = False, zoneout=None):
+# `zoneout`: the layer's zoneout masks for the op (h's, then LSTM's c's; None where off), or None. `layer_norm`: the
+# layer's layer-norm parameters as the op takes them (per direction in _LN_NAMES' order), or None.
+def _lstm_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, coupled: bool = False, zoneout=None,
+                layer_norm=None):
     zo_h, zo_c = zoneout if zoneout is not None else (None, None)
-    return ops.lstm_layer(x, batch_sizes, states[0], states[1], *weights, coupled, zoneout_h=zo_h, zoneout_c=zo_c)
+    return ops.lstm_layer(x, batch_sizes, states[0], states[1], *weights, coupled, zoneout_h=zo_h, zoneout_c=zo_c,
+                          layer_norm=layer_norm)
 
 
-def _gru_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, zoneout=None):
-    return ops.gru_layer(x, batch_sizes, states[0], *weights[:4], zoneout_h=zoneout[0] if zoneout is not None else None)
+def _gru_layer(x: Tensor, batch_sizes: Optional[Tensor], states, weights, zoneout=None, layer_norm=None):
+    return ops.gru_layer(x, batch_sizes, states[0], *weights[:4], zoneout_h=zoneout[0] if zoneout is not None else None,
+                         layer_norm=layer_norm)
+
+
+# The layer-norm parameters of a layer (and direction), in the order the ops take them: the gains of the input and
+# recurrent products, then (LSTM) c's gain and bias. GRUs have the first two.
+_LN_NAMES = ("weight_ln_ih", "weight_ln_hh", "weight_ln_c", "bias_ln_c")
+
+
+def _ln_shapes(mode: str, gate_size: int, hidden_size: int) -> list:
+    shapes = [("weight_ln_ih", gate_size), ("weight_ln_hh", gate_size)]
+    return shapes + ([("weight_ln_c", hidden_size), ("bias_ln_c", hidden_size)] if mode == "LSTM" else [])
+
+
+def _init_parameters(module: nn.Module, hidden_size: int) -> None:
+    """nn's initialisation, uniform in ±1/√hidden in parameter order, of every parameter but the layer norms' (gains
+    one, biases zero), so a module with layer_norm draws the same numbers for its other parameters as without."""
+    stdv = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0
+    for name, weight in module.named_parameters():
+        if name.startswith(_LN_NAMES):
+            nn.init.zeros_(weight) if name.startswith("bias_ln") else nn.init.ones_(weight)
+        else:
+            nn.init.uniform_(weight, -stdv, stdv)
 
 
 def _zoneout_masks(ps: tuple, widths: tuple, directions: int, rows: list, training: bool, device: torch.device,
@@ -183,17 +208,19 @@ class _FusedRNNBase(nn.Module):
     weight_drop = 0.0
     zoneout = 0.0
     zoneout_cell = 0.0
+    layer_norm = False
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, peephole: bool = False, coupled: bool = False,
-                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0) -> None:
+                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0,
+                 layer_norm: bool = False) -> None:
         super().__init__()
         _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
         weight_drop = _check_probability("weight_drop", weight_drop)
         zoneout = _check_probability("zoneout", zoneout)
         zoneout_cell = _check_probability("zoneout_cell", zoneout_cell)
-        for name, flag in (("peephole", peephole), ("coupled", coupled)):
+        for name, flag in (("peephole", peephole), ("coupled", coupled), ("layer_norm", layer_norm)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
         factory_kwargs = {"device": device, "dtype": dtype}
@@ -212,6 +239,7 @@ class _FusedRNNBase(nn.Module):
         self.zoneout = zoneout
         if mode == "LSTM":
             self.zoneout_cell = zoneout_cell
+        self.layer_norm = layer_norm
         num_directions = 2 if bidirectional else 1
         # LSTM: i, f, g, o (coupled: i, g, o with f = 1 - i); GRU: r, z, n.
         gate_size = (3 if coupled or mode == "GRU" else 4) * hidden_size
@@ -233,6 +261,8 @@ class _FusedRNNBase(nn.Module):
                     shapes += [("weight_hr_l{}{}", (proj_size, hidden_size))]
                 if peephole:  # rows p_i, p_f, p_o (p_i, p_o when coupled)
                     shapes += [("weight_ph_l{}{}", (2 if coupled else 3, hidden_size))]
+                if layer_norm:  # after the layer's own, so the others keep nn's order
+                    shapes += [(name + "_l{}{}", (width,)) for name, width in _ln_shapes(mode, gate_size, hidden_size)]
                 names = []
                 for fmt, shape in shapes:
                     name = fmt.format(layer, suffix)
@@ -246,6 +276,12 @@ class _FusedRNNBase(nn.Module):
         self._weight_names = [
             tuple([f"{kind}_l{layer}{sfx}" for sfx in suffixes] if f"{kind}_l{layer}" in self._parameters else None
                   for kind in _WEIGHT_KINDS)
+            for layer in range(num_layers)
+        ]
+        # Per layer: its layer-norm parameters in the ops' order (per direction _LN_NAMES), or None.
+        self._ln_names = [
+            [f"{name}_l{layer}{sfx}" for sfx in suffixes for name, _ in _ln_shapes(mode, gate_size, hidden_size)]
+            if layer_norm else None
             for layer in range(num_layers)
         ]
         self.reset_parameters()
@@ -270,9 +306,7 @@ class _FusedRNNBase(nn.Module):
 
     def reset_parameters(self) -> None:
         # Same distribution and the same draw order as nn.LSTM: a seeded nn.LSTM and LSTM start equal.
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        _init_parameters(self, self.hidden_size)
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -298,6 +332,8 @@ class _FusedRNNBase(nn.Module):
             s += ", zoneout={zoneout}"
         if self.zoneout_cell:
             s += ", zoneout_cell={zoneout_cell}"
+        if self.layer_norm:
+            s += ", layer_norm=True"
         return s.format(**self.__dict__)
 
     # -- argument checks (nn's messages and exception types) ------------------------------------------------------
@@ -375,6 +411,11 @@ class _FusedRNNBase(nn.Module):
         if dropped_hh is None:
             return weights
         return (weights[0], [_cast(w, dtype) for w in dropped_hh[layer]], *weights[2:])
+
+    def _layer_ln(self, layer: int, dtype: torch.dtype) -> Optional[list]:
+        """The layer's layer-norm parameters in `dtype`, as the op takes them, or None without layer norm."""
+        names = self._ln_names[layer] if self.layer_norm else None
+        return None if names is None else [_cast(getattr(self, name), dtype) for name in names]
 
     def _dropped_hh(self) -> Optional[list]:
         """weight_drop in training: every layer's weight_hh (a list over the directions) with this call's mask,
@@ -470,7 +511,8 @@ class _FusedRNNBase(nn.Module):
                                 for i in range(self._num_states)]
             # One op per layer: both directions step together (one launch per step on the GPU).
             zoneout = self._layer_zoneout(x, batch_sizes, dtype)
-            x, *layer_finals = self._layer_op(_cast(x, dtype), batch_sizes, layer_states, weights, zoneout=zoneout)
+            x, *layer_finals = self._layer_op(_cast(x, dtype), batch_sizes, layer_states, weights, zoneout=zoneout,
+                                              layer_norm=self._layer_ln(layer, dtype))
             for acc, final in zip(finals, layer_finals):
                 acc.append(final)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
@@ -494,6 +536,10 @@ class LSTM(_FusedRNNBase):
     ``zoneout=p`` / ``zoneout_cell=p`` (Krueger et al. 2016): in training each unit of h / c keeps its previous value
     with probability p per step (h's candidate comes from c's candidate; with proj_size, the projected h); in eval
     h_t = p·h_{t-1} + (1 − p)·h̃_t. Masks come from torch's generator of the input's device.
+    ``layer_norm=True`` (haste's LayerNormLSTM): gates = LN(W_ih x; γ_ih) + LN(W_hh h; γ_hh) + b_ih + b_hh over each
+    layer's gate rows, h = o ⊙ tanh(LN(c; γ_c, β_c)); parameters ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` (gate
+    rows), ``weight_ln_c_l{k}``, ``bias_ln_c_l{k}`` (hidden) after each layer's own, initialised to ones, ones, ones,
+    zeros.
     """
 
     _num_states = 2  # (h, c)
@@ -501,9 +547,10 @@ class LSTM(_FusedRNNBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  device=None, dtype=None, *, peephole: bool = False, coupled: bool = False,
-                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0) -> None:
+                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0,
+                 layer_norm: bool = False) -> None:
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, device, dtype, peephole, coupled, weight_drop, zoneout, zoneout_cell)
+                         proj_size, device, dtype, peephole, coupled, weight_drop, zoneout, zoneout_cell, layer_norm)
 
     def _packed_states(self, hx, sorted_indices: Optional[Tensor], mini_batch: int):
         # nn.LSTM's order: permute, then the op's argument checks, then the shapes.
@@ -520,12 +567,13 @@ class LSTM(_FusedRNNBase):
                                       and _autocast_dtype(x, "lstm") is not None) else output_dtype
         return output_dtype, (output_dtype, c_dtype)
 
-    def _layer_op(self, x: Tensor, batch_sizes: Optional[Tensor], states, weights: tuple, zoneout=None):
-        return _lstm_layer(x, batch_sizes, states, weights, self.coupled, zoneout)
+    def _layer_op(self, x: Tensor, batch_sizes: Optional[Tensor], states, weights: tuple, zoneout=None,
+                  layer_norm=None):
+        return _lstm_layer(x, batch_sizes, states, weights, self.coupled, zoneout, layer_norm)
 
     def _layers(self, x: Tensor, batch_sizes: Optional[Tensor], states, dtype: torch.dtype):
         if not (self.num_layers > 1 and not self.bidirectional and self.proj_size == 0
-                and not (self.dropout > 0 and self.training) and not self._zoneout_on()):
+                and not (self.dropout > 0 and self.training) and not self._zoneout_on() and not self.layer_norm):
             return super()._layers(x, batch_sizes, states, dtype)
         # One op for the whole stack: on the GPU its layers can run as one wavefront launch.
         dropped_hh = self._dropped_hh()
@@ -543,7 +591,8 @@ class GRU(_FusedRNNBase):
     Same constructor, parameters (gate order r, z, n), initialisation and forward semantics as nn.GRU:
     n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h. ``forward(input, hx=None)``
     returns ``output, h_n``. Keyword-only ``weight_drop=p`` (DropConnect on ``weight_hh_l{k}``) and ``zoneout=p``
-    (on h), as for LSTM.
+    (on h), as for LSTM; ``layer_norm=True`` (haste's LayerNormGRU): both products layer-normalised over their gate rows
+    before the biases, gains ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` (ones).
     """
 
     _num_states = 1
@@ -551,13 +600,13 @@ class GRU(_FusedRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
-                 *, weight_drop: float = 0.0, zoneout: float = 0.0, **kwargs) -> None:
+                 *, weight_drop: float = 0.0, zoneout: float = 0.0, layer_norm: bool = False, **kwargs) -> None:
         if "proj_size" in kwargs:  # as nn.GRU
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype, weight_drop=weight_drop, zoneout=zoneout)
+                         device, dtype, weight_drop=weight_drop, zoneout=zoneout, layer_norm=layer_norm)
 
     def _packed_states(self, hx, sorted_indices: Optional[Tensor], mini_batch: int):
         # Checked before the permutation (nn.GRU permutes first): a wrong batch size gets "Expected hidden size"
@@ -578,16 +627,20 @@ class _FusedCellBase(nn.Module):
     `_layer_op`."""
 
     weight_drop = zoneout = zoneout_cell = 0.0  # as in _FusedRNNBase
+    layer_norm = False
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None, dtype=None,
-                 weight_drop: float = 0.0, zoneout: float = 0.0) -> None:
+                 weight_drop: float = 0.0, zoneout: float = 0.0, layer_norm: bool = False) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm should be of type bool, got: {type(layer_norm).__name__}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
         self.weight_drop = _check_probability("weight_drop", weight_drop)
         self.zoneout = _check_probability("zoneout", zoneout)
+        self.layer_norm = layer_norm
         self.weight_ih = nn.Parameter(torch.empty((gates * hidden_size, input_size), **factory_kwargs))
         self.weight_hh = nn.Parameter(torch.empty((gates * hidden_size, hidden_size), **factory_kwargs))
         if bias:
@@ -596,12 +649,16 @@ class _FusedCellBase(nn.Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        # Layer norm: weight_ln_ih, weight_ln_hh (gate rows) and LSTMCell's weight_ln_c, bias_ln_c (hidden), after the
+        # cell's own parameters.
+        self._ln_param_names = [name for name, _ in _ln_shapes(self._mode, gates * hidden_size, hidden_size)] \
+            if layer_norm else []
+        for name, width in _ln_shapes(self._mode, gates * hidden_size, hidden_size) if layer_norm else ():
+            setattr(self, name, nn.Parameter(torch.empty(width, **factory_kwargs)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        _init_parameters(self, self.hidden_size)
 
     def __prepare_scriptable__(self):
         """torch.jit.script compiles a TorchScript twin sharing these parameters (lstm_fused/scripting.py)."""
@@ -619,6 +676,8 @@ class _FusedCellBase(nn.Module):
             s += ", zoneout={zoneout}"
         if self.zoneout_cell:
             s += ", zoneout_cell={zoneout_cell}"
+        if self.layer_norm:
+            s += ", layer_norm=True"
         return s.format(**self.__dict__)
 
     def forward(self, input, hx=None):
@@ -637,8 +696,9 @@ class _FusedCellBase(nn.Module):
         weights = self._step_weights(compute_dtype)  # (weight drop draws first, as in a sequence module)
         zoneout = _zoneout_masks((self.zoneout, self.zoneout_cell)[:self._num_states], (self.hidden_size,) * 2, 1,
                                  [input.size(0)], self.training, input.device, compute_dtype)
+        ln = [_cast(getattr(self, name), compute_dtype) for name in self._ln_param_names] if self.layer_norm else None
         _, *finals = self._layer_op(_cast(input.unsqueeze(0), compute_dtype), None, step_states, weights,
-                                    zoneout=zoneout)
+                                    zoneout=zoneout, layer_norm=ln)
         finals = [_cast(final[0], result_dtype) for final in finals]
         if not is_batched:
             finals = [final.squeeze(0) for final in finals]
@@ -705,9 +765,10 @@ class LSTMCell(_FusedCellBase):
     _layer_op = staticmethod(_lstm_layer)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0) -> None:
+                 weight_drop: float = 0.0, zoneout: float = 0.0, zoneout_cell: float = 0.0,
+                 layer_norm: bool = False) -> None:
         zoneout_cell = _check_probability("zoneout_cell", zoneout_cell)
-        super().__init__(input_size, hidden_size, bias, 4, device, dtype, weight_drop, zoneout)
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype, weight_drop, zoneout, layer_norm)
         self.zoneout_cell = zoneout_cell
 
 
@@ -719,8 +780,8 @@ class GRUCell(_FusedCellBase):
     _layer_op = staticmethod(_gru_layer)
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 weight_drop: float = 0.0, zoneout: float = 0.0) -> None:
-        super().__init__(input_size, hidden_size, bias, 3, device, dtype, weight_drop, zoneout)
+                 weight_drop: float = 0.0, zoneout: float = 0.0, layer_norm: bool = False) -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype, weight_drop, zoneout, layer_norm)
 
 
 # The hook registries of nn.Module that a replacement takes over (the dicts themselves, so that the handles the

@@ -30,7 +30,8 @@ Mapping (H = hidden_size, D = 2 if bidirectional else 1, one ONNX node per layer
 
 Not expressible with ONNX's operators, so they raise a RuntimeError saying so: ``proj_size > 0`` (ONNX's LSTM
 has no projection), ``zoneout`` / ``zoneout_cell`` (its LSTM and GRU have no state that keeps part of its previous
-value, in training or in eval) and PackedSequence input (the packing is data-dependent). Dropout between layers and
+value, in training or in eval), ``layer_norm`` (nor layer normalisation inside the recurrence) and PackedSequence
+input (the packing is data-dependent). Dropout between layers and
 weight_drop are training-time operations and are left out of the exported (inference) graph, with a warning if
 the module is in training mode with either on.
 """
@@ -232,16 +233,19 @@ def _warn_dropout(module) -> None:
         )
 
 
-def _refuse_zoneout(module, name: str) -> None:
-    """Zoneout changes the recurrence itself (in eval too: h_t = p·h_{t-1} + (1 − p)·h̃_t): no ONNX LSTM/GRU node
-    computes it."""
+def _refuse_recurrence_options(module, name: str) -> None:
+    """Zoneout and layer norm change the recurrence itself (zoneout in eval too: h_t = p·h_{t-1} + (1 − p)·h̃_t): no
+    ONNX LSTM/GRU node computes them."""
+    keep = "keep it in PyTorch (torch.export / AOTInductor handle lstm_fused's ops)"
+    if getattr(module, "layer_norm", False):
+        raise _unsupported(f"{name} with layer_norm=True", "ONNX's LSTM and GRU operators have no layer normalisation "
+                           "of their gate products or cell", f"Export a model without layer_norm, or {keep}")
     on = [f"{opt}={getattr(module, opt)}" for opt in ("zoneout", "zoneout_cell") if getattr(module, opt, 0.0) > 0]
     if on:
         raise _unsupported(
             f"{name} with {' and '.join(on)}", "ONNX's LSTM and GRU operators have no zoneout (a state keeping part of "
             "its previous value at each step, in eval as in training)", "Export the model with zoneout=0 (the "
-            "option only regularises training), or keep it in PyTorch (torch.export / AOTInductor handle lstm_fused's "
-            "ops)")
+            f"option only regularises training), or {keep}")
 
 
 def _as_hx(states: list, num_states: int):
@@ -287,7 +291,7 @@ def rnn_forward(module, input, hx=None):
             f"{kind} with proj_size>0", "ONNX's LSTM operator has no projection (h_t = W_hr·h_t)",
             "Export a model without proj_size, or keep the projected LSTM in PyTorch (torch.export / AOTInductor "
             "handle lstm_fused's ops)")
-    _refuse_zoneout(module, op)
+    _refuse_recurrence_options(module, op)
     x, states, is_batched = _sequence_input(module, input, hx)
     _warn_dropout(module)
     result_dtype = x.dtype
@@ -331,7 +335,7 @@ def cell_forward(module, input, hx=None):
     """lstm_fused.LSTMCell / GRUCell .forward under torch.onnx.export: a one-step ONNX LSTM / GRU node."""
     op, num_states = module._mode, module._num_states
     _refuse_strict_retry(module._name)
-    _refuse_zoneout(module, module._name)
+    _refuse_recurrence_options(module, module._name)
     x, states, is_batched = _cell_input(module, input, hx)
     _warn_dropout(module)
     result_dtype = x.dtype

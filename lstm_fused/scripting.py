@@ -206,11 +206,13 @@ class _ScriptRNNMixin:
                 raise RuntimeError(_messages.hidden_device(weight.device, t.device))
 
     def _script_layer_weights(self, weights: List[Tensor], layer: int) -> List[List[Tensor]]:
-        """[w_ih, w_hh, b_ih, b_hh, w_hr, w_ph]: lists over the layer's directions (empty where absent)."""
+        """[w_ih, w_hh, b_ih, b_hh, w_hr, w_ph, layer_norm]: lists over the layer's directions (empty where absent;
+        layer_norm holds each direction's parameters in turn, as the op takes them)."""
         num_directions = 2 if self.bidirectional else 1
-        groups: List[List[Tensor]] = [[], [], [], [], [], []]
+        groups: List[List[Tensor]] = [[], [], [], [], [], [], []]
         for direction in range(num_directions):
             k = (layer * num_directions + direction) * self._per_direction
+            end = k + self._per_direction
             groups[0].append(weights[k])
             groups[1].append(weights[k + 1])
             k += 2
@@ -223,6 +225,10 @@ class _ScriptRNNMixin:
                 k += 1
             if self.peephole:
                 groups[5].append(weights[k])
+                k += 1
+            if self.layer_norm:
+                for i in range(k, end):
+                    groups[6].append(weights[i])
         return groups
 
     def _script_dropped_hh(self, weights: List[Tensor]) -> List[Tensor]:
@@ -246,7 +252,8 @@ class _ScriptRNNMixin:
         x = x.to(dtype)
         states = [state.to(dtype) for state in states]
         if self.mode == "LSTM" and self.num_layers > 1 and not self.bidirectional and self.proj_size == 0 and not (
-                self.dropout > 0 and self.training) and not (self.zoneout > 0 or self.zoneout_cell > 0):
+                self.dropout > 0 and self.training) and not (self.zoneout > 0 or self.zoneout_cell > 0) and not \
+                self.layer_norm:
             x, finals = self._script_lstm_stack(x, batch_sizes, states, weights)
         else:
             x, finals = self._script_layer_loop(x, batch_sizes, states, weights)
@@ -312,7 +319,8 @@ class LSTM(_ScriptRNNMixin, _eager.LSTM):
         x, h_n, c_n, _ = torch.ops.lstm_fused.lstm_layer_fwd(
             x, batch_sizes, states[0], states[1], groups[0], groups[1], _optional(groups[2], self.bias),
             _optional(groups[3], self.bias), _optional(groups[4], self.proj_size > 0),
-            _optional(groups[5], self.peephole), self.coupled, need, masks[0], masks[1])
+            _optional(groups[5], self.peephole), self.coupled, need, masks[0], masks[1],
+            _optional(groups[6], self.layer_norm))
         return x, [h_n, c_n]
 
 
@@ -336,7 +344,7 @@ class GRU(_ScriptRNNMixin, _eager.GRU):
                       ) -> Tuple[Tensor, List[Tensor]]:
         x, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(
             x, batch_sizes, states[0], groups[0], groups[1], _optional(groups[2], self.bias),
-            _optional(groups[3], self.bias), need, masks[0])
+            _optional(groups[3], self.bias), need, masks[0], _optional(groups[6], self.layer_norm))
         return x, [h_n]
 
 
@@ -406,17 +414,23 @@ class _ScriptCellMixin:
         return _zoneout_masks([self.zoneout, self.zoneout_cell][:self._num_states],
                               [self.hidden_size, self.hidden_size], 1, [x.size(1)], self.training, x.device, dtype)
 
+    def _script_step_ln(self, dtype: torch.dtype) -> Optional[List[Tensor]]:
+        """The cell's layer-norm parameters as the op takes them, or None without layer norm."""
+        return _optional([w.to(dtype) for w in self._ln_weights], self.layer_norm)
+
     def _script_params(self) -> List[Tensor]:
         params = [self.weight_ih, self.weight_hh]
         bias_ih = self.bias_ih
         bias_hh = self.bias_hh
         if bias_ih is not None and bias_hh is not None:
             params += [bias_ih, bias_hh]
-        return params
+        return params + self._ln_weights
 
 
 class LSTMCell(_ScriptCellMixin, _eager.LSTMCell):
     """An LSTMCell whose compiled forward is TorchScript; eagerly it is LSTMCell."""
+
+    _ln_weights: List[Tensor]  # (typed: TorchScript cannot infer an empty list's)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if not torch.jit.is_scripting():
@@ -428,12 +442,15 @@ class LSTMCell(_ScriptCellMixin, _eager.LSTMCell):
         w_ih, w_hh, b_ih, b_hh = self._script_step_weights(dtype)
         masks = self._script_step_masks(x, dtype)
         _, h_n, c_n, _ = torch.ops.lstm_fused.lstm_layer_fwd(x, None, states[0], states[1], w_ih, w_hh, b_ih, b_hh,
-                                                              None, None, False, need, masks[0], masks[1])
+                                                              None, None, False, need, masks[0], masks[1],
+                                                              self._script_step_ln(dtype))
         return [h_n, c_n]
 
 
 class GRUCell(_ScriptCellMixin, _eager.GRUCell):
     """A GRUCell whose compiled forward is TorchScript; eagerly it is GRUCell."""
+
+    _ln_weights: List[Tensor]  # (typed: TorchScript cannot infer an empty list's)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         if not torch.jit.is_scripting():
@@ -443,7 +460,8 @@ class GRUCell(_ScriptCellMixin, _eager.GRUCell):
     def _script_step_op(self, x: Tensor, states: List[Tensor], dtype: torch.dtype, need: bool) -> List[Tensor]:
         w_ih, w_hh, b_ih, b_hh = self._script_step_weights(dtype)
         masks = self._script_step_masks(x, dtype)
-        _, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(x, None, states[0], w_ih, w_hh, b_ih, b_hh, need, masks[0])
+        _, h_n, _ = torch.ops.lstm_fused.gru_layer_fwd(x, None, states[0], w_ih, w_hh, b_ih, b_hh, need, masks[0],
+                                                       self._script_step_ln(dtype))
         return [h_n]
 
 
@@ -471,10 +489,12 @@ def scriptable(module):
     twin._num_states = type(twin)._num_states
     # (A module pickled before an option existed has only the class default; GRUs have no zoneout_cell.)
     twin.weight_drop, twin.zoneout, twin.zoneout_cell = module.weight_drop, module.zoneout, module.zoneout_cell
+    twin.layer_norm = module.layer_norm
     if isinstance(twin, _FusedRNNBase):
         twin._fused_weights = list(twin._flat_weights)
         twin._per_direction = len(twin._all_weights[0])
     else:
         assert isinstance(twin, _FusedCellBase)
         twin._cell_name = type(twin).__name__
+        twin._ln_weights = [getattr(twin, name) for name in twin._ln_param_names] if twin.layer_norm else []
     return twin

@@ -255,8 +255,9 @@ else:  # a build without the test-only ops: the emulation test modules are not c
 VARIANTS = [(False, False), (True, False), (False, True), (True, True)]  # (peephole, coupled)
 VARIANT_IDS = ["lstm", "peephole", "coupled", "peephole+coupled"]
 
-LSTM_GRAD_NAMES = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph")
-GRU_GRAD_NAMES = ("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh")
+LSTM_GRAD_NAMES = ("grad_input", "grad_h0", "grad_c0", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_w_hr", "grad_w_ph",
+                   "grad_layer_norm")
+GRU_GRAD_NAMES = ("grad_input", "grad_h0", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "grad_layer_norm")
 
 
 def layer_args(T, B, I, H, proj, packed, dtype, seed, directions=1, peephole=False, coupled=False):
@@ -543,3 +544,35 @@ def op_results(outputs, leaves):
     loss = sum((t * torch.randn(t.shape, generator=w, dtype=torch.float64).to(t.device)).sum() for t in outputs)
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     return [t.detach().cpu() if t is not None else None for t in (*outputs, *grads)]
+
+
+def cell_and_reference_results(m, x, hx, leaves):
+    """A cell module's outputs and gradients (of a fixed weighting of its outputs, for `leaves` and its parameters)
+    next to lstm_fused.reference's for the same module, each call from seed 5 so the options draw the same masks."""
+    from lstm_fused import reference
+
+    run_ref = reference.run_lstm_cell if isinstance(m, lstm_fused.LSTMCell) else reference.run_gru_cell
+    results = []
+    for run in (m, lambda i, s: run_ref(m, i, s)):
+        torch.manual_seed(5)
+        out = run(x, hx)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        loss = sum((t * torch.arange(t.numel(), dtype=t.dtype, device=t.device).view(t.shape).cos()).sum()
+                   for t in outs)
+        results.append([*outs, *torch.autograd.grad(loss, leaves + list(m.parameters()), allow_unused=True)])
+    return results
+
+
+def assert_scripted_equals_eager(m, args):
+    """torch.jit.script(m) gives m's results bit for bit, in training (the same seed drawing the same masks) and in
+    eval."""
+    leaves = torch.utils._pytree.tree_leaves
+    scripted = torch.jit.script(m)
+    for train in (True, False):
+        m.train(train)
+        scripted.train(train)
+        torch.manual_seed(4)
+        want = m(*args)
+        torch.manual_seed(4)
+        got = scripted(*args)
+        assert all(torch.equal(a, b) for a, b in zip(leaves(got), leaves(want), strict=True))

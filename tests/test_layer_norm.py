@@ -2,13 +2,18 @@
 with layer_norm parameters against a step-by-step loop over lstm_fused.reference's cells, float64, outputs, final
 states and every gradient (the gains and c's bias included), padded and packed, one and two directions, every LSTM
 variant, a projection, with and without zoneout; gradcheck; inference equals training's forward; the results do not
-depend on the thread count; bad parameters are clear errors; the CUDA path says it does not run it yet."""
+depend on the thread count; bad parameters are clear errors; the CUDA path says it does not run it yet. Then the
+modules' layer_norm=True: against lstm_fused.reference with every other option, parameters (names, order, initial
+values, the others' draws unchanged), state dicts, TorchScript, torch.compile and torch.export."""
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
-from helpers import (grad_leaves, gru_layer_args, layer_args, op_results, reference_gru_layer, reference_lstm_layer,
-                     requires_testing_ops, requiring_grad)
-from lstm_fused import ops
+import lstm_fused
+from helpers import (assert_scripted_equals_eager, cell_and_reference_results, grad_leaves, gru_layer_args, layer_args,
+                     on_backend, op_results, reference_gru_layer, reference_lstm_layer, requires_testing_ops,
+                     requiring_grad)
+from lstm_fused import ops, reference
 
 F64 = torch.float64
 CASES = [  # T, B, I, H, proj
@@ -160,3 +165,152 @@ def test_the_cuda_path_refuses_layer_norm_until_it_runs_it():
     with pytest.raises(RuntimeError, match="layer_norm is not yet implemented on the CUDA path"):
         torch.ops.lstm_fused_testing.emu_gru_layer_fwd(x, bs, h0, *w, None, None, False, None,
                                                        [torch.ones(12, dtype=F64)] * 2)
+
+
+# ---- the modules' layer_norm=True ----------------------------------------------------------------------------------
+# (num_layers, bidirectional, proj_size, input, other options): as tests/test_regularisers.py's structures, with the
+# variants and the regularising options on some.
+MODULE_CASES = [(1, False, 0, "padded", {}), (2, True, 0, "packed", {"peephole": True}),
+                (3, False, 0, "batch_first", {"zoneout": 0.2, "zoneout_cell": 0.3}),
+                (2, False, 3, "packed", {"coupled": True, "weight_drop": 0.3}),
+                (2, True, 2, "unbatched", {"peephole": True, "coupled": True, "zoneout": 0.3})]
+
+
+def _perturb_ln(m):
+    # Away from their initial ones and zeros, so a gain or bias read wrongly shows.
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "_ln_" in name:
+                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
+
+
+def _gru_options(options):
+    return {k: v for k, v in options.items() if k in ("zoneout", "weight_drop")}
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+@pytest.mark.parametrize("case", MODULE_CASES, ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_module_matches_reference(cls, case, training):
+    num_layers, bidirectional, proj, kind, options = case
+    if cls == "GRU" and proj:
+        pytest.skip("GRU has no projection")
+    options = options if cls == "LSTM" else _gru_options(options)
+    extra = dict(proj_size=proj) if proj else {}
+    torch.manual_seed(0)
+    m = getattr(lstm_fused, cls)(4, 7, num_layers=num_layers, bidirectional=bidirectional, dtype=F64,
+                                 batch_first=kind == "batch_first", layer_norm=True, **options, **extra)
+    _perturb_ln(m)
+    m.train(training)
+    x = torch.randn({"batch_first": (5, 9, 4), "unbatched": (9, 4)}.get(kind, (9, 5, 4)), dtype=F64,
+                    requires_grad=True)
+    inp = pack_padded_sequence(x, torch.tensor([9, 3, 6, 1, 9]), enforce_sorted=False) if kind == "packed" else x
+    run_ref = reference.run_lstm if cls == "LSTM" else reference.run_gru
+    results = []
+    for run in (m, lambda i: run_ref(m, i)):
+        torch.manual_seed(5)
+        out, state = run(inp)
+        data = out.data if kind == "packed" else out
+        outs = [data, *(state if isinstance(state, tuple) else (state,))]
+        g = torch.Generator().manual_seed(2)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=F64)).sum() for t in outs)
+        results.append([*outs, *torch.autograd.grad(loss, [x, *m.parameters()], retain_graph=True)])
+    names = ["output", "h_n", "c_n"][:2 + (cls == "LSTM")] + ["grad x"] + [f"grad {n}" for n, _ in m.named_parameters()]
+    for name, a, b in zip(names, *results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("cls", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("options", [{}, {"zoneout": 0.3, "weight_drop": 0.2}], ids=["", "regularised"])
+def test_cell_matches_reference(cls, batched, options):
+    torch.manual_seed(0)
+    m = getattr(lstm_fused, cls)(4, 6, dtype=F64, layer_norm=True, **options)
+    _perturb_ln(m)
+    x = torch.randn((3, 4) if batched else (4,), dtype=F64, requires_grad=True)
+    h = torch.randn((3, 6) if batched else (6,), dtype=F64, requires_grad=True)
+    c = torch.randn((3, 6) if batched else (6,), dtype=F64, requires_grad=True)
+    hx = (h, c) if cls == "LSTMCell" else h
+    for a, b in zip(*cell_and_reference_results(m, x, hx, [x, h, c]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: lstm_fused.LSTM(4, 6, num_layers=2, bidirectional=True, proj_size=3,
+                                                              peephole=True, **kw),
+                                  lambda **kw: lstm_fused.GRU(4, 6, num_layers=2, **kw),
+                                  lambda **kw: lstm_fused.LSTMCell(4, 6, **kw),
+                                  lambda **kw: lstm_fused.GRUCell(4, 6, **kw)], ids=["lstm", "gru", "lstm-cell", "gru-cell"])
+def test_parameters_names_order_and_initialisation(make):
+    torch.manual_seed(0)
+    plain = make()
+    torch.manual_seed(0)
+    ln = make(layer_norm=True)
+    assert "layer_norm=True" in repr(ln) and "layer_norm" not in repr(plain)
+    names = [n for n, _ in ln.named_parameters()]
+    plain_names = [n for n, _ in plain.named_parameters()]
+    # Each layer's (and direction's) layer-norm parameters follow its own; the others keep nn's order and draws.
+    assert [n for n in names if "_ln_" not in n] == plain_names
+    assert all(torch.equal(getattr(ln, n), getattr(plain, n)) for n in plain_names)
+    lstm = isinstance(ln, (lstm_fused.LSTM, lstm_fused.LSTMCell))
+    kinds = ["weight_ln_ih", "weight_ln_hh"] + (["weight_ln_c", "bias_ln_c"] if lstm else [])
+    cell = isinstance(ln, (lstm_fused.LSTMCell, lstm_fused.GRUCell))
+    groups = [[""]] if cell else [[f"_l{k}{s}"] for k in range(2) for s in (("", "_reverse") if ln.bidirectional
+                                                                               else ("",))]
+    for (suffix,) in groups:
+        own = [n for n in plain_names if n.endswith(suffix)]  # this layer and direction's own parameters
+        ln_names = [kind + suffix for kind in kinds]
+        at = names.index(ln_names[0])
+        assert names[at:at + len(kinds)] == ln_names and names[at - 1] == own[-1]
+        gates = getattr(ln, ln_names[0]).shape[0]
+        assert gates == (4 if lstm else 3) * 6
+        for name in ln_names:
+            p = getattr(ln, name)
+            assert torch.equal(p, torch.zeros_like(p) if name.startswith("bias") else torch.ones_like(p)), name
+    # The state dict round-trips.
+    _perturb_ln(ln)
+    again = make(layer_norm=True)
+    again.load_state_dict(ln.state_dict())
+    args = (torch.randn(3, 4),) if cell else (torch.randn(5, 3, 4),)
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(again(*args)),
+                                                 torch.utils._pytree.tree_leaves(ln(*args))))
+
+
+@pytest.mark.parametrize("cls", [lstm_fused.LSTM, lstm_fused.GRU, lstm_fused.LSTMCell, lstm_fused.GRUCell])
+def test_layer_norm_must_be_a_bool(cls):
+    with pytest.raises(TypeError, match="layer_norm should be of type bool"):
+        cls(3, 4, layer_norm=1)
+
+
+@pytest.mark.parametrize("make", [lambda: lstm_fused.LSTM(4, 6, num_layers=2, bidirectional=True, layer_norm=True,
+                                                          zoneout=0.2),
+                                  lambda: lstm_fused.GRU(4, 6, num_layers=2, layer_norm=True),
+                                  lambda: lstm_fused.LSTMCell(4, 6, layer_norm=True),
+                                  lambda: lstm_fused.GRUCell(4, 6, layer_norm=True, zoneout=0.3)],
+                         ids=["lstm", "gru", "lstm-cell", "gru-cell"])
+def test_compile_torchscript_and_export_equal_eager(make):
+    torch.manual_seed(0)
+    m = make()
+    _perturb_ln(m)
+    cell = isinstance(m, (lstm_fused.LSTMCell, lstm_fused.GRUCell))
+    args = (torch.randn(3, 4),) if cell else (torch.randn(5, 3, 4),)
+    leaves = torch.utils._pytree.tree_leaves
+    assert_scripted_equals_eager(m, args)
+    m.eval()
+    want = m(*args)
+    torch._dynamo.reset()
+    got = torch.compile(m, fullgraph=True)(*args)
+    for a, b in zip(leaves(got), leaves(want)):
+        torch.testing.assert_close(a, b)
+    torch._dynamo.reset()
+    ep = torch.export.export(m, args)
+    assert all(torch.equal(a, b) for a, b in zip(leaves(ep.module()(*args)), leaves(want)))
+
+
+@requires_testing_ops
+def test_modules_on_the_cuda_path_say_layer_norm_is_not_there_yet():
+    with on_backend("emulated_cuda"):
+        m = lstm_fused.LSTM(3, 4, layer_norm=True)
+        with pytest.raises(RuntimeError, match="layer_norm is not yet implemented on the CUDA path"):
+            m(torch.randn(2, 1, 3))
+        lstm_fused.LSTM(3, 4)(torch.randn(2, 1, 3))  # (on_backend checks the block ran the CUDA path)

@@ -233,7 +233,7 @@ def test_training_randomness_left_out_with_a_warning(make, left_out, tmp_path):
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
 @pytest.mark.parametrize("case", ["proj_size", "packed-lstm", "packed-gru", "zoneout-lstm", "zoneout-gru",
-                                  "zoneout-lstm-cell", "zoneout-gru-cell"])
+                                  "zoneout-lstm-cell", "zoneout-gru-cell", "layer_norm-lstm", "layer_norm-gru-cell"])
 def test_unsupported_configurations_raise(case, dynamo, tmp_path):
     lengths = torch.tensor([T, T - 2, 1])
     if case == "proj_size":
@@ -250,6 +250,12 @@ def test_unsupported_configurations_raise(case, dynamo, tmp_path):
             "zoneout-gru-cell": (lstm_fused.GRUCell(I, H, zoneout=0.3), (torch.randn(B, I),), "GRUCell with zoneout=0.3"),
         }[case]
         message = f"lstm_fused: ONNX export of {message} is not supported: ONNX's LSTM and GRU operators have no zoneout"
+    elif case.startswith("layer_norm"):
+        model, args, name = ((lstm_fused.LSTM(I, H, 2, layer_norm=True), (torch.randn(T, B, I),), "LSTM")
+                             if case == "layer_norm-lstm" else
+                             (lstm_fused.GRUCell(I, H, layer_norm=True), (torch.randn(B, I),), "GRUCell"))
+        message = (f"lstm_fused: ONNX export of {name} with layer_norm=True is not supported: ONNX's LSTM and GRU "
+                   "operators have no layer normalisation")
     else:
         model = lstm_fused.LSTM(I, H) if case == "packed-lstm" else lstm_fused.GRU(I, H)
         args = (pack_padded_sequence(torch.randn(T, B, I), lengths),)
@@ -258,7 +264,8 @@ def test_unsupported_configurations_raise(case, dynamo, tmp_path):
     with pytest.raises(RuntimeError, match=re.escape(message)) as info:
         export(model.eval(), args, tmp_path / "model.onnx", dynamo)
     assert any(todo in str(info.value) for todo in ("Export the module with padded input", "Export a model without "
-                                                    "proj_size", "Export the model with zoneout=0"))
+                                                    "proj_size", "Export the model with zoneout=0",
+                                                    "Export a model without layer_norm"))
 
 
 def test_other_tracers_keep_the_fused_ops():

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_fused
-from helpers import BACKENDS, on_backend
+from helpers import BACKENDS, assert_scripted_equals_eager, cell_and_reference_results, on_backend
 from lstm_fused import reference
 
 F64 = torch.float64
@@ -94,14 +94,7 @@ def test_cell_option_matches_reference(backend, cls, batched, option, training):
         hx, leaves = ((h, h.detach().clone().requires_grad_()), [x, h]) if cls == "LSTMCell" else (h, [x, h])
         if cls == "LSTMCell":
             leaves.append(hx[1])
-        run_ref = reference.run_lstm_cell if cls == "LSTMCell" else reference.run_gru_cell
-        results = []
-        for run in (m, lambda i, s: run_ref(m, i, s)):
-            torch.manual_seed(5)
-            out = run(x, hx)
-            outs = list(out) if isinstance(out, tuple) else [out]
-            loss = sum((t * torch.arange(t.numel(), dtype=F64, device=device).view(t.shape)).sum() for t in outs)
-            results.append([*outs, *torch.autograd.grad(loss, leaves + list(m.parameters()))])
+        results = cell_and_reference_results(m, x, hx, leaves)
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
@@ -246,17 +239,7 @@ MODULES_WITH_ALL = {"lstm": lambda: lstm_fused.LSTM(4, 6, num_layers=2, bidirect
 def test_torchscript_draws_eagers_masks(make):
     torch.manual_seed(0)
     m = MODULES_WITH_ALL[make]()
-    scripted = torch.jit.script(m)
-    args = _call_args(m)
-    for train in (True, False):
-        m.train(train)
-        scripted.train(train)
-        torch.manual_seed(4)
-        want = m(*args)
-        torch.manual_seed(4)
-        got = scripted(*args)
-        for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
-            assert torch.equal(a, b)
+    assert_scripted_equals_eager(m, _call_args(m))
 
 
 @pytest.mark.parametrize("make", ["lstm", "lstm-proj", "gru", "lstm-cell"])
@@ -275,13 +258,13 @@ def test_export_in_eval(make):
 def test_module_pickled_before_the_options_still_runs_and_scripts(make):
     # An instance from before the options existed has no such attributes: forward, repr and TorchScript still work.
     m = make()
-    for name in NAMES:
+    for name in (*NAMES, "layer_norm"):
         if name in vars(m):
             delattr(m, name)
         assert name not in vars(m)
     x = torch.randn(3, 4) if isinstance(m, (lstm_fused.LSTMCell, lstm_fused.GRUCell)) else torch.randn(5, 3, 4)
     want = m(x)
-    assert not any(name in repr(m) for name in NAMES)
+    assert not any(name in repr(m) for name in (*NAMES, "layer_norm"))
     got = torch.jit.script(m)(x)
     for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
         assert torch.equal(a, b)
