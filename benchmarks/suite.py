@@ -352,6 +352,8 @@ def main(argv=None):
                     "gru-weightdrop,lstm-zoneout,gru-zoneout,lstm-layernorm,gru-layernorm")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per case and model")
     ap.add_argument("--baselines", default="nn,loop,step", help="which baselines to run: nn, loop (loop+c follows loop), step (CUDA)")
+    ap.add_argument("--no-compiled-loop", action="store_true",
+                    help="skip loop+c on the full grid too (compiling a T-step loop takes minutes per row)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = ap.parse_args(argv)
 
@@ -379,7 +381,8 @@ def main(argv=None):
         dtype = getattr(torch, dt_name)
         for c in grid:
             for mode in modes:
-                compiled_loop = not args.quick and c["T"] <= 100 and c["B"] == 16 and c["layers"] == 1 and not c["packed"]
+                compiled_loop = (not args.quick and not args.no_compiled_loop and c["T"] <= 100 and c["B"] == 16
+                                 and c["layers"] == 1 and not c["packed"])
                 rows.append(bench_case(c, mode, device, dtype, min_time, timer, compiled_loop,
                                        tuple(args.baselines.split(","))))
                 done = len(rows)

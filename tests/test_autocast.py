@@ -229,3 +229,35 @@ def test_autocast_matches_nn_dtypes_and_accepts_its_own_states():
         gru(x.bfloat16(), h)
         lstm_fused.LSTMCell(3, 4)(torch.randn(2, 3).bfloat16())
         lstm_fused.GRUCell(3, 4)(torch.randn(2, 3).bfloat16())
+
+
+OPTIONS = dict(zoneout=0.2, layer_norm=True)
+
+
+@pytest.mark.parametrize("make,options", [
+    (lambda **kw: lstm_fused.LSTM(3, 4, num_layers=2, bidirectional=True, **kw),
+     dict(OPTIONS, zoneout_cell=0.3, weight_drop=0.3)),
+    (lambda **kw: lstm_fused.LSTM(3, 4, proj_size=2, **kw), OPTIONS),
+    (lambda **kw: lstm_fused.GRU(3, 4, num_layers=2, **kw), dict(OPTIONS, weight_drop=0.3)),
+    (lambda **kw: lstm_fused.LSTMCell(3, 4, **kw), dict(OPTIONS, zoneout_cell=0.3)),
+    (lambda **kw: lstm_fused.GRUCell(3, 4, **kw), OPTIONS),
+], ids=["lstm", "lstm-proj", "gru", "lstm-cell", "gru-cell"])
+def test_options_under_cpu_autocast(make, options):
+    # Zoneout, layer norm and weight drop under autocast: the plain module's result dtypes, the float32 computation's
+    # values (the same seed draws the same masks), float32 gradients in every parameter.
+    torch.manual_seed(0)
+    m = make(**options)
+    cell = isinstance(m, (lstm_fused.LSTMCell, lstm_fused.GRUCell))
+    x = torch.randn(2, 3) if cell else torch.randn(5, 2, 3)
+    torch.manual_seed(1)
+    want = flat_tensors(m(x))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain_dtypes = [t.dtype for t in flat_tensors(make()(x))]
+        torch.manual_seed(1)
+        got = flat_tensors(m(x))
+    assert [g.dtype for g in got] == plain_dtypes
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.float(), w, rtol=0.02, atol=0.02)
+    sum(g.float().sum() for g in got).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in m.parameters())
