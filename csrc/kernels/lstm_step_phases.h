@@ -207,6 +207,8 @@ LF_HOST_DEVICE void fwd_cell(const FwdStepParams<T, A>& p, int64_t b, int64_t j,
     w[G + H + j] = c;
   }
   if (p.zo_h.data) {  // no projection here, so P == H
+    // (A plain load, as the GRU's: on the persistent path the block that wrote unit j of h_{t-1} is this one, so no
+    // stale L1 line; a tiling that moved units between blocks would need load_fresh here.)
     const A h_prev = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + j] : p.h0[b * p.P + j]);
     h = zoneout_forward(p.zo_h.at(b, j), h_prev, h);
   }
