@@ -42,7 +42,7 @@ ALGOS = {"step": "step", "gemm": "gemm_step", "persistent": "persistent"}
 
 
 @contextlib.contextmanager
-def _runningop_args_on(backend, algo, proj, monkeypatch):
+def _running_on(backend, algo, proj, monkeypatch):
     """The block's ops on `backend` (helpers.on_backend) with the CUDA path's kernel `algo` forced (None: the automatic
     choice), checking that kernel ran; yields the device."""
     if algo == "persistent" and proj:
@@ -63,7 +63,7 @@ def _check_lstm(case, packed, directions, variant, which, kind, backend, algo, m
     args, rows, P, g = _layer(T, B, I, H, proj, packed, directions, *variant, seed=sum(case) + directions)
     zo_h, zo_c = _masks(kind, which, directions, rows, P, H, g)
     expected = op_results(reference_lstm_layer(*args, zo_h, zo_c), grad_leaves(args))
-    with _runningop_args_on(backend, algo, proj, monkeypatch) as device:
+    with _running_on(backend, algo, proj, monkeypatch) as device:
         ours = op_args_on(args, device)
         masks = [m.to(device) if m is not None else None for m in (zo_h, zo_c)]
         actual = op_results(ops.lstm_layer(*ours, zoneout_h=masks[0], zoneout_c=masks[1]), grad_leaves(ours))
@@ -146,7 +146,7 @@ def _check_gru(case, packed, directions, bias, kind, backend, algo, monkeypatch)
     args, rows, g = _gru_args(T, B, I, H, packed, directions, bias, seed=sum(case) + directions)
     zo_h, _ = _masks(kind, "h", directions, rows, H, H, g)
     expected = op_results(reference_gru_layer(*args, zo_h), grad_leaves(args))
-    with _runningop_args_on(backend, algo, 0, monkeypatch) as device:
+    with _running_on(backend, algo, 0, monkeypatch) as device:
         ours = op_args_on(args, device)
         actual = op_results(ops.gru_layer(*ours, zoneout_h=zo_h.to(device)), grad_leaves(ours))
     for i, (a, b) in enumerate(zip(actual, expected, strict=True)):
