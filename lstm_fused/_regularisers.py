@@ -6,7 +6,7 @@ its reverse), then, just before each layer runs, that layer's zoneout masks: h's
 ([D, rows, width]), then c's. An option at 0 draws nothing, so it leaves the generator exactly as the option off
 does.
 """
-from typing import List, Union
+from typing import List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,21 @@ def zoneout_op_mask(directions: int, rows: List[int], width: int, p: float, trai
         shape = [directions] + rows + [width]
         return (torch.rand(shape, device=device) < p).to(dtype).view(directions, n, width)
     return torch.full([1, 1, 1], p, dtype=dtype, device=device).expand([directions, n, width])
+
+
+def zoneout_op_masks(ps: List[float], widths: List[int], directions: int, rows: List[int], training: bool,
+                     device: torch.device, dtype: torch.dtype) -> List[Optional[Tensor]]:
+    """A layer's (or a cell step's) zoneout arguments for the op, in this module's order: per state (h, then an
+    LSTM's c) with probability ps[k] > 0 a zoneout_op_mask of width widths[k] in the accumulate dtype of `dtype`
+    (float64 for float64, else float32), else None (nothing drawn). (TorchScript compiles it for the twins.)"""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    masks: List[Optional[Tensor]] = []
+    for k in range(len(ps)):
+        if ps[k] > 0:
+            masks.append(zoneout_op_mask(directions, rows, widths[k], ps[k], training, device, acc))
+        else:
+            masks.append(None)
+    return masks
 
 
 def drop_weight(weight: Tensor, p: float) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _messages, onnx_export, ops
-from ._regularisers import drop_weight, zoneout_op_mask
+from ._regularisers import drop_weight, zoneout_op_masks
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert"]
 
@@ -145,16 +145,11 @@ def _init_parameters(module: nn.Module, hidden_size: int) -> None:
             nn.init.uniform_(weight, -stdv, stdv)
 
 
-def _zoneout_masks(ps: tuple, widths: tuple, directions: int, rows: list, training: bool, device: torch.device,
-                   dtype: torch.dtype) -> Optional[tuple]:
-    """One layer's (or cell step's) zoneout arguments for the op, drawn in _regularisers' order: per state with
-    probability ps[k] > 0 a [directions, R, widths[k]] mask in the accumulate dtype of `dtype`, else None; None when
-    every probability is 0 (nothing drawn)."""
-    if not any(p > 0 for p in ps):
-        return None
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    return tuple(zoneout_op_mask(directions, rows, w, p, training, device, acc) if p > 0 else None
-                 for p, w in zip(ps, widths))
+def _options_repr(module) -> str:
+    """extra_repr's part for the keyword-only options that are on (shown by name)."""
+    s = "".join(f", {name}={getattr(module, name)}" for name in ("weight_drop", "zoneout", "zoneout_cell")
+                if getattr(module, name))
+    return s + (", layer_norm=True" if module.layer_norm else "")
 
 
 def _check_rnn_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
@@ -326,15 +321,7 @@ class _FusedRNNBase(nn.Module):
             s += ", peephole=True"
         if self.coupled:
             s += ", coupled=True"
-        if self.weight_drop:
-            s += ", weight_drop={weight_drop}"
-        if self.zoneout:
-            s += ", zoneout={zoneout}"
-        if self.zoneout_cell:
-            s += ", zoneout_cell={zoneout_cell}"
-        if self.layer_norm:
-            s += ", layer_norm=True"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _options_repr(self)
 
     # -- argument checks (nn's messages and exception types) ------------------------------------------------------
     def _check_input(self, input: Tensor, batch_sizes: Optional[Tensor]) -> None:
@@ -434,8 +421,8 @@ class _FusedRNNBase(nn.Module):
             return None
         rows = [x.size(0), x.size(1)] if batch_sizes is None else [x.size(0)]
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
-        return _zoneout_masks((self.zoneout, self.zoneout_cell)[:self._num_states], (P, self.hidden_size),
-                              2 if self.bidirectional else 1, rows, self.training, x.device, dtype)
+        return zoneout_op_masks([self.zoneout, self.zoneout_cell][:self._num_states], [P, self.hidden_size],
+                                2 if self.bidirectional else 1, rows, self.training, x.device, dtype)
 
     def _check_device(self, x: Tensor) -> None:
         if x.device.type == "cuda" and not _HAS_CUDA_KERNELS:
@@ -670,15 +657,7 @@ class _FusedCellBase(nn.Module):
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
             s += ", bias={bias}"
-        if self.weight_drop:
-            s += ", weight_drop={weight_drop}"
-        if self.zoneout:
-            s += ", zoneout={zoneout}"
-        if self.zoneout_cell:
-            s += ", zoneout_cell={zoneout_cell}"
-        if self.layer_norm:
-            s += ", layer_norm=True"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _options_repr(self)
 
     def forward(self, input, hx=None):
         """input: [B, I] or unbatched [I]; hx: the states, (h, c) for LSTMCell, h for GRUCell (zeros when None).
@@ -694,8 +673,9 @@ class _FusedCellBase(nn.Module):
         # One time step of the fused layer op: [1, B, I] in, the states after that step out.
         step_states = [_cast(states[i].unsqueeze(0), compute_dtype) for i in range(self._num_states)]
         weights = self._step_weights(compute_dtype)  # (weight drop draws first, as in a sequence module)
-        zoneout = _zoneout_masks((self.zoneout, self.zoneout_cell)[:self._num_states], (self.hidden_size,) * 2, 1,
-                                 [input.size(0)], self.training, input.device, compute_dtype)
+        zoneout = zoneout_op_masks([self.zoneout, self.zoneout_cell][:self._num_states], [self.hidden_size] * 2, 1,
+                                   [input.size(0)], self.training, input.device, compute_dtype) \
+            if self.zoneout > 0 or self.zoneout_cell > 0 else None
         ln = [_cast(getattr(self, name), compute_dtype) for name in self._ln_param_names] if self.layer_norm else None
         _, *finals = self._layer_op(_cast(input.unsqueeze(0), compute_dtype), None, step_states, weights,
                                     zoneout=zoneout, layer_norm=ln)

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _messages, ops
-from ._regularisers import zoneout_op_mask
+from ._regularisers import zoneout_op_masks
 from . import modules as _eager
 from .modules import _FusedCellBase, _FusedRNNBase
 
@@ -79,19 +79,6 @@ def _optional(tensors: List[Tensor], present: bool) -> Optional[List[Tensor]]:
 
 # TorchScript has no union of a tuple and a tensor, so each twin's typed forward turns its hx into a list of
 # states ([h, c] for LSTM, [h] for GRU) and back; everything between is shared, in the eager modules' order.
-def _zoneout_masks(ps: List[float], widths: List[int], directions: int, rows: List[int], training: bool,
-                   device: torch.device, dtype: torch.dtype) -> List[Optional[Tensor]]:
-    """modules._zoneout_masks: per state a mask for the op, or None (p = 0, nothing drawn)."""
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    masks: List[Optional[Tensor]] = []
-    for k in range(len(ps)):
-        if ps[k] > 0:
-            masks.append(zoneout_op_mask(directions, rows, widths[k], ps[k], training, device, acc))
-        else:
-            masks.append(None)
-    return masks
-
-
 def _pair_states(hx: Optional[Tuple[Tensor, Tensor]]) -> Optional[List[Tensor]]:
     if hx is None:
         return None
@@ -286,7 +273,7 @@ class _ScriptRNNMixin:
                 layer_params.extend(group)
             need = _needs_workspace([x] + layer_states, layer_params)
             rows = [x.size(0), x.size(1)] if batch_sizes is None else [x.size(0)]
-            masks = _zoneout_masks([self.zoneout, self.zoneout_cell][:self._num_states], self._script_state_widths(),
+            masks = zoneout_op_masks([self.zoneout, self.zoneout_cell][:self._num_states], self._script_state_widths(),
                                    num_directions, rows, self.training, x.device, x.dtype)
             x, layer_finals = self._script_layer(x, batch_sizes, layer_states, groups, need, masks)
             for i in range(len(finals)):
@@ -411,7 +398,7 @@ class _ScriptCellMixin:
 
     def _script_step_masks(self, x: Tensor, dtype: torch.dtype) -> List[Optional[Tensor]]:
         """The step's zoneout masks, drawn after weight_drop's (x: the step input [1, B, I])."""
-        return _zoneout_masks([self.zoneout, self.zoneout_cell][:self._num_states],
+        return zoneout_op_masks([self.zoneout, self.zoneout_cell][:self._num_states],
                               [self.hidden_size, self.hidden_size], 1, [x.size(1)], self.training, x.device, dtype)
 
     def _script_step_ln(self, dtype: torch.dtype) -> Optional[List[Tensor]]:

@@ -1,7 +1,5 @@
 // The GRU on the CPU (CpuOps' GRU ops): its sequence loops — per step one GEMM of h against W_hhᵀ and one fused
 // pointwise pass (cpu/gru_cpu_pointwise.h) — run by the layer driver (cpu/layer_cpu.h) as CpuGru.
-#include <algorithm>
-
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -53,13 +51,8 @@ void gru_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
       for (int64_t r = r0; r < r1; ++r) {
         scalar_t* row = xw.data() + r * G;
         if (ln) {
-          const scalar_t rstd = ln_normalize(row, row, G);
-          if (ws) {
-            scalar_t* w = ws + (row_lo + r) * ld_ws;
-            std::copy(row, row + G, w + xi_col);
-            w[rs_col] = rstd;
-          }
-          for (int64_t c = 0; c < G; ++c) row[c] = prm.ln_ih[c] * row[c] + b_ih[c];
+          scalar_t* w = ws ? ws + (row_lo + r) * ld_ws : nullptr;
+          gru_ln_row(row, G, prm.ln_ih, b_ih, w ? w + xi_col : nullptr, w ? w + rs_col : nullptr);
         } else {
           for (int64_t c = 0; c < G; ++c) row[c] += b_ih[c];
         }
@@ -72,16 +65,11 @@ void gru_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
       if (r0 >= r1) return;
       gemm<scalar_t>(false, r1 - r0, h_state + r0 * H, H, w_hh_t, false, hh.data() + r0 * G, G);
       if (ln)
-        at::parallel_for(r0, r1, std::max<int64_t>(1, kPointwiseGrain / G), [&](int64_t b0, int64_t b1) {
+        at::parallel_for(r0, r1, ln_row_grain(G), [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            scalar_t* row = hh.data() + b * G;
-            const scalar_t rstd = ln_normalize(row, row, G);
-            if (ws) {
-              scalar_t* w = ws + (off + b) * ld_ws;
-              std::copy(row, row + G, w + xh_col);
-              w[rs_col + 1] = rstd;
-            }
-            for (int64_t c = 0; c < G; ++c) row[c] *= prm.ln_hh[c];
+            scalar_t* w = ws ? ws + (off + b) * ld_ws : nullptr;
+            gru_ln_row<scalar_t>(hh.data() + b * G, G, prm.ln_hh, nullptr, w ? w + xh_col : nullptr,
+                                 w ? w + rs_col + 1 : nullptr);
           }
         });
       GruFwdStep<scalar_t> p;
@@ -138,7 +126,7 @@ void gru_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
     p.zo_h = prm.zo_h.advanced(off);
     at::parallel_for(r0 * H, r1 * H, kPointwiseGrain, [&](int64_t b, int64_t e) { gru_bwd_pointwise_dispatch(p, b, e); });
     if (ln)
-      at::parallel_for(r0, r1, std::max<int64_t>(1, kPointwiseGrain / G), [&](int64_t b0, int64_t b1) {
+      at::parallel_for(r0, r1, ln_row_grain(G), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const scalar_t* w = p.ws + b * ld_ws;
           ln_backward_row(p.dgx + b * G, prm.ln_ih, w + xi_col, w[rs_col], G, dgx + (off + b) * G);

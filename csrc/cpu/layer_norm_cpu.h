@@ -4,8 +4,10 @@
 // results do not depend on the thread count. Elementwise math from cell_math.h.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 
+#include "cpu/cpu_common.h"
 #include "cpu/lstm_cpu_pointwise.h"
 #include "kernels/cell_math.h"
 #include "kernels/recurrent_params.h"
@@ -26,6 +28,25 @@ scalar_t ln_normalize(const scalar_t* x, scalar_t* out, int64_t n) {
   const double rstd = 1.0 / std::sqrt(var / double(n) + kLayerNormEps);
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<scalar_t>((double(x[i]) - mean) * rstd);
   return static_cast<scalar_t>(rstd);
+}
+
+// Rows per parallel chunk of a row pass over rows of G gate products: about kPointwiseGrain elements.
+inline int64_t ln_row_grain(int64_t G) { return std::max<int64_t>(1, kPointwiseGrain / G); }
+
+// One GRU product row normalised, then scaled in place: row = γ ⊙ x̂ (+ bias, where given), x̂ and its rstd kept in
+// the workspace row where there is one (ws_xhat nullptr: inference).
+template <typename scalar_t>
+void gru_ln_row(scalar_t* row, int64_t G, const scalar_t* gamma, const scalar_t* bias, scalar_t* ws_xhat,
+                scalar_t* ws_rstd) {
+  const scalar_t rstd = ln_normalize(row, row, G);
+  if (ws_xhat) {
+    std::copy(row, row + G, ws_xhat);
+    *ws_rstd = rstd;
+  }
+  if (bias)
+    for (int64_t c = 0; c < G; ++c) row[c] = gamma[c] * row[c] + bias[c];
+  else
+    for (int64_t c = 0; c < G; ++c) row[c] *= gamma[c];
 }
 
 // The gradient reaching a row's x of y = γ ⊙ x̂ from dy (layer_norm_backward; dy·γ staged in `out`, which may be dy).

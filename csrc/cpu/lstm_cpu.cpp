@@ -34,7 +34,7 @@ void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
   const int64_t H = s.H, P = s.P, G = s.G(), ld_ws = s.lstm_ws_cols();
   const bool ln = s.layer_norm;
   // Layer norm: the products go to their own columns (x̂_ih, x̂_hh) and are normalised there, rows at a time.
-  const int64_t ln_col = s.ln_col(), ln_grain = std::max<int64_t>(1, kPointwiseGrain / (4 * H));
+  const int64_t ln_col = s.ln_col();
   const GemmOperand<scalar_t> w_ih_t(true, s.I, G, w_ih, s.I);         // W_ihᵀ [I, 4H]
   const GemmOperand<scalar_t> w_hh_t(true, P, G, w_hh, P);              // W_hhᵀ [P, 4H], reused every step
   const GemmOperand<scalar_t> w_hr_t(true, H, w_hr ? P : 0, w_hr, H);  // W_hrᵀ [H, P]
@@ -88,7 +88,7 @@ void lstm_fwd_loop(const CpuFwdParams<scalar_t>& prm) {
       p.cells_zoned = s.zoneout_c ? g + G + H : g + G;
       if (ln) {
         p.ln_ih = prm.ln_ih, p.ln_hh = prm.ln_hh, p.ln_c_w = prm.ln_c_w, p.ln_c_b = prm.ln_c_b, p.ln_col = ln_col;
-        at::parallel_for(r0, r1, ln_grain, [&](int64_t b, int64_t e) { lstm_ln_fwd_rows(p, b, e); });
+        at::parallel_for(r0, r1, ln_row_grain(G), [&](int64_t b, int64_t e) { lstm_ln_fwd_rows(p, b, e); });
       } else {
         at::parallel_for(r0 * H, r1 * H, kPointwiseGrain,
                          [&](int64_t b, int64_t e) { lstm_fwd_pointwise_dispatch(p, b, e); });
@@ -174,8 +174,7 @@ void lstm_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
       p.dpre = prm.dpre + row0 * G;
       p.dgates_rec = prm.dg_rec + row0 * G;
       p.dy_c = prm.dy_c + row0 * H;
-      at::parallel_for(r0, r1, std::max<int64_t>(1, kPointwiseGrain / (4 * H)),
-                       [&](int64_t b, int64_t e) { lstm_ln_bwd_rows(p, b, e); });
+      at::parallel_for(r0, r1, ln_row_grain(G), [&](int64_t b, int64_t e) { lstm_ln_bwd_rows(p, b, e); });
     } else {
       at::parallel_for(r0 * H, r1 * H, kPointwiseGrain,
                        [&](int64_t b, int64_t e) { lstm_bwd_pointwise_dispatch(p, b, e); });
