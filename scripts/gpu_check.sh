@@ -42,7 +42,7 @@ echo "== CUDA tests"
 (cd /tmp && LSTM_FUSED_TESTING=1 LSTM_FUSED_LARGE_TESTS=1 timeout 300 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib --maxfail=30 -rf \
   --durations=8 "$ROOT/tests/test_cuda_persistent.py" "$ROOT/tests/test_cuda.py" "$ROOT/tests/test_autocast.py" \
   "$ROOT/tests/test_large_tensors.py::test_workspace_over_2_31_elements_cuda" \
-  "$ROOT"/tests/test_{parity,packed,cells,gradients,lstm_variants,compile,errors,zoneout,regularisers}.py \
+  "$ROOT"/tests/test_{parity,packed,cells,gradients,lstm_variants,compile,errors,zoneout,regularisers,layer_norm}.py \
   -k "cuda and not emulated_cuda" \
   2>&1) | tee "$OUT/tests.log" | tail -45
 fi

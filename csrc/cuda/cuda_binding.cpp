@@ -129,6 +129,27 @@ struct GpuRunner {
     const cudaError_t err = cuda_step::launch_gru_bwd_step<T, A>(p, stream);
     C10_CUDA_CHECK(err);
   }
+  // Layer norm: the row norms and the layer-norm LSTM's step kernels (a block per row).
+  template <typename T, typename A>
+  void step(const cuda_step::RowLaunch<cuda_step::RowNormParams<T, A>>& l) {
+    const cudaError_t err = cuda_step::launch_row_norm<T, A>(l, stream);
+    C10_CUDA_CHECK(err);
+  }
+  template <typename T, typename A>
+  void step(const cuda_step::RowLaunch<cuda_step::RowNormBwdParams<T, A>>& l) {
+    const cudaError_t err = cuda_step::launch_row_norm_bwd<T, A>(l, stream);
+    C10_CUDA_CHECK(err);
+  }
+  template <typename T, typename A>
+  void ln_step(const cuda_step::DirectionParams<cuda_step::FwdStepParams<T, A>>& p) {
+    const cudaError_t err = cuda_step::launch_lstm_ln_fwd_step<T, A>(p, stream);
+    C10_CUDA_CHECK(err);
+  }
+  template <typename T, typename A>
+  void ln_step(const cuda_step::DirectionParams<cuda_step::BwdStepParams<T, A>>& p) {
+    const cudaError_t err = cuda_step::launch_lstm_ln_bwd_step<T, A>(p, stream);
+    C10_CUDA_CHECK(err);
+  }
 };
 
 void check_cuda_args(const Tensor& input, int64_t rows) {

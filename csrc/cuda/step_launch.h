@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include "kernels/gru_step_phases.h"
+#include "kernels/layer_norm_phases.h"
 #include "kernels/lstm_step_phases.h"
 
 namespace lstm_fused {
@@ -38,6 +39,19 @@ cudaError_t launch_gru_fwd_step(const DirectionParams<GruFwdStepParams<T, A>>& p
 
 template <typename T, typename A>
 cudaError_t launch_gru_bwd_step(const DirectionParams<GruBwdStepParams<T, A>>& p, cudaStream_t stream);
+
+// Layer norm (cuda/layer_norm_kernels.cu): a block per row.
+template <typename T, typename A>
+cudaError_t launch_row_norm(const RowLaunch<RowNormParams<T, A>>& l, cudaStream_t stream);
+
+template <typename T, typename A>
+cudaError_t launch_row_norm_bwd(const RowLaunch<RowNormBwdParams<T, A>>& l, cudaStream_t stream);
+
+template <typename T, typename A>
+cudaError_t launch_lstm_ln_fwd_step(const DirectionParams<FwdStepParams<T, A>>& p, cudaStream_t stream);
+
+template <typename T, typename A>
+cudaError_t launch_lstm_ln_bwd_step(const DirectionParams<BwdStepParams<T, A>>& p, cudaStream_t stream);
 
 }  // namespace cuda_step
 }  // namespace lstm_fused

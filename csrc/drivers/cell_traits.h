@@ -4,12 +4,14 @@
 #pragma once
 
 #include <optional>
+#include <type_traits>
 
 #include <ATen/ATen.h>
 
 #include "host/cells.h"
 #include "drivers/driver_common.h"
 #include "kernels/gru_step_phases.h"
+#include "kernels/layer_norm_phases.h"
 #include "kernels/lstm_step_phases.h"
 
 namespace lstm_fused {
@@ -24,6 +26,17 @@ struct BwdRows {
   bool has_later;
   int64_t later_off;
 };
+
+// A direction's layer-norm gains (kernels/lstm_step_phases.h), from its checked parameters (host/arg_checks.h).
+template <typename T>
+cuda_step::LnGains<T> ln_gains(const DirectionWeights& w) {
+  cuda_step::LnGains<T> g;
+  if (w.ln.empty()) return g;
+  g.ih = w.ln[0].const_data_ptr<T>();
+  g.hh = w.ln[1].const_data_ptr<T>();
+  if (w.ln.size() > 2) g.c_w = w.ln[2].const_data_ptr<T>(), g.c_b = w.ln[3].const_data_ptr<T>();
+  return g;
+}
 
 // LSTM.
 struct LstmTraits : LstmCell {
@@ -52,6 +65,45 @@ struct LstmTraits : LstmCell {
     p.c_n = f.c_n.template data_ptr<T>() + d * f.B * s.H;
     p.zo_c = mask_rows<A>(f.a.zoneout_c, d, off);
     if (!s.proj) p.zo_h = mask_rows<A>(f.a.zoneout_h, d, off);  // with a projection: FwdPass::project
+    if (s.layer_norm) {
+      p.ln = ln_gains<T>(f.dirs[d]);
+      p.ln_bias = f.in_bias[d].defined() ? f.in_bias[d].template const_data_ptr<T>() : nullptr;
+      p.ln_col = s.ln_col();
+      if (f.a.need_workspace) {  // where FwdPass::input_norm wrote x̂_ih (fill_input_norm)
+        p.xhat_ih = f.ws.template const_data_ptr<A>() + (d * f.N + off) * f.LW + p.ln_col;
+        p.ld_xhat_ih = f.LW;
+      } else {
+        p.xhat_ih = f.xw[d].template const_data_ptr<A>() + off * f.G;
+        p.ld_xhat_ih = f.G;
+      }
+    }
+  }
+
+  // The input side's norm (FwdPass::input_norm): x̂_ih and its rstd into the workspace in training; in place in
+  // inference (the workspace then holds two steps' rows, and only this call's steps read x̂_ih).
+  template <typename T, typename A, typename Pass>
+  static void fill_input_norm(cuda_step::RowNormParams<T, A>& p, Pass& f, int64_t d) {
+    if (!f.a.need_workspace) {
+      p.xhat = f.xw[d].template data_ptr<A>(), p.ld_xhat = f.G;
+      return;
+    }
+    A* ws = f.ws.template data_ptr<A>() + d * f.N * f.LW;
+    p.xhat = ws + f.s.ln_col(), p.ld_xhat = f.LW;
+    p.rstd = ws + cuda_step::LstmLnCols{f.G, f.H, f.s.ln_col()}.rstd(0), p.ld_rstd = f.LW;
+  }
+
+  // One step of every direction, forward or backward: the step kernel, or with layer norm its row kernel (after the
+  // GEMM).
+  template <typename Runner, typename Pass, typename DP>
+  static void run_fwd_step(Runner& run, Pass& pass, const DP& dp, int64_t) {
+    if (pass.s.layer_norm)
+      run.ln_step(dp);
+    else
+      run.step(dp);
+  }
+  template <typename Runner, typename Pass, typename DP>
+  static void run_bwd_step(Runner& run, Pass& pass, const DP& dp, int64_t step) {
+    run_fwd_step(run, pass, dp, step);
   }
 
   // The backward step's LSTM fields. Pass: the driver's BwdPass.
@@ -64,7 +116,7 @@ struct LstmTraits : LstmCell {
     p.peep = s.peephole ? b.cell_w[d].template const_data_ptr<T>() : nullptr;
     p.ld_ws = b.LW;
     p.ld_gout = b.D * P;
-    p.dg_later = r.has_later ? b.dg.template const_data_ptr<A>() + (d * N + r.later_off) * G : nullptr;
+    p.dg_later = r.has_later ? b.dg_rec.template const_data_ptr<A>() + (d * N + r.later_off) * G : nullptr;
     p.gout = b.gout.defined() ? b.gout.template const_data_ptr<T>() + r.off * b.D * P + d * P : nullptr;
     p.c_prev = r.n_prev > 0 ? b.ws.template const_data_ptr<A>() + (d * N + r.prev_off) * b.LW + c_col(s) : nullptr;
     p.c0 = b.c0c.template const_data_ptr<T>() + d * B * H;
@@ -73,6 +125,13 @@ struct LstmTraits : LstmCell {
     p.zo_h = mask_rows<A>(b.zoneout_h, d, r.off);
     p.zo_c = mask_rows<A>(b.zoneout_c, d, r.off);
     if (s.zoneout_h) p.dh_carry = b.dh_carry.template data_ptr<A>() + d * B * P;
+    if (s.layer_norm) {
+      p.ln = ln_gains<T>(b.dirs[d]);
+      p.ln_col = s.ln_col();
+      p.dpre = b.dpre.template data_ptr<A>() + (d * N + r.off) * G;
+      p.dg_rec = b.dg_rec.template data_ptr<A>() + (d * N + r.off) * G;
+      p.dy_c = b.dy_c.template data_ptr<A>() + (d * N + r.off) * H;
+    }
     if (s.proj) {
       p.dh_tot = b.dh_tot.template data_ptr<A>() + (d * N + r.off) * P;
       p.dr = b.dr.template const_data_ptr<A>() + d * B * H;
@@ -94,7 +153,7 @@ struct LstmTraits : LstmCell {
     const LayerSizes& s = b.s;
     if (!s.peephole) return;
     const int64_t H = s.H, G = b.G;
-    const Tensor dgd = b.dg[d];
+    const Tensor dgd = s.layer_norm ? b.dpre[d] : b.dg[d];  // (the peepholes act after the norms)
     const Tensor cells = b.ws[d].narrow(1, G, H);  // the candidates c̃_t, which o saw
     const Tensor c_prev = gather_prev_hidden(b.lh[d].view(), b.batch_sizes.has_value(), b.ws[d].narrow(1, c_col(s), H),
                                              b.c0[d].to(b.At).contiguous());
@@ -117,7 +176,78 @@ struct GruTraits : GruCell {
   template <typename T, typename A, typename Pass>
   static void fill_fwd(FwdStep<T, A>& p, const Pass& f, int64_t d, int64_t, int64_t off, int64_t, int64_t) {
     p.b_hh = f.cell_w[d].defined() ? f.cell_w[d].template const_data_ptr<T>() : nullptr;
+    p.ld_ws = f.LW;
     p.zo_h = mask_rows<A>(f.a.zoneout_h, d, off);
+    if (f.s.layer_norm) p.xw_ln = f.xw[d].template const_data_ptr<A>() + off * f.G;  // γ_ih ⊙ x̂_ih + b_ih
+  }
+
+  // Workspace columns of the layer-norm GRU's rows (LayerSizes::gru_ws_cols): from ln_col x̂_ih [G], x̂_hh [G], then the
+  // two rstd.
+  static int64_t rstd_col(const LayerSizes& s, int which) { return ln_col(s) + 2 * s.G() + which; }
+
+  // The input side's norm (FwdPass::input_norm): γ_ih ⊙ x̂_ih + b_ih in place, which the cell reads (xw_ln); x̂_ih and
+  // its rstd into the workspace in training.
+  template <typename T, typename A, typename Pass>
+  static void fill_input_norm(cuda_step::RowNormParams<T, A>& p, Pass& f, int64_t d) {
+    p.gamma = f.dirs[d].ln[0].template const_data_ptr<T>();
+    p.beta = f.in_bias[d].defined() ? f.in_bias[d].template const_data_ptr<T>() : nullptr;
+    p.y = f.xw[d].template data_ptr<A>(), p.ld_y = f.G;
+    if (!f.a.need_workspace) return;
+    A* ws = f.ws.template data_ptr<A>() + d * f.N * f.LW;
+    p.xhat = ws + ln_col(f.s), p.ld_xhat = f.LW;
+    p.rstd = ws + rstd_col(f.s, 0), p.ld_rstd = f.LW;
+  }
+
+  // One step of every direction; with layer norm the GEMM's product is first normalised and scaled in place (γ_hh ⊙
+  // x̂_hh; x̂_hh and its rstd into the step's workspace rows), then the plain cell kernel runs on it.
+  template <typename Runner, typename Pass, typename DP>
+  static void run_fwd_step(Runner& run, Pass& f, const DP& dp, int64_t step) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(dp.dir[0].h0)>>;
+    using A = std::remove_pointer_t<decltype(dp.dir[0].ws)>;
+    if (f.s.layer_norm) {
+      cuda_step::RowLaunch<cuda_step::RowNormParams<T, A>> l;
+      l.count = dp.count;
+      for (int d = 0; d < dp.count; ++d) {
+        const SeqLayout seq = f.lh[d].view();
+        auto& p = l.set[d];
+        p.n = f.G, p.rows = dp.dir[d].rows;
+        p.x = f.rec[d].template data_ptr<A>(), p.ld_x = f.G;
+        A* w = f.ws.template data_ptr<A>() + f.ws_row(d, step, seq.time_at(step));
+        p.xhat = w + ln_col(f.s) + f.G, p.ld_xhat = f.LW;
+        p.rstd = w + rstd_col(f.s, 1), p.ld_rstd = f.LW;
+        p.gamma = f.dirs[d].ln[1].template const_data_ptr<T>();
+        p.y = f.rec[d].template data_ptr<A>(), p.ld_y = f.G;
+      }
+      run.step(l);
+    }
+    run.step(dp);
+  }
+
+  // One backward step of every direction; with layer norm the cell kernel's gradients are the ones before the norms
+  // (dpre, dpre_rec: fill_bwd), and a row launch takes both products' through their norms.
+  template <typename Runner, typename Pass, typename DP>
+  static void run_bwd_step(Runner& run, Pass& b, const DP& dp, int64_t step) {
+    run.step(dp);
+    if (!b.s.layer_norm) return;
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(dp.dir[0].h0)>>;
+    using A = std::remove_pointer_t<decltype(dp.dir[0].dh)>;
+    cuda_step::RowLaunch<cuda_step::RowNormBwdParams<T, A>> l;
+    l.count = 2 * dp.count;
+    for (int d = 0; d < dp.count; ++d) {
+      const SeqLayout seq = b.lh[d].view();
+      const int64_t row0 = d * b.N + seq.offsets[seq.time_at(step)];
+      const A* w = b.ws.template const_data_ptr<A>() + row0 * b.LW;
+      for (int k = 0; k < 2; ++k) {  // the input product, then the recurrent one
+        auto& p = l.set[2 * d + k];
+        p.n = b.G, p.rows = dp.dir[d].rows;
+        p.dy = (k == 0 ? b.dpre : b.dpre_rec).template const_data_ptr<A>() + row0 * b.G, p.ld_dy = b.G;
+        p.gamma = b.dirs[d].ln[k].template const_data_ptr<T>();
+        p.xhat = w + ln_col(b.s) + k * b.G, p.ld_xhat = b.LW;
+        p.rstd = w + rstd_col(b.s, k), p.ld_rstd = b.LW;
+        p.dx = (k == 0 ? b.dg : b.dg_rec).template data_ptr<A>() + row0 * b.G, p.ld_dx = b.G;
+      }
+    }
+    run.step(l);
   }
 
   template <typename T, typename A, typename Pass>
@@ -131,8 +261,10 @@ struct GruTraits : GruCell {
     p.h_prev = r.n_prev > 0 ? b.out2d.template const_data_ptr<T>() + r.prev_off * D * H + d * H : nullptr;
     p.h0 = b.h0c.template const_data_ptr<T>() + d * B * H;
     p.dh = b.dh.template data_ptr<A>() + (d * N + r.off) * H;
-    p.dgx = b.dg.template data_ptr<A>() + (d * N + r.off) * G;
-    p.dgh = b.dg_rec.template data_ptr<A>() + (d * N + r.off) * G;
+    p.ld_ws = b.LW;
+    // With layer norm the gradients before the norms (run_bwd_step takes them through).
+    p.dgx = (b.s.layer_norm ? b.dpre : b.dg).template data_ptr<A>() + (d * N + r.off) * G;
+    p.dgh = (b.s.layer_norm ? b.dpre_rec : b.dg_rec).template data_ptr<A>() + (d * N + r.off) * G;
     p.zo_h = mask_rows<A>(b.zoneout_h, d, r.off);
     if (r.has_later) p.zo_h_later = mask_rows<A>(b.zoneout_h, d, r.later_off);
   }

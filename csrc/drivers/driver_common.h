@@ -56,13 +56,15 @@ inline bool persistent_considered(int64_t B) {
 
 // A layer pass's recurrent path, counted (host/path_stats.h): the persistent launch of all `steps` where allowed and
 // the runner takes it (true), else per-step launches, whose `gemm` says whether each step's product is a GEMM.
+// `gemm_only`: the layer runs the GEMM path whatever the batch (layer norm, check_layer_norm_path).
 template <typename Runner, typename Steps>
-bool persistent_or_steps(Runner& run, const Steps& steps, int64_t B, bool allow_persistent, bool& gemm) {
-  if (allow_persistent && persistent_considered(B) && run.sequence(persistent::flatten(steps), B)) {
+bool persistent_or_steps(Runner& run, const Steps& steps, int64_t B, bool allow_persistent, bool& gemm,
+                         bool gemm_only = false) {
+  if (!gemm_only && allow_persistent && persistent_considered(B) && run.sequence(persistent::flatten(steps), B)) {
     count_path(RecurrentPath::kPersistent);
     return true;
   }
-  gemm = gemm_steps(B);
+  gemm = gemm_only || gemm_steps(B);
   count_path(gemm ? RecurrentPath::kGemmStep : RecurrentPath::kStep);
   return false;
 }
@@ -122,6 +124,14 @@ inline bool want_persistent(const persistent::Plan& plan, int64_t B, bool fits =
   TORCH_CHECK(ok || optional || a != Algo::kPersistent, "lstm_fused: LSTM_FUSED_CUDA_ALGO=persistent, but the "
               "persistent kernel cannot run this layer: ", plan.ok ? "the grid cannot be co-resident" : plan.why);
   return ok && (a == Algo::kPersistent || B <= kPersistentMaxBatch);
+}
+
+// Layer-norm layers run the per-step GEMM path only: their norms reduce over whole rows of the recurrent product,
+// which the step and persistent kernels split between blocks.
+inline void check_layer_norm_path(bool layer_norm) {
+  const Algo a = algo_from_env();
+  TORCH_CHECK(!layer_norm || a == Algo::kAuto || a == Algo::kGemm, "lstm_fused: LSTM_FUSED_CUDA_ALGO=",
+              a == Algo::kStep ? "step" : "persistent", ", but layer_norm runs on the gemm path only");
 }
 
 // Projection layers always take the per-step kernels (a GEMM sits between one step's cell and the next).

@@ -31,11 +31,12 @@ struct FwdPass {
   // ws: per row the activated gates and what else the backward reads (LSTM: c_t, or with zoneout on c the candidate
   // c̃_t and c_t; GRU: the recurrent n product).
   Tensor ws, out, h_n, c_n, h0c, c0c;
-  std::vector<Tensor> xw, w_hh_c, cell_w, r_buf, w_hr_t;  // per direction
+  // Per direction. xw: the input product of every step, [N, G]: in T with the biases folded in; with layer norm in the
+  // accumulate type without them (the norm comes first; in_bias holds them). rec: the GEMM path's h_{t-1}·W_hhᵀ, [B, G].
+  std::vector<Tensor> xw, in_bias, w_hh_c, cell_w, r_buf, w_hr_t, rec;
 
   explicit FwdPass(const LayerArgs& args) : a(args) {
     s = Cell::check(a, dirs);
-    TORCH_CHECK(!s.layer_norm, "lstm_fused: layer_norm is not yet implemented on the CUDA path (it runs on the CPU)");
     check_dtype(a.input);
     D = static_cast<int64_t>(dirs.size());
     lh = direction_layouts(a.input, a.batch_sizes, a.h0.size(1), D);
@@ -56,7 +57,14 @@ struct FwdPass {
       cell_w.push_back(Cell::cell_weight(w));
       // Input projection of all steps in one GEMM per direction, with the biases the cell folds in: [N, G].
       const std::optional<Tensor> bias = Cell::input_bias(w);
-      xw.push_back(bias ? at::addmm(*bias, x2d, w.w_ih.t()) : at::mm(x2d, w.w_ih.t()));
+      if (s.layer_norm) {
+        Tensor prod = at::empty({N, G}, A_opts);
+        mm_into(prod, x2d, w.w_ih.t());
+        xw.push_back(prod);
+        in_bias.push_back(bias ? bias->contiguous() : Tensor());
+      } else {
+        xw.push_back(bias ? at::addmm(*bias, x2d, w.w_ih.t()) : at::mm(x2d, w.w_ih.t()));
+      }
       w_hh_c.push_back(w.w_hh.contiguous());
       r_buf.push_back(s.proj ? at::empty({B, H}, T_opts) : Tensor());
       w_hr_t.push_back(s.proj ? w.w_hr->t() : Tensor());
@@ -86,7 +94,7 @@ struct FwdPass {
         p.ld_out = D * P;
         p.h_prev = n_prev > 0 ? out.const_data_ptr<T>() + seq.offsets[prev] * D * P + d * P : nullptr;
         p.h0 = h0c.const_data_ptr<T>() + d * h0c.stride(0);
-        p.xw = xw[d].const_data_ptr<T>() + off * G;
+        p.xw = s.layer_norm ? nullptr : xw[d].const_data_ptr<T>() + off * G;  // (layer norm: Cell::fill_fwd)
         p.w_hh = w_hh_c[d].const_data_ptr<T>();
         p.ws = ws.data_ptr<A>() + ws_row(d, step, t);
         // With a projection the cell writes o·tanh(c_t) for the projection GEMM, which writes the output and h_n.
@@ -107,18 +115,19 @@ struct FwdPass {
       using A = cuda_step::acc_t<T>;
       auto steps = this->steps<T, A>();
       // The whole sequence in one persistent launch where the runner can (no projection: it needs a GEMM
-      // between the cell and the next step); else one launch per step.
+      // between the cell and the next step; no layer norm); else one launch per step.
       check_persistent_possible(s.proj);
+      check_layer_norm_path(s.layer_norm);
+      if (s.layer_norm) input_norm<T, A>(runner);
       bool gemm = false;
-      if (persistent_or_steps(runner, steps, B, !s.proj, gemm)) return;
-      std::vector<Tensor> rec;  // [B, G] per direction: h_{t-1}·W_hhᵀ of the GEMM path
+      if (persistent_or_steps(runner, steps, B, !s.proj, gemm, s.layer_norm)) return;
       for (int64_t d = 0; gemm && d < D; ++d) rec.push_back(at::empty({B, G}, A_opts));
       for (int64_t step = 0; step < n_steps; ++step) {
         for (int64_t d = 0; gemm && d < D; ++d) {
           gemm_prev_hidden(rec[d], lh[d].view(), step, out.narrow(1, d * P, P), h0c[d], w_hh_c[d].t());
-          steps[step].dir[d].rec = rec[d].template const_data_ptr<A>();
+          steps[step].dir[d].rec = rec[d].template data_ptr<A>();
         }
-        runner.step(steps[step]);  // one launch: this step of every direction
+        Cell::run_fwd_step(runner, *this, steps[step], step);  // this step of every direction
         if (s.proj) project<T, A>(runner, step);
       }
     });
@@ -126,6 +135,21 @@ struct FwdPass {
     ws_shape.insert(ws_shape.begin(), D);
     return {out.view(with_last(a.input, D * P)), h_n, c_n,
             a.need_workspace ? ws.view(ws_shape) : at::empty({0}, A_opts)};
+  }
+
+  // The input side's norm over every step's rows at once, one launch for every direction (what it writes where:
+  // Cell::fill_input_norm).
+  template <typename T, typename A, typename Runner>
+  void input_norm(Runner& runner) {
+    cuda_step::RowLaunch<cuda_step::RowNormParams<T, A>> l;
+    l.count = static_cast<int>(D);
+    for (int64_t d = 0; d < D; ++d) {
+      auto& p = l.set[d];
+      p.n = G, p.rows = N;
+      p.x = xw[d].data_ptr<A>(), p.ld_x = G;
+      Cell::fill_input_norm(p, *this, d);
+    }
+    runner.step(l);
   }
 
   // The projection of step `step`'s rows, h_t = W_hr·(o·tanh(c_t)), into the output and, for rows that end here, h_n.
@@ -182,7 +206,10 @@ struct BwdPass {
   Tensor gout, ghn, h0c, c0c, ws, out2d;
   // Pre-activation gradients [D, N, G]: dg of the input-side product (x·W_ihᵀ, and the biases folded into it);
   // dg_rec of the recurrent product h·W_hhᵀ: the same tensor for an LSTM, its own for a GRU (r scales W_hn·h).
-  Tensor dg, dg_rec;
+  // With layer norm both are the products' gradients after their norms (an LSTM's differ then too), and dpre / dpre_rec
+  // the gradients before them (the biases', the gains', the peepholes'; the same tensor for an LSTM).
+  Tensor dg, dg_rec, dpre, dpre_rec;
+  Tensor dy_c;      // [D, N, H] layer-norm LSTM: gradient of γ_c ⊙ ĉ + β_c
   Tensor dh;        // [D, N, H] GRU: total gradient of each h_t (the next step's z ⊙ dh reads it)
   Tensor dc_state;  // [D, B, H] LSTM: gradient of the cell state, carried from step to step
   Tensor dh_tot, dr, r_all;  // projection: [D, N, P] gradient of h_t, [D, B, H] of o·tanh(c_t), [D, N, H] o·tanh(c_t)
@@ -195,7 +222,6 @@ struct BwdPass {
         need_grad_input(a.need_grad_input), zoneout_h(a.fwd.zoneout_h), zoneout_c(a.fwd.zoneout_c) {
     const Tensor &grad_output = a.grad_output, &output = a.output, &workspace = a.workspace;
     s = Cell::check(a.fwd, dirs);
-    TORCH_CHECK(!s.layer_norm, "lstm_fused: layer_norm is not yet implemented on the CUDA path (it runs on the CPU)");
     check_dtype(input);
     D = static_cast<int64_t>(dirs.size());
     lh = direction_layouts(input, batch_sizes, h0.size(1), D);
@@ -220,7 +246,12 @@ struct BwdPass {
     ws = workspace.reshape({D, N, LW}).contiguous();
     out2d = output.reshape({N, D * P}).contiguous();
     dg = at::empty({D, N, G}, A_opts);
-    dg_rec = Cell::kSplitGates ? at::empty({D, N, G}, A_opts) : dg;
+    dg_rec = Cell::kSplitGates || s.layer_norm ? at::empty({D, N, G}, A_opts) : dg;
+    if (s.layer_norm) {
+      dpre = at::empty({D, N, G}, A_opts);
+      dpre_rec = Cell::kSplitGates ? at::empty({D, N, G}, A_opts) : dpre;
+      if (Cell::kHasCellState) dy_c = at::empty({D, N, H}, A_opts);
+    }
     if (Cell::kSplitGates) dh = at::empty({D, N, H}, A_opts);
     if (Cell::kHasCellState) {
       c0c = c0.contiguous();
@@ -279,8 +310,9 @@ struct BwdPass {
       using A = cuda_step::acc_t<T>;
       auto steps = this->steps<T, A>();
       check_persistent_possible(s.proj);
+      check_layer_norm_path(s.layer_norm);
       bool gemm = false;
-      if (persistent_or_steps(run, steps, B, !s.proj, gemm)) return;
+      if (persistent_or_steps(run, steps, B, !s.proj, gemm, s.layer_norm)) return;
       std::vector<Tensor> rec, w_hh_a;  // [B, P] per direction: dG_rec_later·W_hh of the GEMM path
       for (int64_t d = 0; gemm && d < D; ++d) {
         rec.push_back(at::empty({B, P}, input.options().dtype(At)));
@@ -297,7 +329,7 @@ struct BwdPass {
             continue;
           }
         }
-        run.step(steps[i]);
+        Cell::run_bwd_step(run, *this, steps[i], n_steps - 1 - i);
       }
     });
   }
@@ -313,7 +345,23 @@ struct BwdPass {
       Tensor dr_rows = dr[d].narrow(0, 0, bs);
       at::mm_out(dr_rows, dh_tot[d].narrow(0, seq.offsets[t], bs), w_hr_a[d]);
     }
-    run.step(step_params, cuda_step::kPointwiseOnly);
+    if (s.layer_norm)
+      run.ln_step(step_params);  // reads dr as the plain pointwise launch does
+    else
+      run.step(step_params, cuda_step::kPointwiseOnly);
+  }
+
+  // The gains' gradients (in LayerArgs::layer_norm's order): γ_ih and γ_hh the gradients before the norms times x̂, an
+  // LSTM's γ_c dy_c times ĉ and β_c dy_c, each summed over every row.
+  void layer_norm_grads(LayerGrads& g, int64_t d) {
+    const int64_t col = Cell::ln_col(s);
+    const Tensor w = ws[d];
+    g.ln.push_back((dpre[d] * w.narrow(1, col, G)).sum(0).to(Tt));
+    g.ln.push_back((dpre_rec[d] * w.narrow(1, col + G, G)).sum(0).to(Tt));
+    if (Cell::kHasCellState) {
+      g.ln.push_back((dy_c[d] * w.narrow(1, col + 2 * G, H)).sum(0).to(Tt));
+      g.ln.push_back(dy_c[d].sum(0).to(Tt));
+    }
   }
 
   LayerGrads tail() {
@@ -345,10 +393,13 @@ struct BwdPass {
       g.w_ih.push_back(at::mm(dgd.t(), x2d.to(At)).to(Tt));
       const Tensor hprev = gather_prev_hidden(seq, batch_sizes.has_value(), out2d.narrow(1, d * P, P), h0c[d]);
       g.w_hh.push_back(at::mm(dg_rec_d.t(), hprev.to(At)).to(Tt));
+      // The biases sit after the norms: their gradients are the ones before.
+      const Tensor dbias = s.layer_norm ? dpre[d] : dgd, dbias_rec = s.layer_norm ? dpre_rec[d] : dg_rec_d;
       if (has_bias) {
-        g.b_ih.push_back(dgd.sum(0).to(Tt));
-        if (Cell::kSplitGates) g.b_hh.push_back(dg_rec_d.sum(0).to(Tt));
+        g.b_ih.push_back(dbias.sum(0).to(Tt));
+        if (Cell::kSplitGates) g.b_hh.push_back(dbias_rec.sum(0).to(Tt));
       }
+      if (s.layer_norm) layer_norm_grads(g, d);
       if (s.proj) g.w_hr.push_back(at::mm(dh_tot[d].t(), r_all[d]).to(Tt));
       Cell::cell_weight_grads(g, *this, d);
     }

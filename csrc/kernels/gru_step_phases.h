@@ -19,7 +19,11 @@ struct GruFwdStepParams {
   const T* xw = nullptr;       // [rows, 3H] x·W_ihᵀ + b_ih of this step
   const T* w_hh = nullptr;     // [3H, H]
   const T* b_hh = nullptr;     // [3H] or nullptr
-  A* ws = nullptr;             // [rows, 4H] out: r, z, n, and the recurrent n product (with b_hn)
+  A* ws = nullptr;             // [rows, ld_ws] out: r, z, n, and the recurrent n product (with b_hn)
+  int64_t ld_ws = 0;           // 4H, or more with layer norm
+  // Layer norm: the input side γ_ih ⊙ x̂_ih + b_ih instead of xw ([rows, 3H]; in the accumulate type, from the row-norm
+  // launch), and rec already γ_hh ⊙ x̂_hh (the cell adds b_hh as without).
+  const A* xw_ln = nullptr;
   T* h_out = nullptr;          // [rows, ld_out] out: h_t (this direction's columns of the output)
   int64_t end_lo = 0, end_hi = 0;  // rows [end_lo, end_hi) end their sequence at this step: h_t goes to h_n
   T* h_n = nullptr;                // [B, H]
@@ -36,12 +40,13 @@ struct GruBwdStepParams {
   int64_t n_prev = 0;           // rows below continue the previous step (forward order); the rest started from h0
   int64_t ld_out = 0;           // row stride of output / gout (D·H)
   const A* dgh_later = nullptr;  // [n_later, 3H] recurrent-side pre-activation gradients of the step after t
-  const A* ws_later = nullptr;   // [n_later, 4H] that step's gates (for z)
+  const A* ws_later = nullptr;   // [n_later, ld_ws] that step's gates (for z)
   const A* dh_later = nullptr;   // [n_later, H] that step's total gradient of h
   const T* w_hh_t = nullptr;     // [H, 3H] W_hhᵀ
   const T* gout = nullptr;       // [rows, ld_out]
   const T* grad_hn = nullptr;    // [B, H]
-  const A* ws = nullptr;         // [rows, 4H] this step's gates
+  const A* ws = nullptr;         // [rows, ld_ws] this step's gates
+  int64_t ld_ws = 0;
   const T* h_prev = nullptr;     // [n_prev, ld_out] output rows of the previous step
   const T* h0 = nullptr;         // [B, H]
   A* dh = nullptr;               // [rows, H] out: total gradient of h_t
@@ -70,8 +75,14 @@ LF_HOST_DEVICE void gru_fwd_load_tiles(const GruFwdStepParams<T, A>& p, int bx, 
 template <typename T, typename A, int NA>
 LF_HOST_DEVICE void gru_fwd_cell(const GruFwdStepParams<T, A>& p, int64_t b, int64_t j, const A (&acc)[NA]) {
   const int64_t H = p.H;
-  const T* xw = p.xw + b * 3 * H;
-  const GruGates<A> x{to_acc<T, A>(xw[j]), to_acc<T, A>(xw[H + j]), to_acc<T, A>(xw[2 * H + j])};
+  GruGates<A> x;
+  if (p.xw_ln) {
+    const A* xw = p.xw_ln + b * 3 * H;
+    x = {xw[j], xw[H + j], xw[2 * H + j]};
+  } else {
+    const T* xw = p.xw + b * 3 * H;
+    x = {to_acc<T, A>(xw[j]), to_acc<T, A>(xw[H + j]), to_acc<T, A>(xw[2 * H + j])};
+  }
   GruGates<A> hh{acc[0], acc[1], acc[2]};
   if (p.b_hh) {
     hh.r += to_acc<T, A>(p.b_hh[j]);
@@ -83,7 +94,7 @@ LF_HOST_DEVICE void gru_fwd_cell(const GruFwdStepParams<T, A>& p, int64_t b, int
   A h;
   gru_cell_forward(x, hh, h_prev, act, h);
   if (p.zo_h.data) h = zoneout_forward(p.zo_h.at(b, j), h_prev, h);
-  A* w = p.ws + b * 4 * H;
+  A* w = p.ws + b * p.ld_ws;
   w[j] = act.r;
   w[H + j] = act.z;
   w[2 * H + j] = act.n;
@@ -136,14 +147,14 @@ LF_HOST_DEVICE void gru_bwd_cell(const GruBwdStepParams<T, A>& p, int64_t b, int
     // h_t reaches the later step through its recurrent product, through z_later ⊙ h_t and, with zoneout, directly.
     A dh_later = p.dh_later[b * H + j], to_h = A(0);
     if (p.zo_h_later.data) dh_later = zoneout_backward(p.zo_h_later.at(b, j), dh_later, to_h);
-    rec = recurrent + p.ws_later[b * 4 * H + H + j] * dh_later;
+    rec = recurrent + p.ws_later[b * p.ld_ws + H + j] * dh_later;
     if (p.zo_h_later.data) rec += to_h;
   } else {
     rec = to_acc<T, A>(p.grad_hn[b * H + j]);
   }
   const A dh = rec + to_acc<T, A>(p.gout[b * p.ld_out + j]);
   p.dh[b * H + j] = dh;
-  const A* w = p.ws + b * 4 * H;
+  const A* w = p.ws + b * p.ld_ws;
   const GruGates<A> act{w[j], w[H + j], w[2 * H + j]};
   const A h_prev = to_acc<T, A>(b < p.n_prev ? p.h_prev[b * p.ld_out + j] : p.h0[b * H + j]);
   A dh_candidate = dh, unused = A(0);

@@ -22,6 +22,15 @@ constexpr int kBT = 8;               // batch rows per block
 constexpr int kKT = 32;              // reduction tile
 constexpr int kThreads = kJT * kBT;  // 256
 
+// A layer's layer-norm gains (ih set: the layer has layer norm): γ_ih [G], γ_hh [G]; an LSTM's γ_c [H], β_c [H].
+template <typename T>
+struct LnGains {
+  const T* ih = nullptr;
+  const T* hh = nullptr;
+  const T* c_w = nullptr;
+  const T* c_b = nullptr;
+};
+
 // Forward step t over rows [0, rows) (T: storage type; A: accumulate type, float for half types).
 template <typename T, typename A>
 struct FwdStepParams {
@@ -61,6 +70,13 @@ struct FwdStepParams {
   // the candidate o ⊙ tanh(c̃_t), where there is no projection (with one, the projection's zoneout launch does it).
   ZoneoutMask<A> zo_h;        // [rows, H] of this step
   ZoneoutMask<A> zo_c;        // [rows, H]
+  // Layer norm (ln.ih set): a launch of its own, one block per row (kernels/layer_norm_phases.h), after the GEMM's
+  // raw product `rec`. Workspace row from ln_col: x̂_ih [G], x̂_hh [G], ĉ [H], then the three rows' rstd.
+  LnGains<T> ln;
+  const T* ln_bias = nullptr;  // [G] b_ih + b_hh, added after the norms (nullptr: no bias)
+  const A* xhat_ih = nullptr;  // [rows, ld_xhat_ih] x̂ of this step's input product (the workspace's in training)
+  int64_t ld_xhat_ih = 0;
+  int64_t ln_col = 0;
 };
 
 // Backward step t. Modes: kFused (no projection): dh_t = gout + dG_later·W_hh for this block's units, then the
@@ -104,6 +120,13 @@ struct BwdStepParams {
   ZoneoutMask<A> zo_c;        // [rows, H]
   A* dh_carry = nullptr;      // [B, P] in: the later step's part for h_t (rows below n_later); out: this step's for
                               // h_{t-1}. What remains after the last step is each row's part for h0.
+  // Layer norm (ln.ih set; a launch of its own, one block per row, after the GEMM or, with a projection, after dr's):
+  // the gradients before the norms go to dpre, dg gets the input product's and dg_rec the recurrent product's.
+  LnGains<T> ln;
+  int64_t ln_col = 0;
+  A* dpre = nullptr;          // [rows, G] out
+  A* dg_rec = nullptr;        // [rows, G] out
+  A* dy_c = nullptr;          // [rows, H] out: gradient of γ_c ⊙ ĉ + β_c (γ_c's and β_c's sum it)
 };
 
 // NG accumulators per thread: the 4 gates of one unit (forward) or one output (backward).

@@ -3,6 +3,7 @@
 // with a runner that executes each launch's blocks through the kernels' own schedules (kernels/step_schedule.h,
 // kernels/persistent_schedule.h) on emulated threads (testing/emulated_exec.h) — the same phases, barriers, index
 // math, tiling and bounds the GPU runs.
+#include <algorithm>
 #include <array>
 #include <string>
 #include <cstdlib>
@@ -38,6 +39,21 @@ void emulate_step_launch(int64_t gx, int64_t gy, int gz, const char* kernel, con
         block(static_cast<int>(bx), static_cast<int>(by), bz, smem.as<TileSmem<A, NG>>(), ex);
         smem.check_guard(kernel);
       }
+}
+
+// Runs one row launch (the layer-norm kernels) like the GPU: a block per row of the longest of `count` sets, each
+// with its own shared memory.
+template <typename A, typename Block>
+void emulate_row_launch(int64_t rows, int count, const char* kernel, const Block& block) {
+  using Smem = RowSums<A, kRowSumsMax>;
+  static_assert(sizeof(Smem) <= 48 * 1024, "static shared memory over the 48 KB a launch may declare");
+  emulation::EmulatedExec ex;
+  for (int bz = 0; bz < count; ++bz)
+    for (int64_t bx = 0; bx < rows; ++bx) {
+      emulation::SharedMemory smem(sizeof(Smem));
+      block(bx, bz, smem.as<Smem>(), ex);
+      smem.check_guard(kernel);
+    }
 }
 
 // The emulated device of the persistent kernel: LSTM_FUSED_EMU_SMS multiprocessors (default 132, an H200) with
@@ -144,6 +160,30 @@ struct EmulationRunner {
     emulate_step_launch<A, 3>(gx, gy, dp.count, "GRU forward step kernel", [&](int bx, int by, int bz, auto& smem, auto& ex) {
       gru_fwd_step_block(dp, bx, by, bz, smem, ex);
     });
+  }
+
+  // Layer norm (as GpuRunner's).
+  template <typename T, typename A>
+  void step(const RowLaunch<RowNormParams<T, A>>& l) {
+    emulate_row_launch<A>(row_grid(l), l.count, "row norm kernel", [&](int64_t bx, int bz, auto& sm, auto& ex) {
+      row_norm_block(l, bx, bz, sm, ex);
+    });
+  }
+  template <typename T, typename A>
+  void step(const RowLaunch<RowNormBwdParams<T, A>>& l) {
+    emulate_row_launch<A>(row_grid(l), l.count, "row norm backward kernel", [&](int64_t bx, int bz, auto& sm, auto& ex) {
+      row_norm_bwd_block(l, bx, bz, sm, ex);
+    });
+  }
+  template <typename T, typename A>
+  void ln_step(const DirectionParams<FwdStepParams<T, A>>& dp) {
+    emulate_row_launch<A>(row_grid(dp), dp.count, "layer-norm LSTM forward kernel",
+                          [&](int64_t bx, int bz, auto& sm, auto& ex) { lstm_ln_fwd_step_block(dp, bx, bz, sm, ex); });
+  }
+  template <typename T, typename A>
+  void ln_step(const DirectionParams<BwdStepParams<T, A>>& dp) {
+    emulate_row_launch<A>(row_grid(dp), dp.count, "layer-norm LSTM backward kernel",
+                          [&](int64_t bx, int bz, auto& sm, auto& ex) { lstm_ln_bwd_step_block(dp, bx, bz, sm, ex); });
   }
 
   template <typename T, typename A>
