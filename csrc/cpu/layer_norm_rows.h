@@ -17,8 +17,6 @@
 namespace lstm_fused {
 namespace cpu {
 
-constexpr double kLayerNormEps = 1e-5;  // as F.layer_norm's default and haste's
-
 // Partial sums of a row reduction: element i goes to lane i % kSumLanes and the lanes are added in a fixed tree at
 // the end, so a row's sums depend on its length only (never on the thread count or the ISA clone), and the lanes are
 // independent, so the loop vectorises without reassociating (16 floats: one AVX-512 register, two AVX2 ones).

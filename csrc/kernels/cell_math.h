@@ -165,6 +165,8 @@ LF_HOST_DEVICE acc_t lstm_hidden_from_saved(const LstmGates<acc_t>& act, acc_t c
 }
 
 // ---- layer norm (Ba et al. 2016), without its row reductions --------------------------------------------
+constexpr double kLayerNormEps = 1e-5;  // ε of every layer norm here: F.layer_norm's default and haste's
+
 // Over a row of n values x̂ = (x − mean)·rstd, rstd = 1/√(var + ε) (var biased). With y = γ ⊙ x̂ (+ β), dx̂ = dy ⊙ γ
 // and the row means m1 = mean(dx̂), m2 = mean(dx̂ ⊙ x̂): dx = rstd·(dx̂ − m1 − x̂·m2).
 template <typename acc_t>

@@ -20,8 +20,6 @@
 namespace lstm_fused {
 namespace cuda_step {
 
-constexpr double kLayerNormEps = 1e-5;  // as F.layer_norm's default, haste's and the CPU path's
-
 // 1/√(var + ε) from a row's centred sum of squares over n values (biased variance).
 template <typename A>
 LF_HOST_DEVICE A ln_rstd(A centred_sq_sum, int64_t n) {
