@@ -4,7 +4,6 @@
 #pragma once
 
 #include <optional>
-#include <type_traits>
 
 #include <ATen/ATen.h>
 
@@ -200,10 +199,8 @@ struct GruTraits : GruCell {
 
   // One step of every direction; with layer norm the GEMM's product is first normalised and scaled in place (γ_hh ⊙
   // x̂_hh; x̂_hh and its rstd into the step's workspace rows), then the plain cell kernel runs on it.
-  template <typename Runner, typename Pass, typename DP>
-  static void run_fwd_step(Runner& run, Pass& f, const DP& dp, int64_t step) {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(dp.dir[0].h0)>>;
-    using A = std::remove_pointer_t<decltype(dp.dir[0].ws)>;
+  template <typename T, typename A, typename Runner, typename Pass>
+  static void run_fwd_step(Runner& run, Pass& f, const cuda_step::DirectionParams<FwdStep<T, A>>& dp, int64_t step) {
     if (f.s.layer_norm) {
       cuda_step::RowLaunch<cuda_step::RowNormParams<T, A>> l;
       l.count = dp.count;
@@ -225,12 +222,10 @@ struct GruTraits : GruCell {
 
   // One backward step of every direction; with layer norm the cell kernel's gradients are the ones before the norms
   // (dpre, dpre_rec: fill_bwd), and a row launch takes both products' through their norms.
-  template <typename Runner, typename Pass, typename DP>
-  static void run_bwd_step(Runner& run, Pass& b, const DP& dp, int64_t step) {
+  template <typename T, typename A, typename Runner, typename Pass>
+  static void run_bwd_step(Runner& run, Pass& b, const cuda_step::DirectionParams<BwdStep<T, A>>& dp, int64_t step) {
     run.step(dp);
     if (!b.s.layer_norm) return;
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(dp.dir[0].h0)>>;
-    using A = std::remove_pointer_t<decltype(dp.dir[0].dh)>;
     cuda_step::RowLaunch<cuda_step::RowNormBwdParams<T, A>> l;
     l.count = 2 * dp.count;
     for (int d = 0; d < dp.count; ++d) {
