@@ -36,11 +36,11 @@ LN_EPS = 1e-5
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, eps: float = LN_EPS) -> Tensor:
     """Normalises each row of x over its last dimension: (x − mean) / sqrt(var + eps) ⊙ weight (+ bias), with the
-    biased variance (as nn.LayerNorm)."""
-    mean = x.mean(-1, keepdim=True)
-    var = (x - mean).square().mean(-1, keepdim=True)
-    y = (x - mean) / torch.sqrt(var + eps) * weight
-    return y + bias if bias is not None else y
+    biased variance. That is nn.LayerNorm's definition, so this is F.layer_norm (tests/test_reference.py checks it
+    against the formula written out): what a user's own layer-normalised cell calls, which keeps the benchmarks'
+    plain loop as fast as the loop users actually run (the formula as five separate ops, with their backward,
+    made that loop about twice as slow at B 64, H 256 and flattered lstm_fused by as much)."""
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], weight, bias, eps)
 
 
 def zoneout(previous: Tensor, candidate: Tensor, mask) -> Tensor:

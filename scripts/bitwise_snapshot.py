@@ -4,8 +4,8 @@
     python scripts/bitwise_snapshot.py save after.pt      # with the new one
     python scripts/bitwise_snapshot.py compare before.pt after.pt
 
-Runs the public modules (LSTM with every structure and variant, GRU, the cells; padded and packed; float32 and
-float64; forward and every gradient) and, where the build has them, the emulated CUDA ops (per-step, GEMM-step and
+Runs the public modules (LSTM with every structure and variant, GRU, the cells; the layer-norm, zoneout and
+weight-drop options; padded and packed; float32 and float64; forward and every gradient) and, where the build has them, the emulated CUDA ops (per-step, GEMM-step and
 persistent paths on a few emulated devices, every dtype) on fixed inputs, and stores every result tensor. `compare`
 demands torch.equal for every key both snapshots hold and reports keys only one holds. Thread count: the
 snapshot records it; compare two snapshots taken with the same one.
@@ -41,17 +41,24 @@ def module_cases():
         for T, B, I, H in ((5, 3, 7, 9), (17, 16, 33, 40), (6, 40, 16, 64)):
             structures = [dict(), dict(num_layers=2), dict(bidirectional=True), dict(num_layers=2, bidirectional=True),
                           dict(proj_size=5), dict(num_layers=2, bidirectional=True, proj_size=4), dict(bias=False),
-                          dict(peephole=True), dict(coupled=True), dict(peephole=True, coupled=True, num_layers=2)]
+                          dict(peephole=True), dict(coupled=True), dict(peephole=True, coupled=True, num_layers=2),
+                          # The regularising and layer-norm options (zoneout draws its masks from the seeded generator).
+                          dict(layer_norm=True), dict(layer_norm=True, bias=False),
+                          dict(layer_norm=True, num_layers=2, bidirectional=True, proj_size=4),
+                          dict(layer_norm=True, peephole=True, coupled=True),
+                          dict(zoneout=0.2, zoneout_cell=0.1, bidirectional=True), dict(zoneout=0.2, layer_norm=True),
+                          dict(weight_drop=0.3, num_layers=2)]
             for kind in ("lstm", "gru"):
                 for st in structures:
-                    if kind == "gru" and set(st) & {"proj_size", "peephole", "coupled"}:
+                    if kind == "gru" and set(st) & {"proj_size", "peephole", "coupled", "zoneout_cell"}:
                         continue
                     for packed in (False, True):
                         name = f"{kind}/{dtype}/{T}x{B}x{I}x{H}/{sorted(st.items())}/packed={packed}"
                         yield name, (kind, dtype, T, B, I, H, st, packed)
     for dtype in (torch.float32, torch.float64):
         for kind in ("lstmcell", "grucell"):
-            yield f"{kind}/{dtype}", (kind, dtype, 1, 5, 7, 11, {}, False)
+            for st in (dict(), dict(layer_norm=True, zoneout=0.2)):
+                yield f"{kind}/{dtype}" + (f"/{sorted(st.items())}" if st else ""), (kind, dtype, 1, 5, 7, 11, st, False)
 
 
 def run_module_case(kind, dtype, T, B, I, H, st, packed):
@@ -59,7 +66,7 @@ def run_module_case(kind, dtype, T, B, I, H, st, packed):
     g = torch.Generator().manual_seed(1)
     if kind in ("lstmcell", "grucell"):
         cls = lstm_fused.LSTMCell if kind == "lstmcell" else lstm_fused.GRUCell
-        m = cls(I, H, dtype=dtype)
+        m = cls(I, H, dtype=dtype, **st)
         x = _rand(g, B, I, dtype=dtype).requires_grad_()
         h = _rand(g, B, H, dtype=dtype).requires_grad_()
         if kind == "lstmcell":

@@ -50,3 +50,21 @@ def test_cpu_peak_probe_sees_a_call_allocations(suite):
     small = suite.cpu_peak_bytes(lambda: torch.ones(16))
     assert big is not None and 56 << 20 <= big <= 96 << 20, big
     assert small < 8 << 20, small
+
+
+def test_layer_norm_ceiling_script_measures_every_column(tmp_path):
+    spec = importlib.util.spec_from_file_location("lf_ln_ceiling", os.path.join(ROOT, "benchmarks", "ln_ceiling.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # The floor counts the six T·B·4H·H products: the forward's two, the backward's four.
+    assert mod.training_flops(3, 2, 5) == 6 * 2 * (3 * 2) * (4 * 5) * 5
+    rows = mod.main(["--shapes", "2x8,3x4", "--T", "5", "--rounds", "1", "--json", str(tmp_path / "r.json")])
+    assert [(r["B"], r["H"]) for r in rows] == [(2, 8), (3, 4)]
+    with open(tmp_path / "r.json") as f:
+        saved = json.load(f)
+    assert saved["rows"] == rows and saved["gemm_flops_per_s"] > 0
+    for r in rows:
+        assert all(r[f"{k}_ms"] > 0 for k in ("ln", "loop", "plain", "nn", "floor"))
+        assert r["ln_vs_loop"] == pytest.approx(r["loop_ms"] / r["ln_ms"])
+        assert r["loop_vs_floor"] == pytest.approx(r["loop_ms"] / r["floor_ms"])
+        assert r["floor_ms"] == pytest.approx(mod.training_flops(5, r["B"], r["H"]) / saved["gemm_flops_per_s"] * 1e3)

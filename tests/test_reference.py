@@ -87,11 +87,17 @@ def _with_options(m, layer_norm=False, zoneout=0.0, zoneout_cell=0.0, weight_dro
     return m
 
 
-def test_reference_layer_norm_is_nn_layer_norm():
+def test_reference_layer_norm_by_hand():
+    # Rows with a large mean and spread, and one constant row (variance 0: ε alone keeps it finite).
     x, w, b = (torch.randn(4, 12, dtype=torch.float64) * 3 + 1, torch.randn(12, dtype=torch.float64),
                torch.randn(12, dtype=torch.float64))
-    _same(reference.layer_norm(x, w, b), torch.nn.functional.layer_norm(x, (12,), w, b, eps=1e-5))
-    _same(reference.layer_norm(x, w), torch.nn.functional.layer_norm(x, (12,), w, None, eps=1e-5))
+    x[2] = 7.0
+    mean = x.sum(-1, keepdim=True) / 12
+    var = ((x - mean) ** 2).sum(-1, keepdim=True) / 12  # biased, as nn.LayerNorm
+    by_hand = (x - mean) / torch.sqrt(var + 1e-5) * w
+    _same(reference.layer_norm(x, w, b), by_hand + b)
+    _same(reference.layer_norm(x, w), by_hand)
+    assert reference.LN_EPS == 1e-5
 
 
 @pytest.mark.parametrize("variant", [dict(), dict(peephole=True), dict(coupled=True)], ids=["lstm", "ph", "cpl"])

@@ -63,31 +63,6 @@ void run_steps(int64_t B, int64_t s0, int64_t s1, const F& step_rows, bool split
 // consume it, and inference needs only this much scratch instead of a whole-sequence workspace.
 constexpr int64_t kChunkBytes = int64_t(1) << 20;
 
-// Deterministic column sums of a [rows, cols] matrix: each column summed in row order, in double.
-template <typename scalar_t>
-void column_sums(const scalar_t* m, int64_t rows, int64_t cols, scalar_t* out) {
-  at::parallel_for(0, cols, 256, [&](int64_t c0, int64_t c1) {
-    std::vector<double> acc(c1 - c0, 0.0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const scalar_t* row = m + r * cols;
-      for (int64_t c = c0; c < c1; ++c) acc[c - c0] += row[c];
-    }
-    for (int64_t c = c0; c < c1; ++c) out[c] = static_cast<scalar_t>(acc[c - c0]);
-  });
-}
-
-// Deterministic column sums of a ⊙ b over `rows` rows (row strides lda, ldb), in row order, in double.
-template <typename scalar_t>
-void column_dot_sums(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, int64_t rows, int64_t cols,
-                     scalar_t* out) {
-  at::parallel_for(0, cols, 256, [&](int64_t c0, int64_t c1) {
-    std::vector<double> acc(c1 - c0, 0.0);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = c0; c < c1; ++c) acc[c - c0] += double(a[r * lda + c]) * double(b[r * ldb + c]);
-    for (int64_t c = c0; c < c1; ++c) out[c] = static_cast<scalar_t>(acc[c - c0]);
-  });
-}
-
 // The rows of h_{t-1} each step consumed, as one [N, P] matrix, so dW_hh is a single GEMM.
 template <typename scalar_t>
 void gather_prev_hidden(const SeqLayout& seq, int64_t P, const scalar_t* out, int64_t ld_out, const scalar_t* h0,

@@ -144,6 +144,7 @@ void gru_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
 
 // The GRU on the CPU's layer driver (cpu/layer_cpu.h).
 struct CpuGru : GruCell {
+  static constexpr bool kLnSumsInLoop = false;  // its gradients' sums are column passes after the loop
   template <typename scalar_t>
   static void fwd_loop(const CpuFwdParams<scalar_t>& p) {
     gru_fwd_loop(p);

@@ -5,6 +5,7 @@
 //   template <typename scalar_t> static void fwd_loop(const CpuFwdParams<scalar_t>&);
 //   template <typename scalar_t> static void bwd_loop(const CpuBwdParams<scalar_t>&);
 //   template <typename scalar_t> static void cell_weight_grad(const CpuBwdParams<scalar_t>&, scalar_t* out);
+//   static constexpr bool kLnSumsInLoop;  // with layer norm, bwd_loop fills CpuBwdParams::ln_sums
 #pragma once
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include "cpu/column_sums.h"
 #include "cpu/cpu_common.h"
 #include "cpu/cpu_gemm.h"
 #include "host/cells.h"
@@ -72,6 +74,7 @@ struct CpuBwdParams {
   scalar_t* dpre = nullptr;          // [N, G]
   scalar_t* dpre_rec = nullptr;      // [N, G]
   scalar_t* dy_c = nullptr;          // [N, H]
+  double* ln_sums = nullptr;         // [B, 3G + 2H] (Cell::kLnSumsInLoop) zeros in, per-slot sums out (LstmBwdStep)
 };
 
 // Direction weights' layer-norm parameters as pointers (nullptr where absent).
@@ -195,6 +198,9 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
     if (s.proj) g.w_hr.push_back(at::empty({P, H}, opts));
     if (s.peephole) g.w_ph.push_back(at::empty(cell_w.sizes(), opts));
     for (const at::Tensor& t : w.ln) g.ln.push_back(at::empty(t.sizes(), opts));
+    // The loop's per-slot sums of the biases' and norms' gradients (layout in LstmBwdStep::ln_sums).
+    const bool sums_in_loop = s.layer_norm && Cell::kLnSumsInLoop;
+    at::Tensor ln_sums = sums_in_loop ? at::zeros({seq.B, 3 * G + 2 * H}, opts.dtype(at::kDouble)) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_fused_cpu_bwd", [&] {
       CpuBwdParams<scalar_t> p;
       p.seq = seq;
@@ -223,6 +229,7 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
         p.dpre = dpre.data_ptr<scalar_t>();
         p.dpre_rec = dpre_rec.data_ptr<scalar_t>();
         p.dy_c = dy_c.defined() ? dy_c.data_ptr<scalar_t>() : nullptr;
+        p.ln_sums = sums_in_loop ? ln_sums.data_ptr<double>() : nullptr;
       }
       Cell::bwd_loop(p);
       // Everything below is one GEMM or reduction over all steps. Both directions read the same input, so its
@@ -238,22 +245,52 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
       gather_prev_hidden<scalar_t>(seq, P, p.out, p.ld, p.h0, hprev.data_ptr<scalar_t>());
       gemm<scalar_t>(true, G, dgr, G, GemmOperand<scalar_t>(false, seq.N, P, hprev.const_data_ptr<scalar_t>(), P),
                      false, g.w_hh[d].data_ptr<scalar_t>(), P);
-      // The biases (and the gains) sit after the layer norms: their gradients are the pre-norm ones.
-      const scalar_t* dbias = s.layer_norm ? p.dpre : dgp;
-      const scalar_t* dbias_rec = s.layer_norm ? p.dpre_rec : dgr;
-      if (a.has_bias) {
-        column_sums<scalar_t>(dbias, seq.N, G, g.b_ih[d].data_ptr<scalar_t>());
-        if (Cell::kSplitGates) column_sums<scalar_t>(dbias_rec, seq.N, G, g.b_hh[d].data_ptr<scalar_t>());
-      }
-      if (s.layer_norm) {  // γ_ih, γ_hh: the pre-norm gradients times x̂; γ_c, β_c: dy_c times ĉ, and dy_c
-        const scalar_t* xhat = p.ws + ln_col;
-        column_dot_sums<scalar_t>(p.dpre, G, xhat, ld_ws, seq.N, G, g.ln[d * w.ln.size()].data_ptr<scalar_t>());
-        column_dot_sums<scalar_t>(p.dpre_rec, G, xhat + G, ld_ws, seq.N, G,
-                                  g.ln[d * w.ln.size() + 1].data_ptr<scalar_t>());
-        if (Cell::kHasCellState) {
-          column_dot_sums<scalar_t>(p.dy_c, H, xhat + 2 * G, ld_ws, seq.N, H,
-                                    g.ln[d * w.ln.size() + 2].data_ptr<scalar_t>());
-          column_sums<scalar_t>(p.dy_c, seq.N, H, g.ln[d * w.ln.size() + 3].data_ptr<scalar_t>());
+      // The biases (and the gains) sit after the layer norms: their gradients are the pre-norm ones. With layer
+      // norm, γ_ih and γ_hh take the pre-norm gradients times x̂, γ_c and β_c dy_c times ĉ, and dy_c: summed per
+      // batch slot in the loop (kLnSumsInLoop), those sums summed here in slot order; otherwise column passes over
+      // all rows (γ_ih and γ_hh in the pass that sums the bias's).
+      if (sums_in_loop) {
+        std::vector<scalar_t*> outs(3 * G + 2 * H, nullptr);  // the gradient element each column sum goes to
+        const at::Tensor* ln_grads = &g.ln[d * w.ln.size()];  // γ_ih, γ_hh, γ_c, β_c
+        scalar_t* db = a.has_bias ? g.b_ih[d].data_ptr<scalar_t>() : nullptr;
+        scalar_t *dg_ih = ln_grads[0].data_ptr<scalar_t>(), *dg_hh = ln_grads[1].data_ptr<scalar_t>();
+        scalar_t *dg_c = ln_grads[2].data_ptr<scalar_t>(), *db_c = ln_grads[3].data_ptr<scalar_t>();
+        for (int64_t k = 0; k < G; ++k) {
+          if (db) outs[k] = db + k;
+          outs[G + k] = dg_ih + k;
+          outs[2 * G + k] = dg_hh + k;
+        }
+        for (int64_t j = 0; j < H; ++j) {
+          outs[3 * G + j] = dg_c + j;
+          outs[3 * G + H + j] = db_c + j;
+        }
+        slot_sums(ln_sums.const_data_ptr<double>(), seq.B, outs);
+      } else {
+        ColumnSums<scalar_t> ih, rec;  // over the input side's pre-norm gradients, and (split gates) the recurrent's
+        ih.a = s.layer_norm ? p.dpre : dgp;
+        ih.lda = G;
+        rec.a = s.layer_norm ? p.dpre_rec : dgr;
+        rec.lda = G;
+        ColumnSums<scalar_t>& rec_q = Cell::kSplitGates ? rec : ih;  // an LSTM's two products share their gradients
+        if (a.has_bias) {
+          ih.sum = g.b_ih[d].data_ptr<scalar_t>();
+          if (Cell::kSplitGates) rec.sum = g.b_hh[d].data_ptr<scalar_t>();
+        }
+        if (s.layer_norm) {
+          const scalar_t* xhat = p.ws + ln_col;  // [N, ld_ws] x̂_ih, then x̂_hh, then ĉ
+          at::Tensor* ln_grads = &g.ln[d * w.ln.size()];  // γ_ih, γ_hh (, γ_c, β_c)
+          ih.b[0] = xhat, ih.ldb[0] = ld_ws, ih.dot[0] = ln_grads[0].data_ptr<scalar_t>();
+          const int k = Cell::kSplitGates ? 0 : 1;
+          rec_q.b[k] = xhat + G, rec_q.ldb[k] = ld_ws, rec_q.dot[k] = ln_grads[1].data_ptr<scalar_t>();
+        }
+        if (ih.sum || ih.dot[0]) column_sums(ih, seq.N, G);
+        if (Cell::kSplitGates && (rec.sum || rec.dot[0])) column_sums(rec, seq.N, G);
+        if (s.layer_norm && Cell::kHasCellState) {
+          ColumnSums<scalar_t> c;
+          c.a = p.dy_c, c.lda = H;
+          c.sum = g.ln[d * w.ln.size() + 3].data_ptr<scalar_t>();
+          c.b[0] = p.ws + ln_col + 2 * G, c.ldb[0] = ld_ws, c.dot[0] = g.ln[d * w.ln.size() + 2].data_ptr<scalar_t>();
+          column_sums(c, seq.N, H);
         }
       }
       if (s.peephole) Cell::cell_weight_grad(p, g.w_ph[d].data_ptr<scalar_t>());

@@ -187,7 +187,8 @@ LF_ALWAYS_INLINE void lstm_ln_fwd_row(const LstmFwdStep<scalar_t>& p, int64_t b)
 
 // The backward of row b: h's gradient (zoneout split) through tanh and c's layer norm, then the gates and the cell
 // update (c's gradient zoneout split), then both products' layer norms. Writes dpre (before the layer norms; for the
-// biases, the gains and the peepholes), dy_c, and the products' gradients dgates (input) and dgates_rec (recurrent).
+// biases, the gains and the peepholes), dy_c, and the products' gradients dgates (input) and dgates_rec (recurrent);
+// adds the row's terms of the biases' and norms' gradients to its slot of ln_sums.
 template <typename scalar_t, bool kProj, bool kPeephole, bool kCoupled, bool kZoneout>
 LF_ALWAYS_INLINE void lstm_ln_bwd_row(const LstmBwdStep<scalar_t>& p, int64_t b) {
   using C = GateCols<kCoupled>;
@@ -275,6 +276,20 @@ LF_ALWAYS_INLINE void lstm_ln_bwd_row(const LstmBwdStep<scalar_t>& p, int64_t b)
   for (int64_t k = 0; k < G; ++k) {
     dgi[k] = layer_norm_backward<scalar_t>(dpre[k] * ln_ih[k], xi[k], rstd_i, mi1, mi2);
     dgh[k] = layer_norm_backward<scalar_t>(dpre[k] * ln_hh[k], xh[k], rstd_h, mh1, mh2);
+  }
+  if (p.ln_sums) {  // (a product of two floats is exact in double: a fused multiply-add changes no bit)
+    double* __restrict sb = p.ln_sums + b * (3 * G + 2 * H);
+    for (int64_t k = 0; k < G; ++k) {
+      const double d = dpre[k];
+      sb[k] += d;
+      sb[G + k] += d * double(xi[k]);
+      sb[2 * G + k] += d * double(xh[k]);
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      const double d = dy[j];
+      sb[3 * G + j] += d * double(ch[j]);
+      sb[3 * G + H + j] += d;
+    }
   }
 }
 

@@ -174,6 +174,7 @@ void lstm_bwd_loop(const CpuBwdParams<scalar_t>& prm) {
       p.dpre = prm.dpre + row0 * G;
       p.dgates_rec = prm.dg_rec + row0 * G;
       p.dy_c = prm.dy_c + row0 * H;
+      p.ln_sums = prm.ln_sums;
       at::parallel_for(r0, r1, ln_row_grain(G), [&](int64_t b, int64_t e) { lstm_ln_bwd_rows(p, b, e); });
     } else {
       at::parallel_for(r0 * H, r1 * H, kPointwiseGrain,
@@ -228,6 +229,8 @@ void peephole_grads(const SeqLayout& seq, const LayerSizes& s, const scalar_t* d
 
 // The LSTM on the CPU's layer driver (cpu/layer_cpu.h).
 struct CpuLstm : LstmCell {
+  // The backward's row pass sums the biases' and layer norms' gradients per batch slot (CpuBwdParams::ln_sums).
+  static constexpr bool kLnSumsInLoop = true;
   template <typename scalar_t>
   static void fwd_loop(const CpuFwdParams<scalar_t>& p) {
     lstm_fwd_loop(p);

@@ -124,6 +124,9 @@ struct LstmBwdStep {
   scalar_t* dpre = nullptr;          // [rows, G] out
   scalar_t* dgates_rec = nullptr;    // [rows, G] out
   scalar_t* dy_c = nullptr;          // [rows, H] out: gradient of γ_c ⊙ ĉ + β_c (γ_c's and β_c's sum it)
+  // (CPU) Per batch slot, in double, the sums over the steps so far of dpre, dpre ⊙ x̂_ih, dpre ⊙ x̂_hh, dy_c ⊙ ĉ and
+  // dy_c: the bias's, gains' and β_c's gradients, summed while the row is in cache. nullptr: the caller sums them.
+  double* ln_sums = nullptr;         // [slots, 3G + 2H], slot b at row b of the step
 };
 
 // One GRU forward step's pointwise pass over rows [0, rows) of step t.
