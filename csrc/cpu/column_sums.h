@@ -30,10 +30,10 @@ struct ColumnSums {
 
 // Columns [c0, c1) (acc: 3·(c1 − c0) doubles of scratch), the pass's sums fixed at compile time so gcc vectorises
 // it across columns. A float product is exact in double, so a fused multiply-add gives the bits the separate
-// multiply and add do, and every ISA's clone the same sums.
+// multiply and add do, and every ISA's clone the same sums (double itself is compiled for the baseline ISA only).
 template <typename scalar_t, bool kSum, int kDots>
 LF_ALWAYS_INLINE void column_sums_pass(const ColumnSums<scalar_t>& q, int64_t rows, int64_t c0, int64_t c1,
-                             double* __restrict acc) {
+                                      double* __restrict acc) {
   const int64_t n = c1 - c0;
   double* __restrict s = acc;
   double* __restrict d0 = acc + n;
