@@ -246,51 +246,29 @@ LayerGrads layer_bwd(const LayerBwdArgs& a) {
       gemm<scalar_t>(true, G, dgr, G, GemmOperand<scalar_t>(false, seq.N, P, hprev.const_data_ptr<scalar_t>(), P),
                      false, g.w_hh[d].data_ptr<scalar_t>(), P);
       // The biases (and the gains) sit after the layer norms: their gradients are the pre-norm ones. With layer
-      // norm, γ_ih and γ_hh take the pre-norm gradients times x̂, γ_c and β_c dy_c times ĉ, and dy_c: summed per
-      // batch slot in the loop (kLnSumsInLoop), those sums summed here in slot order; otherwise column passes over
-      // all rows (γ_ih and γ_hh in the pass that sums the bias's).
+      // norm, γ_ih and γ_hh take the pre-norm gradients times x̂, γ_c and β_c dy_c times ĉ, and dy_c. Summed per
+      // batch slot in the loop (kLnSumsInLoop): the slots are summed here in order; otherwise a column pass over
+      // all rows per product (its gain in the pass that sums its bias).
       if (sums_in_loop) {
-        std::vector<scalar_t*> outs(3 * G + 2 * H, nullptr);  // the gradient element each column sum goes to
-        const at::Tensor* ln_grads = &g.ln[d * w.ln.size()];  // γ_ih, γ_hh, γ_c, β_c
-        scalar_t* db = a.has_bias ? g.b_ih[d].data_ptr<scalar_t>() : nullptr;
-        scalar_t *dg_ih = ln_grads[0].data_ptr<scalar_t>(), *dg_hh = ln_grads[1].data_ptr<scalar_t>();
-        scalar_t *dg_c = ln_grads[2].data_ptr<scalar_t>(), *db_c = ln_grads[3].data_ptr<scalar_t>();
-        for (int64_t k = 0; k < G; ++k) {
-          if (db) outs[k] = db + k;
-          outs[G + k] = dg_ih + k;
-          outs[2 * G + k] = dg_hh + k;
-        }
-        for (int64_t j = 0; j < H; ++j) {
-          outs[3 * G + j] = dg_c + j;
-          outs[3 * G + H + j] = db_c + j;
-        }
-        slot_sums(ln_sums.const_data_ptr<double>(), seq.B, outs);
+        const at::Tensor totals = at::empty({3 * G + 2 * H}, ln_sums.options());  // the layout of ln_sums' rows
+        column_sums<double>(ln_sums.const_data_ptr<double>(), seq.B, 3 * G + 2 * H, totals.data_ptr<double>());
+        if (a.has_bias) g.b_ih[d].copy_(totals.narrow(0, 0, G));
+        const int64_t nl = static_cast<int64_t>(w.ln.size());
+        for (int64_t k = 0; k < nl; ++k)  // γ_ih, γ_hh (G each), γ_c, β_c (H each)
+          g.ln[d * nl + k].copy_(totals.narrow(0, k < 2 ? (k + 1) * G : 3 * G + (k - 2) * H, k < 2 ? G : H));
       } else {
-        ColumnSums<scalar_t> ih, rec;  // over the input side's pre-norm gradients, and (split gates) the recurrent's
-        ih.a = s.layer_norm ? p.dpre : dgp;
-        ih.lda = G;
-        rec.a = s.layer_norm ? p.dpre_rec : dgr;
-        rec.lda = G;
-        ColumnSums<scalar_t>& rec_q = Cell::kSplitGates ? rec : ih;  // an LSTM's two products share their gradients
-        if (a.has_bias) {
-          ih.sum = g.b_ih[d].data_ptr<scalar_t>();
-          if (Cell::kSplitGates) rec.sum = g.b_hh[d].data_ptr<scalar_t>();
-        }
-        if (s.layer_norm) {
-          const scalar_t* xhat = p.ws + ln_col;  // [N, ld_ws] x̂_ih, then x̂_hh, then ĉ
-          at::Tensor* ln_grads = &g.ln[d * w.ln.size()];  // γ_ih, γ_hh (, γ_c, β_c)
-          ih.b[0] = xhat, ih.ldb[0] = ld_ws, ih.dot[0] = ln_grads[0].data_ptr<scalar_t>();
-          const int k = Cell::kSplitGates ? 0 : 1;
-          rec_q.b[k] = xhat + G, rec_q.ldb[k] = ld_ws, rec_q.dot[k] = ln_grads[1].data_ptr<scalar_t>();
-        }
-        if (ih.sum || ih.dot[0]) column_sums(ih, seq.N, G);
-        if (Cell::kSplitGates && (rec.sum || rec.dot[0])) column_sums(rec, seq.N, G);
-        if (s.layer_norm && Cell::kHasCellState) {
-          ColumnSums<scalar_t> c;
-          c.a = p.dy_c, c.lda = H;
-          c.sum = g.ln[d * w.ln.size() + 3].data_ptr<scalar_t>();
-          c.b[0] = p.ws + ln_col + 2 * G, c.ldb[0] = ld_ws, c.dot[0] = g.ln[d * w.ln.size() + 2].data_ptr<scalar_t>();
-          column_sums(c, seq.N, H);
+        // Only cells whose products have gradients of their own (split gates) come here with layer norm.
+        TORCH_INTERNAL_ASSERT(!s.layer_norm || Cell::kSplitGates, "lstm_fused: layer-norm sums of shared gradients");
+        for (int side = 0; side < (Cell::kSplitGates ? 2 : 1); ++side) {  // the input product, the recurrent one
+          ColumnSums<scalar_t> q;
+          q.a = s.layer_norm ? (side ? p.dpre_rec : p.dpre) : (side ? dgr : dgp);
+          q.lda = G;
+          if (a.has_bias) q.sum = (side ? g.b_hh : g.b_ih)[d].data_ptr<scalar_t>();
+          if (s.layer_norm) {  // [N, ld_ws] x̂_ih, then x̂_hh
+            q.b = p.ws + ln_col + side * G, q.ldb = ld_ws;
+            q.dot = g.ln[d * w.ln.size() + side].data_ptr<scalar_t>();
+          }
+          if (q.sum || q.dot) column_sums(q, seq.N, G);
         }
       }
       if (s.peephole) Cell::cell_weight_grad(p, g.w_ph[d].data_ptr<scalar_t>());
